@@ -1,0 +1,281 @@
+"""GatedModel: run a Hugging Face causal LM with one gate decision per row; skipped work never runs.
+
+The only module that mutates HF models. Attaching replaces each decoder layer in the model's ModuleList by
+a `GatedLayer` that holds the original as `base_layer` (PEFT-style) and calls it unchanged; HF's own
+`forward`, mask code and `generate` loop keep running (DESIGN §6 rule 5). `detach()` puts the originals
+back. With no plan active (plain `m.hf(...)` calls) the wrappers are transparent.
+
+Per forward, a `_Plan` says for every layer which *parts* run it: a part is a set of rows that execute
+the layer with the same KV-head groups, and the (possibly group-sliced) module they run. A layer is run
+once per part on the gathered rows and scattered back (DESIGN decision 7); a batch with one decision has
+a single part covering all rows, so it runs exactly HF's computation with no gather. KV lives in a
+`RowCache` slot per part. This module does not decide anything: decisions come from a policy.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from . import arch
+from .decision import GateDecision, as_decisions
+from .kvcache import RowCache, prepare
+
+
+@dataclass
+class _Part:
+    rows: torch.Tensor | None  # (B_p,) row indices, or None for all rows
+    rows_key: tuple[int, ...]  # the same rows as a tuple (slot ownership, memo key)
+    groups: tuple[int, ...] | None  # kept KV-head groups, None = all
+    module: nn.Module  # the decoder layer to run (sliced copy when groups is not None)
+
+
+class _Plan:
+    """Which rows run which layer with which groups, for one batch of decisions."""
+
+    def __init__(self, parts: list[list[_Part]], batch: int):
+        self.parts = parts  # (L,) list of parts; empty = no row runs the layer
+        self.batch = batch
+        self._memo_src = None  # position_embeddings of the forward the memo belongs to
+        self._memo: dict = {}
+
+    def sliced(self, part: _Part, kwargs: dict) -> dict:
+        """kwargs (mask, position ids/embeddings) restricted to the part's rows, memoised per forward."""
+        src = kwargs.get("position_embeddings")
+        if src is not self._memo_src:
+            self._memo_src, self._memo = src, {}
+        out = self._memo.get(part.rows_key)
+        if out is None:
+            out = {k: self._take(v, part.rows) for k, v in kwargs.items()}
+            self._memo[part.rows_key] = out
+        return out
+
+    def _take(self, v, rows):
+        if isinstance(v, torch.Tensor):
+            return v.index_select(0, rows) if v.dim() > 0 and v.shape[0] == self.batch else v
+        if isinstance(v, tuple):  # (cos, sin), each (B|1, T, D)
+            return tuple(self._take(x, rows) for x in v)
+        return v
+
+
+class _Runtime:
+    """Shared, mutable state of one attached model (the active plan). Not an nn.Module on purpose."""
+
+    def __init__(self):
+        self.plan: _Plan | None = None
+
+
+class GatedLayer(nn.Module):
+    """Wraps one decoder layer; runs it for the rows (and groups) the active plan says."""
+
+    def __init__(self, base_layer: nn.Module, index: int, runtime: _Runtime):
+        super().__init__()
+        self.base_layer = base_layer
+        self.index = index
+        self.__dict__["_runtime"] = runtime  # plain attribute: not a submodule, not in state_dict
+
+    def forward(self, hidden_states: torch.Tensor, *args, past_key_values=None, **kwargs):
+        plan = self._runtime.plan
+        if plan is None:  # transparent when no plan is active
+            return self.base_layer(hidden_states, *args, past_key_values=past_key_values, **kwargs)
+        parts = plan.parts[self.index]
+        if not parts:  # no row runs this layer: nothing executes, nothing is cached
+            return hidden_states
+        out = hidden_states  # (B, T, H)
+        for part in parts:
+            cache = None
+            if isinstance(past_key_values, RowCache):
+                cache = past_key_values.slot((self.index, part.rows_key, part.groups), part.rows_key)
+            if part.rows is None:
+                return part.module(hidden_states, *args, past_key_values=cache, **kwargs)
+            h = hidden_states.index_select(0, part.rows)  # (B_p, T, H)
+            y = part.module(h, *args, past_key_values=cache, **plan.sliced(part, kwargs))
+            out = out.index_copy(0, part.rows, y)
+        return out
+
+
+class _CallbackStreamer:
+    """Adapts `on_token(tokens: (B,) LongTensor)` to HF's streamer protocol (first put is the prompt)."""
+
+    def __init__(self, on_token: Callable[[torch.Tensor], None]):
+        self.on_token, self._prompt_seen = on_token, False
+
+    def put(self, value):
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        self.on_token(value.reshape(-1))
+
+    def end(self):
+        pass
+
+
+class GatedModel:
+    """A transformers causal LM that runs one `GateDecision` per row.
+
+    `GatedModel(hf_model, tokenizer=None)` attaches in place (reversible with `detach()`); `m.hf` is the
+    transformers model and `m.tokenizer` its tokenizer.
+    """
+
+    def __init__(self, hf_model: nn.Module, tokenizer=None):
+        self.spec = arch.spec_for(hf_model)  # raises for unsupported architectures
+        self.geometry = arch.geometry(hf_model.config)
+        self.hf = hf_model
+        self.tokenizer = tokenizer
+        self.policy = None  # a GatePolicy, when gates are loaded (gates issue)
+        self._runtime = _Runtime()
+        self._sliced: dict[tuple[int, tuple[int, ...]], nn.Module] = {}  # (layer, groups) -> sliced layer
+        layers = arch.decoder_layers(hf_model)
+        if any(isinstance(layer, GatedLayer) for layer in layers):
+            raise ValueError("this model already has a GatedModel attached; detach() it first")
+        for i in range(len(layers)):
+            layers[i] = GatedLayer(layers[i], i, self._runtime)
+        self._attached = True
+
+    # -- attach / detach ---------------------------------------------------------------------------------
+
+    def detach(self) -> nn.Module:
+        """Restore the original decoder layers and return the unchanged transformers model."""
+        self._check_attached()
+        layers = arch.decoder_layers(self.hf)
+        for i in range(len(layers)):
+            layers[i] = layers[i].base_layer
+        self._attached = False
+        self._sliced.clear()
+        return self.hf
+
+    def _check_attached(self):
+        if not self._attached:
+            raise RuntimeError("this GatedModel was detached; attach a new one to the model")
+
+    @property
+    def n_layers(self) -> int:
+        return self.geometry.n_layers
+
+    @property
+    def n_groups(self) -> int:
+        return self.geometry.n_kv
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf.parameters()).device
+
+    def dense_decision(self) -> GateDecision:
+        return GateDecision.dense(self.n_layers)
+
+    # -- planning ---------------------------------------------------------------------------------------
+
+    def _module(self, layer: int, groups: tuple[int, ...] | None) -> nn.Module:
+        base = arch.decoder_layers(self.hf)[layer].base_layer
+        if groups is None:
+            return base
+        key = (layer, groups)
+        if key not in self._sliced:
+            attn = arch.slice_attention(getattr(base, self.spec.attn), self.spec, self.geometry, groups)
+            self._sliced[key] = arch.with_attention(base, self.spec, attn)
+        return self._sliced[key]
+
+    def plan(self, decisions: Sequence[GateDecision]) -> _Plan:
+        """Group rows by what they run in each layer."""
+        self._check_attached()
+        for d in decisions:
+            d.check_fits(self.n_layers, self.n_groups)
+        batch, device = len(decisions), self.device
+        parts: list[list[_Part]] = []
+        for layer in range(self.n_layers):
+            by_groups: dict = {}
+            for row, d in enumerate(decisions):
+                if d.layers[layer]:
+                    by_groups.setdefault(d.groups(layer), []).append(row)
+            layer_parts = []
+            for groups, rows in by_groups.items():
+                rows_key = tuple(rows)
+                idx = None if len(rows) == batch else torch.tensor(rows, dtype=torch.long, device=device)
+                layer_parts.append(_Part(idx, rows_key, groups, self._module(layer, groups)))
+            parts.append(layer_parts)
+        return _Plan(parts, batch)
+
+    @contextmanager
+    def _active(self, decisions: Sequence[GateDecision]):
+        if self._runtime.plan is not None:
+            raise RuntimeError("GatedModel is not re-entrant: a forward or generate is already running")
+        self._runtime.plan = self.plan(decisions)
+        try:
+            yield
+        finally:
+            self._runtime.plan = None
+
+    def _decisions(self, decisions, batch: int) -> list[GateDecision]:
+        if decisions is None:
+            return [self.dense_decision()] * batch
+        return as_decisions(decisions, batch)
+
+    # -- running -------------------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        decisions: GateDecision | Sequence[GateDecision] | None = None,
+        past_key_values: RowCache | None = None,
+        use_cache: bool = False,
+        **kwargs,
+    ) -> torch.Tensor:
+        """Logits (B, T, V) with each row running its decision. With `use_cache`, fills a RowCache
+        (pass it back to continue); `m.last_cache` holds it."""
+        ds = self._decisions(decisions, input_ids.shape[0])
+        cache = prepare(past_key_values, len(ds), tuple(ds)) if (use_cache or past_key_values is not None) else None
+        with self._active(ds):
+            out = self.hf(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                past_key_values=cache,
+                use_cache=cache is not None,
+                **kwargs,
+            )
+        self.last_cache = cache
+        return out.logits
+
+    __call__ = forward
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        decisions: GateDecision | Sequence[GateDecision] | None = None,
+        max_new_tokens: int = 32,
+        do_sample: bool = False,
+        on_token: Callable[[torch.Tensor], None] | None = None,
+        **generate_kwargs,
+    ) -> torch.Tensor:
+        """transformers `generate` with one decision per row; returns (B, T + new) token ids.
+
+        `on_token(tokens)` is called with each step's (B,) new tokens (streaming). Other keyword
+        arguments (temperature, top_p, logits_processor, streamer, ...) go to HF `generate`.
+        """
+        if generate_kwargs.get("num_beams", 1) != 1:
+            raise ValueError("beam search is not supported: decisions and KV are per row")
+        ds = self._decisions(decisions, input_ids.shape[0])
+        cache = RowCache(len(ds), tuple(ds))
+        if on_token is not None:
+            if "streamer" in generate_kwargs:
+                raise ValueError("give either on_token or streamer, not both")
+            generate_kwargs["streamer"] = _CallbackStreamer(on_token)
+        if self.tokenizer is not None and "pad_token_id" not in generate_kwargs:
+            generate_kwargs["pad_token_id"] = self.tokenizer.pad_token_id
+        with self._active(ds):
+            out = self.hf.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                past_key_values=cache,
+                max_new_tokens=max_new_tokens,
+                do_sample=do_sample,
+                **generate_kwargs,
+            )
+        self.last_cache = cache
+        return out
