@@ -1,8 +1,23 @@
-"""Static layer/group choices that depend only on the budget, never on the input.
+"""Static baselines: decisions that depend only on the budget (and, for calibrated ones, on the model).
 
-These are the input-agnostic baselines (and the decisions `l2a bench` measures). Each function maps
-(model size, fraction) to one `GateDecision`. No torch here. A budget fraction f keeps
-`kept_count(L, f)` layers: the same count for every method, so methods compare at equal realized depth.
+These are the input-agnostic baselines every learned policy is compared with, behind the same `Policy`
+protocol (DESIGN §1), and the decisions `l2a bench` measures. No torch here: the calibrated methods'
+scores are computed in `static.py` (imported lazily); this module holds the selection rules and `METHODS`.
+
+A budget means the same for every method: `kept_count(L, b.layers)` layers and, in every executed layer,
+`kept_count(G, b.heads)` KV-head groups, so methods compare at equal realized cost. The think axis is not
+set by static methods (no cap). Per method:
+
+| method | layers | KV-head groups |
+|---|---|---|
+| dense | all | all |
+| even-spaced | evenly spread, first and last kept | first k |
+| drop-last | the first k (early exit) | first k |
+| random (seeded) | random, first and last kept | random per layer |
+| block-influence | highest Block Influence (ShortGPT), first and last kept | calibrated importance |
+| angular | all but the closest contiguous block (Gromov et al.), last (and first) kept | calibrated importance |
+| static-groups | all, or even-spaced when b.layers < 1 | calibrated importance, per layer |
+| l2a / l2a-strict | learned gates (`model.decide`, threshold / strict mode) | learned |
 """
 
 from __future__ import annotations
@@ -49,3 +64,189 @@ def even_groups(n_layers: int, n_groups: int, fraction: float, layers: GateDecis
     base = layers.layers if layers is not None else (True,) * n_layers
     row = tuple(g < k for g in range(n_groups))
     return GateDecision(layers=base, kv_groups=tuple(row for _ in range(n_layers)))
+
+
+# ---- selections from calibration scores (pure; static.py computes the scores) -------------------------
+
+
+def keep_most_important(importance, n_layers: int, fraction: float, protect: bool = True) -> GateDecision:
+    """Keep the `kept_count(L, f)` layers with the highest importance (ShortGPT removes the lowest BI).
+
+    First and last layers are kept first when `protect` and the count allows; ties go to the earlier layer.
+    """
+    if len(importance) != n_layers:
+        raise ValueError(f"got {len(importance)} importance scores for {n_layers} layers")
+    k = kept_count(n_layers, fraction)
+    keep: list[int] = []
+    if protect:
+        keep = [0, n_layers - 1][: min(k, 2)] if n_layers > 1 else [0]
+    rest = sorted((i for i in range(n_layers) if i not in keep), key=lambda i: (-importance[i], i))
+    keep += rest[: k - len(keep)]
+    return GateDecision(layers=tuple(i in keep for i in range(n_layers)))
+
+
+def drop_block(distance, n_layers: int, fraction: float, protect_first: bool = True) -> GateDecision:
+    """Drop the contiguous block of n = L - kept_count(L, f) layers whose ends are closest (Gromov et al.).
+
+    `distance[i][j]` is the angular distance between the residual stream entering layer i and entering
+    layer j (j = L: after the last layer). Dropping layers l..l+n-1 is scored by distance[l][l+n]. The last
+    layer is always kept (l+n <= L-1), the first too when `protect_first` and there is room; ties go to the
+    earliest block.
+    """
+    n = n_layers - kept_count(n_layers, fraction)
+    if n == 0:
+        return GateDecision.dense(n_layers)
+    lo = 1 if protect_first and n <= n_layers - 2 else 0
+    starts = range(lo, n_layers - n)  # l + n <= L - 1: the last layer stays
+    best = min(starts, key=lambda l: (distance[l][l + n], l))
+    return GateDecision(layers=tuple(not (best <= i < best + n) for i in range(n_layers)))
+
+
+def top_groups(importance, n_groups: int, fraction: float, layers: GateDecision) -> GateDecision:
+    """Keep the `kept_count(G, f)` most important KV-head groups of every executed layer.
+
+    `importance[l][g]`: higher = more important; ties go to the lower group index.
+    """
+    k = kept_count(n_groups, fraction)
+    rows = []
+    for scores in importance:
+        best = sorted(range(n_groups), key=lambda g: (-scores[g], g))[:k]
+        rows.append(tuple(g in best for g in range(n_groups)))
+    return GateDecision(layers=layers.layers, kv_groups=tuple(rows))
+
+
+def random_decision(n_layers: int, n_groups: int, layers: float, heads: float, seed: int) -> GateDecision:
+    """Random kept layers (first and last protected) and random kept groups per layer, from `seed` only."""
+    import random
+
+    rng = random.Random(f"l2a-random-{seed}-{n_layers}-{n_groups}-{layers}-{heads}")  # str seeds are stable
+    k = kept_count(n_layers, layers)
+    ends = [0, n_layers - 1][: min(k, 2)] if n_layers > 1 else [0]
+    middle = [i for i in range(n_layers) if i not in ends]
+    keep = set(ends) | set(rng.sample(middle, k - len(ends)))
+    kg = kept_count(n_groups, heads)
+    rows = []
+    for _ in range(n_layers):
+        kept = set(rng.sample(range(n_groups), kg))
+        rows.append(tuple(g in kept for g in range(n_groups)))
+    return GateDecision(layers=tuple(i in keep for i in range(n_layers)), kv_groups=tuple(rows))
+
+
+# ---- policies (the `--methods`) -----------------------------------------------------------------------
+
+
+class _StaticPolicy:
+    """An input-agnostic policy: one decision per budget, the same for every row (memoised)."""
+
+    name = "static"
+    seeded = False  # True: the evaluator averages it over seeds
+
+    def __init__(self):
+        self._memo: dict = {}
+
+    def decision(self, model, budget) -> GateDecision:
+        raise NotImplementedError
+
+    def decide(self, model, input_ids, attention_mask, budgets) -> list[GateDecision]:
+        out = []
+        for b in budgets:
+            key = (id(model), b.axes)
+            if key not in self._memo:
+                self._memo[key] = self.decision(model, b)
+            out.append(self._memo[key])
+        return out
+
+
+class EvenSpacedPolicy(_StaticPolicy):
+    """Layers spread evenly over depth (first and last kept); the first groups of each layer."""
+
+    name = "even-spaced"
+
+    def decision(self, model, budget) -> GateDecision:
+        layers = even_spaced(model.n_layers, budget.layers)
+        return even_groups(model.n_layers, model.n_groups, budget.heads, layers=layers)
+
+
+class DropLastPolicy(_StaticPolicy):
+    """Early exit: the first layers only; the first groups of each layer."""
+
+    name = "drop-last"
+
+    def decision(self, model, budget) -> GateDecision:
+        layers = drop_last(model.n_layers, budget.layers)
+        return even_groups(model.n_layers, model.n_groups, budget.heads, layers=layers)
+
+
+class RandomPolicy(_StaticPolicy):
+    """Random layers (first and last protected) and random groups, fixed by the seed."""
+
+    name = "random"
+    seeded = True
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        self.seed = seed
+
+    def decision(self, model, budget) -> GateDecision:
+        return random_decision(model.n_layers, model.n_groups, budget.layers, budget.heads, self.seed)
+
+
+class L2APolicy:
+    """The learned gates attached to the model (`model.policy`), through `model.decide`."""
+
+    name = "l2a"
+    seeded = False
+
+    def __init__(self, mode: str = "threshold"):
+        self.mode = mode
+        if mode == "strict":
+            self.name = "l2a-strict"
+
+    def decide(self, model, input_ids, attention_mask, budgets) -> list[GateDecision]:
+        if getattr(model, "policy", None) is None:
+            raise ValueError("no gates loaded: pass --gates DIR or use a model with shipped gates")
+        return list(model.decide(input_ids, list(budgets), attention_mask=attention_mask, mode=self.mode))
+
+
+def _dense(seed=0, calibration=None):
+    from .policy import DensePolicy
+
+    return DensePolicy()
+
+
+def _calibrated(cls_name: str):
+    def factory(seed=0, calibration=None):
+        from . import static
+
+        return getattr(static, cls_name)(calibration)
+
+    return factory
+
+
+def _tuned_static(seed=0, calibration=None):
+    raise NotImplementedError(
+        "tuned-static needs trained per-budget gates: a static decision tuned per budget on the training "
+        "objective; it arrives with the gate-training issue"
+    )
+
+
+# name -> factory(seed: int = 0, calibration: static.Calibration | None = None) -> Policy
+METHODS = {
+    "dense": _dense,
+    "l2a": lambda seed=0, calibration=None: L2APolicy("threshold"),
+    "l2a-strict": lambda seed=0, calibration=None: L2APolicy("strict"),
+    "even-spaced": lambda seed=0, calibration=None: EvenSpacedPolicy(),
+    "drop-last": lambda seed=0, calibration=None: DropLastPolicy(),
+    "random": lambda seed=0, calibration=None: RandomPolicy(seed),
+    "block-influence": _calibrated("BlockInfluencePolicy"),
+    "angular": _calibrated("AngularPolicy"),
+    "static-groups": _calibrated("StaticGroupsPolicy"),
+    "tuned-static": _tuned_static,
+}
+
+
+def make_method(name: str, seed: int = 0, calibration=None):
+    """The policy behind `--methods name`; ValueError lists the valid names."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; valid: {', '.join(METHODS)}")
+    return METHODS[name](seed=seed, calibration=calibration)

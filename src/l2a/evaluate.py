@@ -1,0 +1,296 @@
+"""evaluate: accuracy and cost of every (method, data file, budget) point, one JSON line each.
+
+`evaluate(model, task, data_files, budgets, methods, ...)` runs each method (a `Policy`, by name from
+`baselines.METHODS`) at each budget on the first `limit` items of each file, and appends one line per point
+to `out` (JSON lines; `pareto.report` reads them). Existing lines for the same (task, method, data,
+budget, limit) are reused, so an interrupted run resumes where it stopped. `dense` runs once, at budget 1.0.
+Seeded methods (`random`) run once per seed; their per-item scores are averaged over seeds.
+
+Fields of a line (besides method, task, data, source, budget, n, config, provenance):
+- `accuracy` and `ci_low`/`ci_high`: 95% percentile bootstrap over items (1000 resamples, seed 0);
+  `acc_norm` for mc (per-character normalised), `nll`/`token_acc` for gsm8k-loglik.
+- `realized_layers`, `realized_groups`: mean fractions of the decisions the items actually ran with.
+- `think_tokens`: mean generated tokens (gsm8k); 0 for scoring tasks.
+- `flops_per_token` (modeled): `CostModel.decode_flops` of the item's decision at the item's length
+  (prompt + generated tokens; for mc, the mean choice sequence), averaged over items; `flops_fraction`:
+  the same relative to dense.
+- `kv_bytes` (modeled): `CostModel.kv_bytes` of the item's decision at the item's length, averaged;
+  `kv_bytes_measured` (gsm8k only): the RowCache bytes held per row after generation, which include left
+  padding and the steps after a row stopped.
+- `seconds_per_item` and `tokens_per_s` (measured wall clock, after an untimed one-item warm-up, policy
+  calibration excluded): tokens are generated tokens for gsm8k, processed tokens for scoring tasks.
+
+This module does not plot (`pareto.py`) and does not parse command lines (`cli.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from .baselines import _StaticPolicy, kept_count, make_method
+from .budget import Budget
+from .cost import CostModel
+from .static import Calibration
+from .tasks import get_task
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What one evaluate() call ran with; stored in every line it writes."""
+
+    model: str | None  # model spec as given (registered name or path), None for an in-memory model
+    task: str  # task name
+    limit: int | None  # first `limit` items of each file (None = all)
+    seeds: int  # seeds averaged for seeded methods
+    batch_size: int  # items (and, for mc, sequences) per forward
+    max_new_tokens: int  # generation cap (gsm8k)
+    dtype: str  # model parameter dtype
+    calibration: dict  # static-baseline calibration text
+
+    def __post_init__(self):
+        if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1):
+            raise ValueError(f"limit must be a positive int or None, got {self.limit!r}")
+        for name in ("seeds", "batch_size", "max_new_tokens"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+
+
+def bootstrap_ci(scores, n_resamples: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean of per-item `scores`."""
+    x = np.asarray(scores, dtype=np.float64)
+    if x.size == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(n_resamples, x.size))].mean(axis=1)  # (R,)
+    a = (1.0 - level) / 2
+    return float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
+
+
+def budget_field(b: Budget):
+    """How a budget is written in a line: the scalar, or the three axes."""
+    return b.scalar if b.scalar is not None else {"layers": b.layers, "heads": b.heads, "think": b.think}
+
+
+def _key(task: str, method: str, data, budget, limit) -> str:
+    return json.dumps([task, method, data, budget, limit], sort_keys=True)
+
+
+def read_results(path) -> list[dict]:
+    """The lines of a results file; a torn last line (killed run) is skipped with a warning."""
+    if path is None or not os.path.exists(path):
+        return []
+    out = []
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            if n == len(lines):
+                print(f"l2a eval: ignoring a torn last line in {path}", file=sys.stderr)
+                continue
+            raise ValueError(f"{path}:{n}: not a JSON line; a results file holds one JSON object per line") from None
+    return out
+
+
+def _append(path, record: dict) -> None:
+    """Append one line; a torn last line left by a killed run (no trailing newline) is cut off first."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a+b") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size:
+            f.seek(0)
+            body = f.read()
+            if not body.endswith(b"\n"):
+                f.truncate(body.rfind(b"\n") + 1)
+        f.seek(0, os.SEEK_END)
+        f.write((json.dumps(record) + "\n").encode("utf-8"))
+
+
+def _provenance() -> dict:
+    try:
+        from .record import run_record
+
+        rec = run_record("eval", {}, {})
+        return {k: rec.get(k) for k in ("versions", "git_sha", "git_dirty", "device", "threads", "time")}
+    except Exception:  # provenance never fails a run
+        return {}
+
+
+def evaluate(
+    model,
+    task,
+    data_files,
+    budgets,
+    methods,
+    limit: int | None = None,
+    batch_size: int = 8,
+    seeds: int = 3,
+    out=None,
+    max_new_tokens: int = 256,
+    *,
+    model_name: str | None = None,
+    calibration: Calibration | None = None,
+    warmup: bool = True,
+    progress: bool = True,
+) -> list[dict]:
+    """Evaluate every (method, data file, budget) point; append each to `out`; return all points' lines.
+
+    model: a GatedModel or a model spec for `l2a.load`. task: "gsm8k", "gsm8k-loglik", "mc" (or a task
+    object). data_files: paths (None = the task's default: GSM8K test, else generated). budgets: numbers,
+    dicts or Budgets. methods: names from `baselines.METHODS` or Policy objects.
+    """
+    if isinstance(model, (str, os.PathLike)):
+        from .load import load
+
+        model_name = model_name or os.fspath(model)
+        model = load(model)
+    if model.tokenizer is None:
+        raise ValueError("evaluate() needs a model with a tokenizer (GatedModel(hf, tokenizer=...))")
+    task_obj = get_task(task)
+    task_name = getattr(task_obj, "name", str(task))
+    data_files = [data_files] if isinstance(data_files, (str, os.PathLike)) or data_files is None else list(data_files)
+    budgets = [Budget.parse(b) for b in budgets]
+    calibration = calibration or Calibration()
+    methods = sorted(methods, key=lambda m: m != "dense")  # dense first: static points at b=1 reuse it
+    names = [m if isinstance(m, str) else m.name for m in methods]
+    for m in methods:  # fail on unknown names (and missing gates) before any model runs
+        if isinstance(m, str):
+            make_method(m, seed=0, calibration=calibration)
+            if m.startswith("l2a") and getattr(model, "policy", None) is None:
+                raise ValueError(f"method {m!r}: no gates loaded: pass --gates DIR or use a model with shipped gates")
+    dtype = next(model.hf.parameters()).dtype
+    cfg = EvalConfig(model_name, task_name, limit, seeds, batch_size, max_new_tokens,
+                     str(dtype).removeprefix("torch."), asdict(calibration))
+    cost = CostModel.from_config(model.hf.config, dtype_bytes=torch.empty((), dtype=dtype).element_size())
+    done = {_key(r.get("task"), r.get("method"), r.get("data"), r.get("budget"), r.get("config", {}).get("limit")): r
+            for r in read_results(out)}
+    provenance = _provenance()
+    results = []
+    for data_file in data_files:
+        rows, source = task_obj.load(data_file)
+        rows = rows[:limit] if limit is not None else rows
+        data_label = None if data_file is None else os.fspath(data_file)
+        for name, m in zip(names, methods):
+            points = [Budget(1.0)] if name == "dense" else budgets
+            policies = None
+            for b in points:
+                key = _key(task_name, name, data_label, budget_field(b), limit)
+                if key in done:
+                    results.append(done[key])
+                    continue
+                if policies is None:  # built once per method and data file: memo and calibration are reused
+                    policies = _policies(m, seeds, calibration)
+                dense = next((r for r in results if r["method"] == "dense" and r.get("data") == data_label), None)
+                if dense is not None and all(_static_dense(p, model, b) for p in policies):
+                    # A static method at a budget that keeps everything runs exactly dense: reuse its line.
+                    record = dict(dense, method=name, budget=budget_field(b), reused_from="dense",
+                                  budget_axes={"layers": b.layers, "heads": b.heads, "think": b.think})
+                else:
+                    record = _run_point(model, task_obj, rows, b, policies, cfg, cost, name, progress, warmup)
+                    record.update(task=task_name, data=data_label, source=source, config=asdict(cfg),
+                                  provenance=provenance)
+                if out is not None:
+                    _append(out, record)
+                results.append(record)
+    return results
+
+
+def _static_dense(policy, model, b: Budget) -> bool:
+    """True when a static (input-agnostic) policy's decision at `b` keeps every layer and group."""
+    return (isinstance(policy, _StaticPolicy) and kept_count(model.n_layers, b.layers) == model.n_layers
+            and kept_count(model.n_groups, b.heads) == model.n_groups)
+
+
+def _policies(m, seeds: int, calibration: Calibration) -> list:
+    if not isinstance(m, str):
+        return [m]
+    first = make_method(m, seed=0, calibration=calibration)
+    if not getattr(first, "seeded", False):
+        return [first]
+    return [first] + [make_method(m, seed=s, calibration=calibration) for s in range(1, seeds)]
+
+
+def _run_point(model, task, rows, budget: Budget, policies, cfg: EvalConfig, cost: CostModel, name: str,
+               progress: bool, warmup: bool) -> dict:
+    from tqdm.auto import tqdm
+
+    runs = []  # (items, seconds) per seed
+    bar = tqdm(total=len(rows) * len(policies), desc=f"{cfg.task} {name} b={budget_field(budget)}", unit="item",
+               disable=not progress, leave=False, file=sys.stderr)
+    try:
+        for policy in policies:
+            if hasattr(policy, "prepare"):
+                policy.prepare(model)  # calibration: a one-time cost, kept out of measured time
+
+            def decide(ids, mask, policy=policy):
+                return policy.decide(model, ids, mask, [budget] * ids.shape[0])
+
+            torch.manual_seed(0)
+            if warmup and rows:
+                for _ in task.run(model, rows[:1], decide, batch_size=1, max_new_tokens=min(4, cfg.max_new_tokens)):
+                    pass
+            items = []
+            t0 = time.perf_counter()
+            for batch in task.run(model, rows, decide, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens):
+                items.extend(batch)
+                bar.update(len(batch))
+            runs.append((items, time.perf_counter() - t0))
+    finally:
+        bar.close()
+    return _summarize(runs, task, budget, cost, name)
+
+
+def _summarize(runs, task, budget: Budget, cost: CostModel, name: str) -> dict:
+    n = len(runs[0][0])
+    scores = np.mean([[it.score for it in items] for items, _ in runs], axis=0) if n else np.zeros(0)  # (n,)
+    everything = [it for items, _ in runs for it in items]
+    lo, hi = bootstrap_ci(scores)
+    seconds = sum(t for _, t in runs)
+    tokens = sum(it.tokens for it in everything)
+    flops = [cost.decode_flops(it.decision, context=max(1, it.context)) for it in everything]
+    dense = [cost.decode_flops(None, context=max(1, it.context)) for it in everything]
+    measured = [it.kv_bytes_measured for it in everything if it.kv_bytes_measured is not None]
+
+    def mean(xs):
+        xs = list(xs)
+        return float(sum(xs) / len(xs)) if xs else None
+
+    record = {
+        "method": name,
+        "budget": budget_field(budget),
+        "budget_axes": {"layers": budget.layers, "heads": budget.heads, "think": budget.think},
+        "n": n,
+        "accuracy": float(scores.mean()) if n else None,
+        "ci_low": lo,
+        "ci_high": hi,
+        "realized_layers": mean(it.decision.layer_fraction for it in everything),
+        "realized_groups": mean(it.decision.group_fraction(cost.n_groups) for it in everything),
+        "think_tokens": mean(it.new_tokens for it in everything) or 0.0,
+        "flops_per_token": mean(flops),
+        "flops_fraction": sum(flops) / sum(dense) if dense else None,
+        "flops_source": "modeled",
+        "kv_bytes": mean(cost.kv_bytes(it.decision, tokens=it.context) for it in everything),
+        "kv_bytes_source": "modeled",
+        "kv_bytes_measured": mean(measured),
+        "seconds_per_item": seconds / max(1, len(everything)),
+        "tokens_per_s": tokens / seconds if seconds > 0 else None,
+        "seconds_source": "measured",
+        "seeds": len(runs),
+    }
+    if len(runs) > 1:
+        record["accuracy_per_seed"] = [mean(it.score for it in items) for items, _ in runs]
+    extras = [task.aggregate(items) for items, _ in runs]
+    for k in extras[0]:
+        record[k] = mean(e[k] for e in extras)
+    return record

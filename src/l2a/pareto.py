@@ -1,0 +1,185 @@
+"""pareto: turn an `l2a eval` results file into a markdown report and accuracy-vs-cost plots.
+
+`report(results_path, out_dir)` reads the JSON lines `evaluate.py` wrote (it never reruns a model, DESIGN
+§6 rule 9) and, per (task, data file), writes:
+- a markdown table: method x budget with accuracy +- 95% CI, realized layers and groups, measured s/item
+  and modeled GFLOP/token;
+- two PNG plots (matplotlib, Agg, imported lazily: the `plot` extra): accuracy vs measured seconds per
+  item and accuracy vs modeled FLOPs per token, one curve per method, the Pareto frontier over all
+  methods highlighted;
+- per method, the largest realized layer sparsity (1 - realized_layers) whose accuracy stays within one
+  point (0.01) of dense; None when no sparse point does (or there is no dense line).
+
+`pareto_front(points)` is the pure core: indices of the non-dominated (cost, accuracy) points.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+from typing import Sequence
+
+TOLERANCE = 0.01  # "within 1 point of dense": accuracies are fractions
+
+
+def dominates(p: Sequence[float], q: Sequence[float]) -> bool:
+    """p = (cost, accuracy) dominates q: no more cost, no less accuracy, strictly better in one."""
+    return p[0] <= q[0] and p[1] >= q[1] and (p[0] < q[0] or p[1] > q[1])
+
+
+def pareto_front(points: Sequence[Sequence[float]]) -> list[int]:
+    """Indices (ascending) of the points no other point dominates (lower cost, higher accuracy is better).
+
+    Duplicates of a front point are all on the front (equal points do not dominate each other).
+    """
+    pts = [(float(c), float(a)) for c, a in points]
+    return [i for i, p in enumerate(pts) if not any(dominates(q, p) for j, q in enumerate(pts) if j != i)]
+
+
+def _finite(*xs) -> bool:
+    return all(x is not None and isinstance(x, (int, float)) and math.isfinite(x) for x in xs)
+
+
+def _budget_label(b) -> str:
+    if isinstance(b, dict):
+        return "/".join(f"{b[k]:g}" for k in ("layers", "heads", "think") if k in b)
+    return f"{b:g}"
+
+
+def _budget_sort(b) -> float:
+    return -(b if not isinstance(b, dict) else b.get("layers", 1.0))
+
+
+def _fmt(x, spec: str) -> str:
+    return "–" if x is None else format(x, spec)
+
+
+def sparsity_within(lines: list[dict], tolerance: float = TOLERANCE) -> dict:
+    """method -> largest 1 - realized_layers with accuracy >= dense - tolerance (None if none)."""
+    dense = [r["accuracy"] for r in lines if r["method"] == "dense" and _finite(r.get("accuracy"))]
+    out: dict = {}
+    for r in lines:
+        if r["method"] == "dense":
+            continue
+        out.setdefault(r["method"], None)
+        if not dense or not _finite(r.get("accuracy"), r.get("realized_layers")):
+            continue
+        s = 1.0 - r["realized_layers"]
+        if s > 0 and r["accuracy"] >= dense[0] - tolerance - 1e-12:
+            out[r["method"]] = max(s, out[r["method"]] or 0.0)
+    return out
+
+
+def markdown_table(lines: list[dict]) -> str:
+    """One row per (method, budget): accuracy +- CI and cost columns."""
+    norm = any("acc_norm" in r for r in lines)
+    head = ["method", "budget", "accuracy (95% CI)"] + (["acc_norm"] if norm else []) + [
+        "layers", "groups", "s/item", "GFLOP/token (modeled)", "n"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    order = {m: i for i, m in enumerate(dict.fromkeys(r["method"] for r in lines))}
+    for r in sorted(lines, key=lambda r: (order[r["method"]], _budget_sort(r["budget"]))):
+        acc = r.get("accuracy")
+        cell = "–" if acc is None else f"{100 * acc:.1f} [{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}]"
+        row = [r["method"], _budget_label(r["budget"]), cell]
+        if norm:
+            row.append("–" if r.get("acc_norm") is None else f"{100 * r['acc_norm']:.1f}")
+        flops = r.get("flops_per_token")
+        row += [_fmt(r.get("realized_layers"), ".3f"), _fmt(r.get("realized_groups"), ".3f"),
+                _fmt(r.get("seconds_per_item"), ".3f"), "–" if flops is None else f"{flops / 1e9:.3f}", str(r.get("n"))]
+        out.append("| " + " | ".join(row) + " |")
+    return "\n".join(out)
+
+
+def _matplotlib():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError("plots need matplotlib: pip install 'l2a[plot]' (or call report(..., plots=False))") from None
+    return plt
+
+
+def plot(lines: list[dict], x_key: str, x_label: str, title: str, path, x_scale: float = 1.0) -> Path:
+    """Accuracy vs `x_key`, one curve per method, the frontier over all methods highlighted."""
+    plt = _matplotlib()
+    pts = [r for r in lines if _finite(r.get(x_key), r.get("accuracy"))]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    markers = "osD^vPX<>p"
+    methods = [m for m in dict.fromkeys(r["method"] for r in pts) if m != "dense"]
+    for k, method in enumerate(methods):
+        rs = sorted((r for r in pts if r["method"] == method), key=lambda r: r[x_key])
+        ax.plot([r[x_key] / x_scale for r in rs], [100 * r["accuracy"] for r in rs], marker=markers[k % len(markers)],
+                linestyle="-", label=method, alpha=0.75, markersize=7 - 0.5 * (k % 4))  # overlaps stay visible
+    dense = [r for r in pts if r["method"] == "dense"]
+    if dense:
+        ax.plot([r[x_key] / x_scale for r in dense], [100 * r["accuracy"] for r in dense], "k*", markersize=13,
+                label="dense", zorder=4)
+    front = sorted((pts[i] for i in pareto_front([(r[x_key], r["accuracy"]) for r in pts])), key=lambda r: r[x_key])
+    if front:
+        fx, fy = [r[x_key] / x_scale for r in front], [100 * r["accuracy"] for r in front]
+        ax.step(fx, fy, where="post", color="black", linestyle="--", linewidth=1.2, zorder=3, label="Pareto frontier")
+        ax.scatter(fx, fy, s=160, facecolors="none", edgecolors="black", linewidths=1.5, zorder=5)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "data"
+
+
+def report(results_path, out_dir=None, plots: bool = True) -> dict:
+    """Write `report.md` (and the plots) for `results_path` into `out_dir`; return what was written.
+
+    out_dir defaults to `<results stem>_report/` beside the results file. Returns {"markdown": path,
+    "plots": [paths], "sparsity": {(task, data): {method: sparsity or None}}}.
+    """
+    from .evaluate import read_results
+
+    if not os.path.exists(results_path):
+        raise FileNotFoundError(f"no results file {os.fspath(results_path)!r}; run `l2a eval ... --out FILE` first")
+    lines = [r for r in read_results(results_path) if "method" in r and "accuracy" in r]
+    if not lines:
+        raise ValueError(f"{results_path}: no evaluation lines (expected JSON lines written by `l2a eval`)")
+    if plots:
+        _matplotlib()  # fail before writing anything when the plot extra is missing
+    out = Path(out_dir) if out_dir is not None else Path(results_path).with_name(Path(results_path).stem + "_report")
+    out.mkdir(parents=True, exist_ok=True)
+    groups: dict = {}
+    for r in lines:
+        groups.setdefault((r.get("task"), r.get("data")), []).append(r)
+    md = [f"# l2a evaluation report\n\nFrom `{results_path}`. Accuracy in %, 95% bootstrap CI over items; "
+          "s/item measured wall clock; GFLOP/token modeled (decode, at the item's length).\n"]
+    written, sparsity = [], {}
+    for (task, data), rs in groups.items():
+        name = Path(data).stem if data else "default"
+        model = rs[0].get("config", {}).get("model")
+        md.append(f"## {task} — {data or 'default data'}" + (f" — {model}" if model else "") + "\n")
+        md.append(markdown_table(rs) + "\n")
+        sp = sparsity_within(rs)
+        sparsity[(task, data)] = sp
+        md.append("Largest layer sparsity within 1 point of dense accuracy:\n")
+        for method, s in sp.items():
+            md.append(f"- {method}: " + ("none" if s is None else f"{100 * s:.1f}% of layers skipped"))
+        md.append("")
+        if plots:
+            stem = _slug(f"{task}_{name}")
+            title = f"{task} {name}" + (f" ({model})" if model else "")
+            for key, label, scale, suffix in (("seconds_per_item", "seconds per item (measured)", 1.0, "seconds"),
+                                              ("flops_per_token", "GFLOP per token (modeled)", 1e9, "flops")):
+                p = plot(rs, key, label, title, out / f"{stem}_{suffix}.png", scale)
+                written.append(p)
+                md.append(f"![{title}: accuracy vs {label}]({p.name})\n")
+    md_path = out / "report.md"
+    md_path.write_text("\n".join(md) + "\n", encoding="utf-8")
+    return {"markdown": md_path, "plots": written, "sparsity": sparsity}

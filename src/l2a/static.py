@@ -1,0 +1,209 @@
+"""static: calibrated static baselines (Block Influence, angular distance, static KV-group importance).
+
+One dense forward over calibration text (default: the first 64 GSM8K train items, question + worked
+answer) yields three scores per model, computed with forward hooks on the decoder layers' `base_layer`
+(with no plan active the GatedModel's wrappers are transparent, and hooks see the pre-norm residual
+stream, which `output_hidden_states` does not give for the last layer):
+
+- Block Influence (ShortGPT, Men et al. 2024): BI_l = 1 - mean over tokens of cos(h_l, h_{l+1}), h_l the
+  residual stream entering layer l; the lowest-BI layers are removed.
+- angular distance (Gromov et al. 2024, "The Unreasonable Ineffectiveness of the Deeper Layers"):
+  d(h_i, h_j) = arccos(cos(h_i, h_j)) / pi at each sequence's last token, averaged over sequences; the
+  contiguous block of n layers with the smallest d(h_l, h_{l+n}) is removed.
+- KV-group importance: mean over tokens of the L2 norm of each group's contribution to the attention output,
+  o_proj restricted to the group's input columns applied to their slice (DESIGN decision 6).
+
+Scores are cached per (model, Calibration). The selection rules are pure functions in `baselines.py`.
+This module does not evaluate anything and does not train.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from . import arch, data
+from .baselines import _StaticPolicy, drop_block, even_spaced, keep_most_important, kept_count, top_groups
+from .decision import GateDecision
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Which text calibrates the static baselines."""
+
+    path: str | None = None  # math JSONL (question + answer); None = gsm8k/train.jsonl under a data root
+    n: int = 64  # the first n items
+    max_tokens: int = 256  # each text truncated to this many tokens
+    batch_size: int = 8  # sequences per calibration forward
+
+    def __post_init__(self):
+        for name in ("n", "max_tokens", "batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"Calibration.{name} must be a positive int, got {v!r}")
+
+
+@dataclass
+class CalibStats:
+    """Calibration scores of one model."""
+
+    bi: list[float]  # (L,) Block Influence per layer
+    angular: list[list[float]]  # (L+1, L+1) angular distance between residual streams entering layers i, j
+    groups: list[list[float]]  # (L, G) mean L2 norm of each KV-head group's attention-output contribution
+    tokens: int  # calibration tokens (non-pad)
+    source: str  # where the text came from (data loader source) or "ids"
+
+
+# ---- pure scores from a hidden-state sequence ---------------------------------------------------------
+
+
+def block_influence(hs: torch.Tensor) -> torch.Tensor:
+    """(L,) BI_l = 1 - mean_n cos(hs[l, n], hs[l+1, n]) from hs (L+1, N, H): residual streams per layer."""
+    return 1.0 - F.cosine_similarity(hs[:-1].double(), hs[1:].double(), dim=-1).mean(-1)
+
+
+def angular_distance(hs: torch.Tensor) -> torch.Tensor:
+    """(L+1, L+1) mean_n arccos(cos(hs[i, n], hs[j, n])) / pi from hs (L+1, N, H)."""
+    u = F.normalize(hs.double(), dim=-1)  # (L+1, N, H)
+    cos = torch.einsum("inh,jnh->ijn", u, u).clamp(-1.0, 1.0)  # (L+1, L+1, N)
+    return torch.arccos(cos).mean(-1) / math.pi
+
+
+# ---- calibration forward ------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def calibrate(model, sequences: list[list[int]], batch_size: int = 8, pad_id: int = 0, source: str = "ids") -> CalibStats:
+    """Scores from one dense pass over token-id `sequences` (left-padded batches; pads never counted)."""
+    from .tasks import left_pad, positions
+
+    if getattr(model, "_runtime", None) is not None and model._runtime.plan is not None:
+        raise RuntimeError("calibrate() needs the GatedModel idle (no forward or generate running)")
+    layers = arch.decoder_layers(model.hf)
+    spec, geo = model.spec, model.geometry
+    L, G, r, D = geo.n_layers, geo.n_kv, geo.n_rep, geo.head_dim
+    cos_sum = torch.zeros(L, dtype=torch.float64)
+    grp_sum = torch.zeros(L, G, dtype=torch.float64)
+    last: list[list[torch.Tensor]] = [[] for _ in range(L + 1)]  # residual stream at each row's last token
+    state: dict = {}
+
+    def layer_hook(i):
+        def hook(module, args, kwargs, out):
+            h_in = args[0] if args else kwargs["hidden_states"]  # (B, T, H)
+            h_out = out[0] if isinstance(out, tuple) else out  # (B, T, H)
+            cos = F.cosine_similarity(h_in.float(), h_out.float(), dim=-1)  # (B, T)
+            cos_sum[i] += cos[state["mask"]].double().sum()
+            if i == 0:
+                last[0].append(h_in[:, -1].float())  # (B, H): left padding puts every row's last token at T-1
+            last[i + 1].append(h_out[:, -1].float())
+
+        return hook
+
+    def o_hook(i, o_proj):
+        H = o_proj.weight.shape[0]
+        w = o_proj.weight.float().view(H, G, r * D)  # (H, G, r*D): o_proj input columns by group
+
+        def hook(module, args):
+            x = args[0].float()  # (B, T, nq*D)
+            B, T = x.shape[:2]
+            y = torch.einsum("btgd,hgd->btgh", x.view(B, T, G, r * D), w)  # (B, T, G, H) per-group contribution
+            grp_sum[i] += y.norm(dim=-1)[state["mask"]].double().sum(0)  # (G,)
+
+        return hook
+
+    handles = []
+    try:
+        for i, wrapper in enumerate(layers):
+            base = getattr(wrapper, "base_layer", wrapper)
+            handles.append(base.register_forward_hook(layer_hook(i), with_kwargs=True))
+            o_proj = getattr(getattr(base, spec.attn), spec.o)
+            handles.append(o_proj.register_forward_pre_hook(o_hook(i, o_proj)))
+        n_tok = 0
+        for start in range(0, len(sequences), batch_size):
+            ids, mask = left_pad(sequences[start:start + batch_size], pad_id, model.device)  # (B, T)
+            state["mask"] = mask.bool()
+            n_tok += int(mask.sum())
+            model.hf(input_ids=ids, attention_mask=mask, position_ids=positions(mask), use_cache=False, logits_to_keep=1)
+    finally:
+        for h in handles:
+            h.remove()
+    if n_tok == 0:
+        raise ValueError("calibration needs at least one token")
+    hs_last = torch.stack([torch.cat(x) for x in last])  # (L+1, N, H)
+    return CalibStats(
+        bi=(1.0 - cos_sum / n_tok).tolist(),
+        angular=angular_distance(hs_last).tolist(),
+        groups=(grp_sum / n_tok).tolist(),
+        tokens=n_tok,
+        source=source,
+    )
+
+
+_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model.hf -> {Calibration: CalibStats}
+
+
+def stats_for(model, cal: Calibration) -> CalibStats:
+    """Calibration scores of `model` on `cal`'s text, computed once per (model, Calibration)."""
+    per_model = _CACHE.setdefault(model.hf, {})
+    if cal not in per_model:
+        tok = model.tokenizer
+        if tok is None:
+            raise ValueError("calibrated baselines need the model's tokenizer (GatedModel(hf, tokenizer=...))")
+        rows, source = data.load_math(cal.path, split="train")
+        texts = [f"{r['question']}\n{r['answer']}" for r in rows[: cal.n]]
+        seqs = [list(tok(t)["input_ids"])[: cal.max_tokens] for t in texts]
+        pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+        per_model[cal] = calibrate(model, seqs, cal.batch_size, pad, source)
+    return per_model[cal]
+
+
+# ---- policies -------------------------------------------------------------------------------------------
+
+
+class _Calibrated(_StaticPolicy):
+    def __init__(self, calibration: Calibration | None = None):
+        super().__init__()
+        self.calibration = calibration or Calibration()
+
+    def prepare(self, model) -> CalibStats:
+        """Run (or fetch) the calibration now, so the evaluator can keep it out of measured time."""
+        return stats_for(model, self.calibration)
+
+    def _with_groups(self, model, budget, layers: GateDecision) -> GateDecision:
+        if kept_count(model.n_groups, budget.heads) == model.n_groups:
+            return layers
+        return top_groups(self.prepare(model).groups, model.n_groups, budget.heads, layers)
+
+
+class BlockInfluencePolicy(_Calibrated):
+    """ShortGPT: remove the lowest-BI layers (first and last kept); groups by calibrated importance."""
+
+    name = "block-influence"
+
+    def decision(self, model, budget) -> GateDecision:
+        layers = keep_most_important(self.prepare(model).bi, model.n_layers, budget.layers)
+        return self._with_groups(model, budget, layers)
+
+
+class AngularPolicy(_Calibrated):
+    """Gromov et al.: remove the contiguous block with the smallest angular distance; groups by importance."""
+
+    name = "angular"
+
+    def decision(self, model, budget) -> GateDecision:
+        layers = drop_block(self.prepare(model).angular, model.n_layers, budget.layers)
+        return self._with_groups(model, budget, layers)
+
+
+class StaticGroupsPolicy(_Calibrated):
+    """Static KV-group pruning by importance, per layer; layers even-spaced when b.layers < 1."""
+
+    name = "static-groups"
+
+    def decision(self, model, budget) -> GateDecision:
+        layers = even_spaced(model.n_layers, budget.layers)
+        return self._with_groups(model, budget, layers)

@@ -1,0 +1,348 @@
+"""tasks: how one benchmark item is prompted, run on a GatedModel and scored.
+
+Three tasks, in the registry `TASKS` (errors list the names):
+
+- ``gsm8k``: generative math. Chat prompt through the tokenizer's chat template (plain
+  ``"Question: ...\\nAnswer:"`` when it has none), greedy chain of thought, answer extraction (`#### N`,
+  else ``\\boxed{N}``, else the last number), normalised exact match.
+- ``gsm8k-loglik``: the prefill-only way to score math at scale: teacher-forced log-likelihood of the
+  reference solution given the same prompt. Per item: total logprob and token count (``nll`` in the
+  record is total NLL / total tokens); its ``accuracy`` is *teacher-forced answer match*: every token of the
+  final number after ``####`` is the greedy argmax given the reference reasoning before it.
+- ``mc``: multiple choice by log-likelihood: ``"Question: q\\nAnswer:"`` + ``" " + choice``, summed logprob of
+  the choice tokens. ``accuracy`` = argmax of the raw sum; ``acc_norm`` = argmax of the sum divided by the
+  number of *characters* of the choice (lm-eval's acc_norm). WinoGrande rows (empty question) score the
+  whole sentence after a single prefix token (eos, as lm-eval's prefix token).
+
+Each row's decision is made once from its question prompt (`decide(ids, mask)`) and reused for all its
+choices / generated tokens (DESIGN decision 1). Batches are left-padded; scoring runs
+`model.forward(ids, mask, decisions=..., position_ids=...)` so every row carries its own decision. This
+module does not time anything or aggregate across items (`evaluate.py` does) and does not choose decisions.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+
+from . import data
+from .decision import GateDecision
+
+Decide = Callable[[torch.Tensor, torch.Tensor], list]  # (ids (B, T), mask (B, T)) -> list[GateDecision]
+
+
+@dataclass
+class ItemResult:
+    """What one item produced; evaluate.py aggregates these."""
+
+    score: float  # 1.0 / 0.0 (or the task's primary metric for the item)
+    decision: GateDecision  # the decision the item ran with
+    context: int  # tokens in the item's sequence (mean over choices for mc): cost is modeled at this length
+    tokens: int  # tokens counted by tokens_per_s: generated (gsm8k) or processed (scoring tasks)
+    new_tokens: int = 0  # generated tokens (think tokens), 0 for scoring tasks
+    metrics: dict = field(default_factory=dict)  # task extras (acc_norm, logprob, n_tokens, ...)
+    kv_bytes_measured: int | None = None  # RowCache bytes held for the row after generation
+
+
+# ---- answers -------------------------------------------------------------------------------------------
+
+_NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")  # 1,234.5 | 1234 | -7
+
+
+def normalize_number(text: str | None) -> str | None:
+    """Canonical form of the first number in `text`: no commas/`$`/trailing `.`, `18.0` -> `18`, `-0` -> `0`."""
+    if text is None:
+        return None
+    m = _NUMBER.search(text.replace("$", ""))
+    if m is None:
+        return None
+    d = Decimal(m.group(0).replace(",", ""))
+    if d == d.to_integral_value():
+        return str(int(d))  # int(Decimal("-0")) == 0
+    return format(d.normalize(), "f")
+
+
+def extract_answer(text: str) -> str | None:
+    """The model's final answer: after the last `####`, else the last `\\boxed{}`, else the last number."""
+    if "####" in text:
+        got = normalize_number(text.rsplit("####", 1)[1].split("\n", 1)[0])
+        if got is not None:
+            return got
+    boxed = re.findall(r"\\boxed\{([^{}]*)\}", text)
+    if boxed:
+        got = normalize_number(boxed[-1])
+        if got is not None:
+            return got
+    numbers = _NUMBER.findall(text.replace("$", ""))
+    return normalize_number(numbers[-1]) if numbers else None
+
+
+# ---- tokenization helpers ---------------------------------------------------------------------------
+
+
+def _encode(tok, text: str, special: bool = False) -> list[int]:
+    return list(tok(text, add_special_tokens=special)["input_ids"])
+
+
+def _pad_id(tok) -> int:
+    for t in (tok.pad_token_id, tok.eos_token_id, 0):
+        if t is not None:
+            return int(t)
+    return 0
+
+
+def _prefix_id(tok) -> int:
+    """Single context token for sequences with no prompt (lm-eval's prefix token: eos, else bos)."""
+    for t in (tok.eos_token_id, tok.bos_token_id, tok.pad_token_id, 0):
+        if t is not None:
+            return int(t)
+    return 0
+
+
+def left_pad(seqs: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids (B, T), mask (B, T)) with every row right-aligned."""
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, T - len(s):] = torch.tensor(s, dtype=torch.long)
+            mask[i, T - len(s):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) position ids counted from each row's first real token (pads get 0), as `generate` does."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def math_prompt(tok, question: str) -> list[int]:
+    """Token ids of the math prompt: chat template when the tokenizer has one, else plain."""
+    if getattr(tok, "chat_template", None):
+        content = f"{question}\nSolve it step by step, then give the final number on the last line as '#### N'."
+        text = tok.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False)
+        return _encode(tok, text)
+    return _encode(tok, f"Question: {question}\nAnswer:", special=True)
+
+
+@torch.inference_mode()
+def continuation_logprobs(model, seqs: list[list[int]], conts: list[int], decisions: list, pad_id: int):
+    """Per sequence: (summed logprob of its last `conts[i]` tokens, (k_i,) logprobs, (k_i,) greedy hits).
+
+    seqs[i] = context + continuation; the continuation is the last conts[i] tokens. Left padding puts
+    every continuation at the right end, so only the last K+1 positions need logits (`logits_to_keep`).
+    """
+    ids, mask = left_pad(seqs, pad_id, model.device)  # (B, T)
+    B, T = ids.shape
+    K = max(conts)
+    logits = model.forward(ids, mask, decisions=decisions, position_ids=positions(mask), logits_to_keep=K + 1)
+    logp = torch.log_softmax(logits[:, :K].float(), dim=-1)  # (B, K, V): position j predicts token T-K+j
+    target = ids[:, T - K:]  # (B, K)
+    tok_lp = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)  # (B, K)
+    hit = logp.argmax(-1) == target  # (B, K)
+    out = []
+    for i, k in enumerate(conts):
+        lp = tok_lp[i, K - k:]
+        out.append((float(lp.sum()), lp, hit[i, K - k:]))
+    return out
+
+
+def _batches(n: int, size: int) -> Iterator[range]:
+    for start in range(0, n, size):
+        yield range(start, min(n, start + size))
+
+
+def _decide_on(model, decide: Decide, prompts: list[list[int]], pad_id: int) -> list:
+    ids, mask = left_pad(prompts, pad_id, model.device)
+    ds = decide(ids, mask)
+    if len(ds) != len(prompts):
+        raise ValueError(f"the policy returned {len(ds)} decisions for {len(prompts)} prompts")
+    return ds
+
+
+# ---- tasks -------------------------------------------------------------------------------------------
+
+
+class _ThinkCap:
+    """Hard per-row cap on new tokens from `decision.think_tokens`: at the cap, force eos.
+
+    A stopgap until the think-budget logits processor (reasoning.py) forces an answer gracefully.
+    """
+
+    def __init__(self, caps: list[int | None], prompt_len: int, eos: int):
+        self.caps, self.prompt_len, self.eos = caps, prompt_len, eos
+
+    def __call__(self, input_ids, scores):  # (B, T'), (B, V)
+        done = input_ids.shape[1] - self.prompt_len
+        for i, cap in enumerate(self.caps):
+            if cap is not None and done >= cap:
+                scores[i, :] = float("-inf")
+                scores[i, self.eos] = 0.0
+        return scores
+
+
+class GSM8K:
+    """Generative math: greedy chain of thought, extracted final number, exact match."""
+
+    name = "gsm8k"
+    data_format = "math"
+
+    def load(self, path=None):
+        return data.load_math(path)
+
+    def run(self, model, rows, decide: Decide, batch_size: int = 8, max_new_tokens: int = 256) -> Iterator[list[ItemResult]]:
+        tok = model.tokenizer
+        pad = _pad_id(tok)
+        eos = model.hf.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, (list, tuple)) else ([] if eos is None else [eos]))
+        for idx in _batches(len(rows), batch_size):
+            prompts = [math_prompt(tok, rows[i]["question"]) for i in idx]
+            ids, mask = left_pad(prompts, pad, model.device)  # (B, T)
+            ds = decide(ids, mask)
+            kw = {}
+            caps = [d.think_tokens for d in ds]
+            if any(c is not None for c in caps) and eos_ids:
+                from transformers import LogitsProcessorList
+
+                kw["logits_processor"] = LogitsProcessorList([_ThinkCap(caps, ids.shape[1], min(eos_ids))])
+            out = model.generate(ids, attention_mask=mask, decisions=ds, max_new_tokens=max_new_tokens, **kw)
+            new = out[:, ids.shape[1]:].tolist()  # (B, N)
+            kv = model.last_cache.row_kv_bytes() if getattr(model, "last_cache", None) is not None else [None] * len(ds)
+            results = []
+            for j, i in enumerate(idx):
+                gen = new[j]
+                n = next((t + 1 for t, x in enumerate(gen) if x in eos_ids), len(gen))
+                text = tok.decode(gen[:n], skip_special_tokens=True).split("\nQuestion:", 1)[0]
+                pred, gold = extract_answer(text), normalize_number(data.target(rows[i]))
+                results.append(ItemResult(
+                    score=float(pred is not None and pred == gold), decision=ds[j], context=len(prompts[j]) + n,
+                    tokens=n, new_tokens=n, metrics={"prediction": pred, "target": gold}, kv_bytes_measured=kv[j],
+                ))
+            yield results
+
+    def aggregate(self, items: list[ItemResult]) -> dict:
+        return {}
+
+
+class GSM8KLoglik:
+    """Teacher-forced log-likelihood of the reference solution (prefill only, no generation)."""
+
+    name = "gsm8k-loglik"
+    data_format = "math"
+
+    def load(self, path=None):
+        return data.load_math(path)
+
+    def run(self, model, rows, decide: Decide, batch_size: int = 8, max_new_tokens: int = 256) -> Iterator[list[ItemResult]]:
+        tok = model.tokenizer
+        pad = _pad_id(tok)
+        plain = not getattr(tok, "chat_template", None)
+        for idx in _batches(len(rows), batch_size):
+            prompts = [math_prompt(tok, rows[i]["question"]) for i in idx]
+            ds = _decide_on(model, decide, prompts, pad)
+            seqs, conts, n_answer = [], [], []
+            for p, i in zip(prompts, idx):
+                head, number = rows[i]["answer"].rsplit("####", 1)
+                head_ids = _encode(tok, (" " if plain else "") + head + "####")
+                num_ids = _encode(tok, number)  # the final answer's tokens (" 18")
+                seqs.append(p + head_ids + num_ids)
+                conts.append(len(head_ids) + len(num_ids))
+                n_answer.append(len(num_ids))
+            scored = continuation_logprobs(model, seqs, conts, ds, pad)
+            results = []
+            for j, (total, lp, hit) in enumerate(scored):
+                answer_hit = bool(hit[-n_answer[j]:].all())
+                results.append(ItemResult(
+                    score=float(answer_hit), decision=ds[j], context=len(seqs[j]), tokens=len(seqs[j]),
+                    metrics={"logprob": total, "n_tokens": conts[j], "token_acc": float(hit.float().mean())},
+                ))
+            yield results
+
+    def aggregate(self, items: list[ItemResult]) -> dict:
+        n_tok = sum(r.metrics["n_tokens"] for r in items)
+        return {
+            "nll": -sum(r.metrics["logprob"] for r in items) / max(1, n_tok),  # per token, over all items
+            "token_acc": sum(r.metrics["token_acc"] for r in items) / max(1, len(items)),
+        }
+
+
+class MultipleChoice:
+    """Multiple choice by summed choice log-likelihood; raw (acc) and per-character (acc_norm)."""
+
+    name = "mc"
+    data_format = "mc"
+
+    def load(self, path=None):
+        return data.load("mc", path)
+
+    @staticmethod
+    def _context(tok, row) -> tuple[list[int], list[list[int]], list[int]]:
+        """(context ids, continuation ids per choice, decision prompt ids)."""
+        if row["question"]:
+            ctx = _encode(tok, f"Question: {row['question']}\nAnswer:", special=True)
+            return ctx, [_encode(tok, " " + c) for c in row["choices"]], ctx
+        # WinoGrande: whole sentences after one prefix token; decide on their shared start (before the blank).
+        ctx = [_prefix_id(tok)]
+        shared = _common_words(row["choices"])
+        return ctx, [_encode(tok, c) for c in row["choices"]], ctx + (_encode(tok, shared) if shared else [])
+
+    def run(self, model, rows, decide: Decide, batch_size: int = 8, max_new_tokens: int = 0) -> Iterator[list[ItemResult]]:
+        tok = model.tokenizer
+        pad = _pad_id(tok)
+        for idx in _batches(len(rows), batch_size):
+            built = [self._context(tok, rows[i]) for i in idx]
+            ds = _decide_on(model, decide, [b[2] for b in built], pad)
+            flat = [(j, c) for j, b in enumerate(built) for c in range(len(b[1]))]  # (item in batch, choice)
+            flat.sort(key=lambda jc: -len(built[jc[0]][0]) - len(built[jc[0]][1][jc[1]]))  # less padding
+            sums: dict = {}
+            for chunk in _batches(len(flat), batch_size):
+                part = [flat[k] for k in chunk]
+                seqs = [built[j][0] + built[j][1][c] for j, c in part]
+                conts = [len(built[j][1][c]) for j, c in part]
+                for (j, c), (total, _, _) in zip(part, continuation_logprobs(model, seqs, conts, [ds[j] for j, _ in part], pad)):
+                    sums[j, c] = total
+            results = []
+            for j, i in enumerate(idx):
+                choices, gold = rows[i]["choices"], rows[i]["answer"]
+                raw = [sums[j, c] for c in range(len(choices))]
+                norm = [s / len(ch) for s, ch in zip(raw, choices)]
+                lengths = [len(built[j][0]) + len(x) for x in built[j][1]]
+                results.append(ItemResult(
+                    score=float(_argmax(raw) == gold), decision=ds[j], context=round(sum(lengths) / len(lengths)),
+                    tokens=sum(lengths), metrics={"acc_norm": float(_argmax(norm) == gold), "logprobs": raw},
+                ))
+            yield results
+
+    def aggregate(self, items: list[ItemResult]) -> dict:
+        return {"acc_norm": sum(r.metrics["acc_norm"] for r in items) / max(1, len(items))}
+
+
+def _argmax(xs: list[float]) -> int:
+    return max(range(len(xs)), key=lambda k: xs[k])  # first of ties, deterministic
+
+
+def _common_words(texts: list[str]) -> str:
+    """The longest whole-word prefix all `texts` share."""
+    words = [t.split(" ") for t in texts]
+    out = []
+    for ws in zip(*words):
+        if len(set(ws)) != 1:
+            break
+        out.append(ws[0])
+    return " ".join(out)
+
+
+TASKS = {"gsm8k": GSM8K, "gsm8k-loglik": GSM8KLoglik, "mc": MultipleChoice}
+
+
+def get_task(name):
+    """A task instance by name (or the task itself); ValueError lists the valid names."""
+    if not isinstance(name, str):
+        return name
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; valid: {', '.join(TASKS)}")
+    return TASKS[name]()

@@ -1,0 +1,172 @@
+"""Static baselines: every method realizes exactly the budget's layer and group counts; BI and angular
+pick what a hand computation picks; calibration hooks see the same residual stream as HF; the registry."""
+
+import json
+import math
+
+import pytest
+import torch
+from chartok import char_tokenizer
+from conftest import tiny_model
+
+from l2a import static
+from l2a.baselines import (METHODS, drop_block, keep_most_important, kept_count, make_method, random_decision,
+                           top_groups)
+from l2a.budget import Budget
+from l2a.data import generate_gsm8k
+from l2a.decision import GateDecision
+from l2a.gated import GatedModel
+from l2a.policy import Policy
+
+L = 6
+
+
+@pytest.fixture(scope="module")
+def calib_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cal") / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in generate_gsm8k(6)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def gm():
+    return GatedModel(tiny_model("qwen2", n_layers=L), tokenizer=char_tokenizer())
+
+
+BUDGETS = [Budget(1.0), Budget(0.85), Budget(0.7), Budget(0.55), Budget(0.3), Budget(layers=0.5, heads=0.5),
+           Budget(layers=1.0, heads=0.25)]
+STATIC = ["even-spaced", "drop-last", "random", "block-influence", "angular", "static-groups"]
+
+
+@pytest.mark.parametrize("method", STATIC)
+def test_realized_cost_is_exactly_the_budget(gm, calib_file, method):
+    policy = make_method(method, seed=1, calibration=static.Calibration(path=str(calib_file), n=6, max_tokens=48))
+    assert isinstance(policy, Policy)
+    ids = torch.randint(4, 100, (2, 5))
+    G = gm.n_groups
+    for b in BUDGETS:
+        ds = policy.decide(gm, ids, None, [b, b])
+        assert len(ds) == 2 and ds[0] == ds[1]  # static: input-agnostic
+        d = ds[0]
+        k = kept_count(L, b.layers)
+        assert sum(d.layers) == k, (method, b)
+        assert set(d.kept_groups_per_layer(G)) - {0} == {kept_count(G, b.heads)}, (method, b)
+        if method == "drop-last":
+            assert d.layers == tuple(i < k for i in range(L))
+        elif k >= 2:
+            assert d.layers[0] and d.layers[-1]  # first and last protected
+
+
+def test_keep_most_important_by_hand():
+    bi = [5.0, 0.1, 3.0, 0.2, 4.0, 9.0]
+    # k = 3: first and last protected, then the highest of the middle (layer 4).
+    assert keep_most_important(bi, 6, 0.5).kept_layers == (0, 4, 5)
+    assert keep_most_important(bi, 6, 0.5, protect=False).kept_layers == (0, 4, 5)
+    assert keep_most_important(bi, 6, 0.7).kept_layers == (0, 2, 4, 5)
+    assert keep_most_important(bi, 6, 0.1).kept_layers == (0,)
+
+
+def test_drop_block_by_hand():
+    n = 6
+    dist = [[abs(i - j) * 1.0 for j in range(n + 1)] for i in range(n + 1)]
+    dist[2][4] = 0.1  # dropping layers 2, 3 joins two nearly equal streams
+    dist[0][2] = 0.0  # would drop layer 0: the first layer is protected
+    d = drop_block(dist, n, 4 / 6)
+    assert d.kept_layers == (0, 1, 4, 5)
+    dist[4][6] = 0.0  # would drop the last layer: never
+    assert drop_block(dist, n, 4 / 6).kept_layers == (0, 1, 4, 5)
+    assert drop_block(dist, n, 1.0) == GateDecision.dense(n)
+
+
+def synthetic_stream():
+    """h_0..h_4 (L=4): layer 1 barely changes the stream, layer 2 turns it by 90 degrees."""
+    h0 = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.2, 0.0]], dtype=torch.float64)  # (N=2, H=3)
+    h1 = h0 + torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)  # layer 0: a real turn
+    h2 = h1 * 1.01  # layer 1: nearly the identity (same direction)
+    h3 = torch.stack([torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)] * 2)  # layer 2: orthogonal to h2
+    h4 = h3 + torch.tensor([0.1, 0.0, 0.0], dtype=torch.float64)  # layer 3: small turn
+    return torch.stack([h0, h1, h2, h3, h4]).double()  # (L+1, N, H)
+
+
+def test_block_influence_and_angular_by_hand():
+    hs = synthetic_stream()
+    bi = static.block_influence(hs)
+    for l in range(4):
+        cos = [float(torch.dot(hs[l, n], hs[l + 1, n]) / (hs[l, n].norm() * hs[l + 1, n].norm())) for n in range(2)]
+        assert bi[l].item() == pytest.approx(1 - sum(cos) / 2, abs=1e-9)
+    assert bi[1].item() == pytest.approx(0.0, abs=1e-9) and bi[2].item() == pytest.approx(1.0, abs=1e-9)
+    # ShortGPT at k=3 of 4: layers 0 and 3 protected; of 1 and 2, the lower BI (layer 1) goes.
+    assert keep_most_important(bi.tolist(), 4, 0.75).kept_layers == (0, 2, 3)
+    ang = static.angular_distance(hs)
+    assert ang[2, 3].item() == pytest.approx(0.5, abs=1e-9)  # orthogonal: arccos(0) / pi
+    assert ang[1, 2].item() == pytest.approx(0.0, abs=1e-6)
+    assert ang[0, 0].item() == pytest.approx(0.0, abs=1e-6)
+    # d(h_0, h_1): row 0 turns by 45 degrees (0.25), row 1 by arccos(1.24 / sqrt(1.04 * 2.44)) / pi.
+    want = (0.25 + math.acos(1.24 / math.sqrt(1.04 * 2.44)) / math.pi) / 2
+    assert ang[0, 1].item() == pytest.approx(want, abs=1e-9)
+    # Gromov at n = 1: the block of one layer with the smallest d(h_l, h_{l+1}) among l = 1..2 is layer 1.
+    assert drop_block(ang.tolist(), 4, 0.75).kept_layers == (0, 2, 3)
+
+
+def test_calibration_hooks_see_the_residual_stream(gm):
+    seqs = [list(range(5, 17)), list(range(30, 37))]  # unequal lengths: the batch is left-padded
+    got = static.calibrate(gm, seqs, batch_size=2)
+    layers = gm.hf.model.layers
+    outs = []
+    hook = layers[-1].base_layer.register_forward_hook(lambda m, a, o: outs.append(o[0] if isinstance(o, tuple) else o))
+    per_seq = []
+    try:
+        with torch.no_grad():
+            for s in seqs:  # one at a time, unpadded: the reference
+                hs = gm.hf(torch.tensor([s]), output_hidden_states=True).hidden_states
+                per_seq.append(torch.stack(list(hs[:-1]) + [outs[-1]])[:, 0])  # (L+1, T, H): last one pre-norm
+    finally:
+        hook.remove()
+    tokens = torch.cat(per_seq, dim=1)  # (L+1, N, H)
+    assert got.tokens == sum(map(len, seqs))
+    assert torch.allclose(torch.tensor(got.bi), static.block_influence(tokens).float(), atol=1e-4)
+    last = torch.stack([p[:, -1] for p in per_seq], dim=1)  # (L+1, 2, H)
+    assert torch.allclose(torch.tensor(got.angular), static.angular_distance(last).float(), atol=1e-3)
+    assert len(got.groups) == L and all(len(g) == gm.n_groups and min(g) > 0 for g in got.groups)
+
+
+def test_group_importance_finds_a_dead_group(calib_file):
+    hf = tiny_model("llama", n_layers=4, seed=3)
+    with torch.no_grad():  # group 2 of layer 1 contributes nothing: zero its o_proj input columns
+        w = hf.model.layers[1].self_attn.o_proj.weight  # (H, nq*D): 2 query heads of width 8 per group
+        w[:, 2 * 16:3 * 16] = 0
+    gm = GatedModel(hf, tokenizer=char_tokenizer())
+    stats = static.calibrate(gm, [list(range(5, 25))])
+    assert stats.groups[1][2] == 0 and min(stats.groups[0]) > 0
+    d = top_groups(stats.groups, 4, 0.75, GateDecision.dense(4))
+    assert d.kv_groups[1] == (True, True, False, True)
+
+
+def test_random_is_seeded():
+    a = [random_decision(12, 4, 0.5, 0.5, seed=s) for s in (0, 0, 1)]
+    assert a[0] == a[1] and a[0] != a[2]
+
+
+def test_registry_errors():
+    with pytest.raises(ValueError, match="unknown method 'shortgpt'; valid: dense, l2a"):
+        make_method("shortgpt")
+    with pytest.raises(NotImplementedError, match="tuned-static needs trained per-budget gates"):
+        make_method("tuned-static")
+    assert {"dense", "l2a", "even-spaced", "drop-last", "random", "block-influence", "angular",
+            "static-groups", "tuned-static"} <= set(METHODS)
+
+
+def test_l2a_delegates_to_model_decide():
+    policy = make_method("l2a")
+    model = type("M", (), {"policy": None})()
+    with pytest.raises(ValueError, match="no gates loaded: pass --gates DIR"):
+        policy.decide(model, torch.zeros(1, 3), None, [Budget(0.5)])
+    seen = {}
+
+    def decide(ids, budgets, attention_mask=None, mode="threshold"):
+        seen.update(budgets=budgets, mode=mode)
+        return [GateDecision.dense(2)] * len(budgets)
+
+    model.policy, model.decide = object(), decide
+    assert policy.decide(model, torch.zeros(2, 3), None, [Budget(0.5)] * 2) == [GateDecision.dense(2)] * 2
+    assert seen == {"budgets": [Budget(0.5)] * 2, "mode": "threshold"}

@@ -1,0 +1,147 @@
+"""evaluate(): the fields of a line, resume, seeds, dense once, reuse at b=1, errors (tiny models)."""
+
+import json
+
+import pytest
+from chartok import char_tokenizer
+from conftest import tiny_model
+
+from l2a import evaluate as E
+from l2a.data import generate_gsm8k
+from l2a.gated import GatedModel
+from l2a.static import Calibration
+
+FIELDS = {"method", "task", "data", "budget", "n", "accuracy", "ci_low", "ci_high", "realized_layers",
+          "realized_groups", "think_tokens", "flops_per_token", "seconds_per_item", "tokens_per_s", "kv_bytes",
+          "source", "config"}
+
+
+@pytest.fixture
+def files(tmp_path):
+    mc = tmp_path / "mc.jsonl"
+    rows = [{"question": f"What is {i} plus one?", "choices": [str(i + 1), str(i), "seven"], "answer": 0} for i in range(5)]
+    rows.append({"question": "", "choices": ["The dog sat.", "The dog flew."], "answer": 0})
+    mc.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    math = tmp_path / "math.jsonl"
+    math.write_text("".join(json.dumps(r) + "\n" for r in generate_gsm8k(6)))
+    return mc, math
+
+
+@pytest.fixture
+def gm():
+    return GatedModel(tiny_model("llama", n_layers=4), tokenizer=char_tokenizer())
+
+
+def run(gm, files, out, **kw):
+    mc, math = files
+    args = dict(task="mc", data_files=[str(mc)], budgets=[1.0, 0.5], methods=["even-spaced", "dense", "block-influence"],
+                limit=4, batch_size=3, seeds=2, out=out, calibration=Calibration(path=str(math), n=4, max_tokens=40),
+                progress=False)
+    args.update(kw)
+    return E.evaluate(gm, **args)
+
+
+def test_lines_resume_and_reuse(gm, files, tmp_path, monkeypatch):
+    out = tmp_path / "r.jsonl"
+    res = run(gm, files, out)
+    assert [(r["method"], r["budget"]) for r in res] == [  # dense first, once, at 1.0
+        ("dense", 1.0), ("even-spaced", 1.0), ("even-spaced", 0.5), ("block-influence", 1.0), ("block-influence", 0.5)]
+    for r in res:
+        assert FIELDS <= set(r) and r["n"] == 4 and r["task"] == "mc" and r["data"] == str(files[0])
+        assert 0 <= r["ci_low"] <= r["accuracy"] <= r["ci_high"] <= 1 and 0 <= r["acc_norm"] <= 1
+        assert r["think_tokens"] == 0 and r["kv_bytes_source"] == "modeled" and r["config"]["limit"] == 4
+    half = res[2]
+    assert half["realized_layers"] == 0.5 and half["realized_groups"] == 0.75  # Budget(0.5): heads 0.5/0.7 -> 3 of 4
+    assert half["flops_per_token"] < res[0]["flops_per_token"] and half["kv_bytes"] < res[0]["kv_bytes"]
+    assert res[1]["reused_from"] == "dense" and res[1]["accuracy"] == res[0]["accuracy"]
+    assert len(out.read_text().splitlines()) == 5
+
+    # Resume: nothing reruns; a torn last line (killed run) is ignored and the point it held is redone.
+    monkeypatch.setattr(E, "_run_point", lambda *a, **k: pytest.fail("a finished point ran again"))
+    assert run(gm, files, out) == res
+    lines = out.read_text().splitlines()
+    out.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:20])
+    monkeypatch.undo()
+    again = run(gm, files, out)
+    assert [r["accuracy"] for r in again] == [r["accuracy"] for r in res]  # deterministic
+    assert all(json.loads(line) for line in out.read_text().splitlines()[-1:])  # the file parses again
+    assert len(E.read_results(out)) == 5
+
+
+def test_random_averages_over_seeds(gm, files, tmp_path):
+    (r,) = run(gm, files, None, methods=["random"], budgets=[0.5], seeds=3)
+    assert r["seeds"] == 3 and len(r["accuracy_per_seed"]) == 3
+    assert r["accuracy"] == pytest.approx(sum(r["accuracy_per_seed"]) / 3)
+    assert r["realized_layers"] == 0.5
+
+
+def test_gsm8k_generation_fields(gm, files, tmp_path):
+    gm.hf.generation_config.eos_token_id = None  # never stops: every row generates max_new_tokens
+    res = run(gm, files, None, task="gsm8k", data_files=[str(files[1])], methods=["dense", "drop-last"], budgets=[0.5],
+              limit=2, max_new_tokens=3)
+    assert [r["method"] for r in res] == ["dense", "drop-last"]
+    assert all(r["think_tokens"] == 3 and r["kv_bytes_measured"] > 0 for r in res)
+    assert res[1]["kv_bytes_measured"] < res[0]["kv_bytes_measured"]
+
+
+def test_errors_before_running(gm, files):
+    with pytest.raises(ValueError, match="unknown method 'nope'; valid:"):
+        run(gm, files, None, methods=["dense", "nope"])
+    with pytest.raises(ValueError, match="unknown task 'qa'"):
+        run(gm, files, None, task="qa")
+    with pytest.raises(ValueError, match="no gates loaded"):
+        run(gm, files, None, methods=["l2a"])
+    with pytest.raises(FileNotFoundError, match="tried"):
+        run(gm, files, None, data_files=["missing/none.jsonl"])
+
+
+def test_bootstrap_ci():
+    assert E.bootstrap_ci([1, 1, 1]) == (1.0, 1.0)
+    lo, hi = E.bootstrap_ci([0, 1] * 50)
+    assert lo < 0.5 < hi and (lo, hi) == E.bootstrap_ci([0, 1] * 50)
+
+
+def test_lm_eval_bridge_matches_our_mc(gm, tmp_path):
+    """With lm-eval installed (the `eval` extra), its acc/acc_norm through the bridge equal ours."""
+    pytest.importorskip("lm_eval")
+    from l2a.harness import mc_task_yaml, run_lm_eval
+
+    mc = tmp_path / "mc.jsonl"
+    rows = [{"question": f"What is {i} plus one?", "choices": [str(i + 1), f"{i} or so", "seven"], "answer": i % 3}
+            for i in range(6)]
+    mc.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    mc_task_yaml("l2a_tiny_mc", mc, tmp_path / "tasks")
+    for method, budget in (("dense", 1.0), ("even-spaced", 0.5)):
+        ours = E.evaluate(gm, "mc", [str(mc)], [budget], [method], progress=False)[-1]
+        got = run_lm_eval(gm, ["l2a_tiny_mc"], method=method, budget=budget, include_path=tmp_path / "tasks")
+        res = got["results"]["l2a_tiny_mc"]
+        assert res["acc,none"] == pytest.approx(ours["accuracy"]) and res["acc_norm,none"] == pytest.approx(ours["acc_norm"])
+        assert got["l2a"]["realized_layers"] == ours["realized_layers"]
+
+
+def test_lm_eval_missing_names_the_extra(monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_lm_eval(name, *a, **k):
+        if name.startswith("lm_eval"):
+            raise ImportError(name)
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_lm_eval)
+    from l2a import harness
+
+    with pytest.raises(ImportError, match=r"l2a\[eval\]"):
+        harness.run_lm_eval(None, ["x"])
+
+
+def test_lm_eval_bridge_generates_with_decisions(gm, files, tmp_path):
+    pytest.importorskip("lm_eval")
+    from l2a.harness import math_task_yaml, run_lm_eval
+
+    gm.hf.generation_config.eos_token_id = None
+    math_task_yaml("l2a_tiny_math", files[1], tmp_path / "tasks", max_gen_toks=3)
+    got = run_lm_eval(gm, ["l2a_tiny_math"], method="drop-last", budget=0.5, limit=2, include_path=tmp_path / "tasks")
+    assert "exact_match,last-number" in got["results"]["l2a_tiny_math"]
+    assert got["l2a"]["realized_layers"] == 0.5

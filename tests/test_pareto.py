@@ -1,0 +1,73 @@
+"""pareto: the frontier as a property, and the report (table, plots, sparsity) from a synthetic results file."""
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from l2a.pareto import dominates, pareto_front, report, sparsity_within
+
+coords = st.floats(0, 10, allow_nan=False).map(lambda x: round(x, 1))  # rounding makes ties common
+
+
+@given(st.lists(st.tuples(coords, coords), max_size=30))
+def test_front_is_exactly_the_non_dominated_points(points):
+    front = pareto_front(points)
+    assert front == sorted(set(front))
+    on = set(front)
+    for i in on:  # nothing dominates a front point
+        assert not any(dominates(q, points[i]) for q in points)
+    for i in set(range(len(points))) - on:  # every other point is dominated by a front point
+        assert any(dominates(points[j], points[i]) for j in on)
+
+
+def test_front_by_hand():
+    pts = [(1, 0.5), (2, 0.6), (2, 0.55), (3, 0.6), (0.5, 0.2), (2, 0.6)]
+    assert pareto_front(pts) == [0, 1, 4, 5]
+
+
+def line(method, budget, acc, layers, s, flops, data="mc/arc_easy.jsonl"):
+    return {"method": method, "task": "mc", "data": data, "budget": budget, "n": 40, "accuracy": acc,
+            "ci_low": acc - 0.05, "ci_high": acc + 0.05, "acc_norm": acc, "realized_layers": layers,
+            "realized_groups": 1.0, "seconds_per_item": s, "flops_per_token": flops, "config": {"model": "tiny"}}
+
+
+LINES = [
+    line("dense", 1.0, 0.60, 1.0, 1.0, 2e8),
+    line("even-spaced", 0.85, 0.595, 0.833, 0.9, 1.7e8),
+    line("even-spaced", 0.7, 0.50, 0.7, 0.8, 1.4e8),
+    line("angular", 0.85, 0.61, 0.833, 0.85, 1.7e8),
+    line("angular", 0.7, 0.592, 0.7, 0.75, 1.4e8),
+    line("drop-last", 0.7, 0.30, 0.7, 0.7, 1.4e8),
+    line("dense", 1.0, 0.40, 1.0, 1.0, 2e8, data="mc/piqa.jsonl"),
+]
+
+
+def test_sparsity_within_one_point():
+    sp = sparsity_within(LINES[:6])
+    assert sp["angular"] == pytest.approx(0.3) and sp["even-spaced"] == pytest.approx(1 - 0.833)
+    assert sp["drop-last"] is None and "dense" not in sp
+
+
+def test_report_writes_table_plots_and_sparsity(tmp_path):
+    results = tmp_path / "results.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in LINES))
+    got = report(results, tmp_path / "rep")
+    md = got["markdown"].read_text()
+    assert "| angular | 0.7 | 59.2 [54.2, 64.2] |" in md and "## mc — mc/piqa.jsonl" in md
+    assert "- angular: 30.0% of layers skipped" in md and "- drop-last: none" in md
+    assert len(got["plots"]) == 4
+    for p in got["plots"]:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert got["sparsity"][("mc", "mc/arc_easy.jsonl")]["angular"] == pytest.approx(0.3)
+    default = report(results, plots=False)  # default out dir beside the results
+    assert default["markdown"] == tmp_path / "results_report" / "report.md"
+
+
+def test_report_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="l2a eval"):
+        report(tmp_path / "none.jsonl")
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(ValueError, match="no evaluation lines"):
+        report(tmp_path / "empty.jsonl")

@@ -1,0 +1,204 @@
+"""data and tasks: file resolution and validation, answer extraction, batched scoring against one-by-one
+scoring with the plain HF model, decisions made once per item, and the generative path (tiny models)."""
+
+import json
+import types
+
+import pytest
+import torch
+from chartok import char_tokenizer
+from conftest import tiny_model
+
+from l2a import data
+from l2a.decision import GateDecision
+from l2a.gated import GatedModel
+from l2a.tasks import (GSM8K, GSM8KLoglik, MultipleChoice, continuation_logprobs, extract_answer, get_task,
+                       normalize_number)
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+MC_ROWS = [
+    {"question": "What is 2+2?", "choices": ["4", "five", "a cat"], "answer": 0},
+    {"question": "", "choices": ["The cup fell so it broke.", "The cup fell so it sang."], "answer": 0},
+    {"question": "Sky colour?", "choices": ["blue", "green"], "answer": 1, "subject": "x"},
+]
+
+
+@pytest.fixture
+def gm():
+    return GatedModel(tiny_model("llama", n_layers=4), tokenizer=char_tokenizer())
+
+
+# ---- answers ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text,want", [
+    ("so she makes 18 dollars.\n#### 18", "18"),
+    ("#### $1,234.00", "1234"),
+    ("the answer is \\boxed{42}. Check: 7", "42"),
+    ("I think 3 then 5.", "5"),
+    ("It is -0.", "0"),
+    ("costs $18.50 total", "18.5"),
+    ("18.0", "18"),
+    ("#### 7\nQuestion: next one has 9", "7"),
+    ("no digits here", None),
+])
+def test_extract_answer(text, want):
+    assert extract_answer(text) == want
+
+
+def test_normalize_number():
+    assert normalize_number("1,000") == normalize_number("1000.0") == "1000"
+    assert normalize_number("$5.") == "5"
+    assert normalize_number(None) is None
+
+
+# ---- data ------------------------------------------------------------------------------------------------
+
+
+def test_readers_validate_with_file_line_and_format(tmp_path):
+    good = write_jsonl(tmp_path / "mc.jsonl", MC_ROWS)
+    assert data.read_mc(good)[2]["subject"] == "x"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(MC_ROWS[0]) + "\n" + json.dumps({"question": "q", "choices": ["a", "b"], "answer": 2}) + "\n")
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2: .*answer.*expected one object per line: \{\"question\""):
+        data.read_mc(bad)
+    bad.write_text("{not json\n")
+    with pytest.raises(ValueError, match=r"bad\.jsonl:1: not valid JSON"):
+        data.read_math(bad)
+    bad.write_text(json.dumps({"question": "q", "answer": "no final number"}) + "\n")
+    with pytest.raises(ValueError, match=r"bad\.jsonl:1: .*####"):
+        data.read_math(bad)
+
+
+def test_missing_file_lists_what_was_tried(tmp_path, monkeypatch):
+    monkeypatch.setenv("L2A_DATA", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"(?s)nope\.jsonl.*tried:.*" + str(tmp_path)):
+        data.resolve("nope.jsonl")
+    (tmp_path / "mc").mkdir()
+    write_jsonl(tmp_path / "mc" / "x.jsonl", MC_ROWS)
+    rows, source = data.load_mc("mc/x.jsonl")  # relative paths resolve under $L2A_DATA
+    assert len(rows) == 3 and source == f"file:{tmp_path / 'mc' / 'x.jsonl'}"
+
+
+def test_gsm8k_falls_back_to_generated_offline(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "data_roots", lambda: [tmp_path])
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    rows, source = data.load_math()
+    assert source == "generated" and len(rows) == 50
+    assert rows == data.load_math()[0]  # deterministic
+    for r in rows:
+        assert data._check_math(r) is None
+    # The worked answer's arithmetic is right: the last <<expr=value>> equals the #### target.
+    for r in rows:
+        expr, value = r["answer"].rsplit("<<", 1)[1].split(">>")[0].split("=")
+        assert eval(expr) == int(value) == int(data.target(r))
+
+
+# ---- scoring ---------------------------------------------------------------------------------------------
+
+
+def reference_logprob(hf, seq, k):
+    """Summed logprob of the last k tokens of one unpadded sequence, plain HF model."""
+    with torch.no_grad():
+        logp = torch.log_softmax(hf(torch.tensor([seq])).logits[0].float(), -1)  # (T, V)
+    return sum(float(logp[t - 1, seq[t]]) for t in range(len(seq) - k, len(seq)))
+
+
+def test_batched_left_padded_scores_equal_one_by_one(gm):
+    seqs = [[5, 6, 7, 8, 9, 10, 11], [12, 13, 14], [20, 21, 22, 23, 24]]
+    conts = [3, 1, 4]
+    skip = GateDecision(layers=(True, False, True, True))
+    ds = [gm.dense_decision(), skip, gm.dense_decision()]
+    got = continuation_logprobs(gm, seqs, conts, ds, pad_id=0)
+    for i, (s, k) in enumerate(zip(seqs, conts)):
+        if i == 1:
+            ids = torch.tensor([s])
+            with torch.no_grad():
+                logp = torch.log_softmax(gm.forward(ids, decisions=skip)[0].float(), -1)  # alone, unpadded
+            want = sum(float(logp[t - 1, s[t]]) for t in range(len(s) - k, len(s)))
+        else:
+            want = reference_logprob(gm.hf, s, k)
+        assert got[i][0] == pytest.approx(want, abs=1e-4)
+        assert got[i][1].shape == (k,) and got[i][2].shape == (k,)
+
+
+def test_mc_scores_match_manual_and_decide_once_per_item(gm, tmp_path):
+    task = get_task("mc")
+    rows, _ = task.load(write_jsonl(tmp_path / "mc.jsonl", MC_ROWS))
+    calls = []
+
+    def decide(ids, mask):
+        calls.append(ids.shape[0])
+        return [gm.dense_decision()] * ids.shape[0]
+
+    items = [it for batch in task.run(gm, rows, decide, batch_size=2) for it in batch]
+    assert calls == [2, 1]  # one decision per item (not per choice), from the question prompt
+    tok = gm.tokenizer
+    for row, it in zip(rows, items):
+        if row["question"]:
+            ctx = tok(f"Question: {row['question']}\nAnswer:")["input_ids"]
+            conts = [tok(" " + c, add_special_tokens=False)["input_ids"] for c in row["choices"]]
+        else:  # WinoGrande: the whole sentence after the prefix token
+            ctx = [tok.eos_token_id]
+            conts = [tok(c, add_special_tokens=False)["input_ids"] for c in row["choices"]]
+        raw = [reference_logprob(gm.hf, ctx + c, len(c)) for c in conts]
+        assert it.metrics["logprobs"] == pytest.approx(raw, abs=1e-4)
+        best = max(range(len(raw)), key=raw.__getitem__)
+        best_norm = max(range(len(raw)), key=lambda j: raw[j] / len(row["choices"][j]))
+        assert it.score == float(best == row["answer"])
+        assert it.metrics["acc_norm"] == float(best_norm == row["answer"])
+    assert MultipleChoice().aggregate(items)["acc_norm"] == sum(i.metrics["acc_norm"] for i in items) / 3
+
+
+class FakeGen:
+    """Stands in for a GatedModel whose generation we choose: checks extraction and eos handling."""
+
+    def __init__(self, tok, answers):
+        self.tokenizer, self.answers = tok, answers
+        self.hf = types.SimpleNamespace(generation_config=types.SimpleNamespace(eos_token_id=tok.eos_token_id))
+        self.device, self.last_cache = torch.device("cpu"), None
+
+    def generate(self, ids, attention_mask=None, decisions=None, max_new_tokens=8, **kw):
+        new = [self.tokenizer(a, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id] for a in self.answers]
+        width = max(map(len, new))
+        new = [n + [self.tokenizer.eos_token_id] * (width - len(n)) for n in new]  # finished rows pad with eos
+        return torch.cat([ids, torch.tensor(new)], dim=1)
+
+
+def test_gsm8k_extracts_and_counts_tokens_to_eos():
+    tok = char_tokenizer(chat=True)
+    rows = [{"question": "1+1?", "answer": "1+1=2\n#### 2"}, {"question": "2+3?", "answer": "#### 5"}]
+    fake = FakeGen(tok, ["So it is 2.\n#### 2", "maybe 4"])
+    items = next(GSM8K().run(fake, rows, lambda ids, m: [GateDecision.dense(2)] * ids.shape[0], batch_size=2))
+    assert [i.score for i in items] == [1.0, 0.0]
+    assert [i.new_tokens for i in items] == [len("So it is 2.\n#### 2") + 1, len("maybe 4") + 1]
+    assert items[1].metrics == {"prediction": "4", "target": "5"}
+
+
+def test_gsm8k_generates_with_decisions_and_think_cap(gm):
+    gm.tokenizer.chat_template = None  # plain "Question: ...\nAnswer:" prompt
+    gm.hf.generation_config.eos_token_id = 1
+    rows = data.generate_gsm8k(3)
+    capped = GateDecision(layers=(True, True, False, True), think_tokens=2)
+    items = [it for b in GSM8K().run(gm, rows, lambda ids, m: [capped] * ids.shape[0], batch_size=3, max_new_tokens=6)
+             for it in b]
+    assert all(it.decision == capped and it.new_tokens <= 3 for it in items)  # 2 tokens, then the forced eos
+    assert all(it.kv_bytes_measured > 0 for it in items)
+
+
+def test_loglik_task(gm):
+    rows = data.generate_gsm8k(2)
+    items = [it for b in GSM8KLoglik().run(gm, rows, lambda ids, m: [gm.dense_decision()] * ids.shape[0]) for it in b]
+    agg = GSM8KLoglik().aggregate(items)
+    assert agg["nll"] > 0 and 0 <= agg["token_acc"] <= 1
+    assert all(it.score in (0.0, 1.0) and it.metrics["logprob"] < 0 for it in items)
+
+
+def test_unknown_task_lists_names():
+    with pytest.raises(ValueError, match="gsm8k, gsm8k-loglik, mc"):
+        get_task("arc")
