@@ -69,3 +69,30 @@ def left_pad(ids: torch.Tensor, pads: list[int], pad_id: int = 0):
             ids[i, :p] = pad_id
             mask[i, :p] = 0
     return ids, mask
+
+
+def tiny_tokenizer():
+    """A character-level fast tokenizer over printable ASCII that fits the tiny models' vocab (128)."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "</s>": 1, "<s>": 2, "<unk>": 3}
+    vocab.update({chr(c): 4 + i for i, c in enumerate(range(32, 127))})
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="</s>", bos_token="<s>", unk_token="<unk>")
+    tok.padding_side = "left"
+    return tok
+
+
+def write_math(path, n: int = 40, seed: int = 0):
+    """A tiny GSM8K-style JSONL file: short arithmetic questions with '#### N' answers."""
+    import json
+    import random
+
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for _ in range(n):
+            a, b = rng.randint(1, 9), rng.randint(1, 9)
+            f.write(json.dumps({"question": f"What is {a}+{b}?", "answer": f"{a}+{b}={a + b}\n#### {a + b}"}) + "\n")
+    return path

@@ -23,6 +23,7 @@ from torch import nn
 
 from . import arch
 from .decision import GateDecision, as_decisions
+from .policy import as_budgets
 from .kvcache import RowCache, prepare
 
 
@@ -42,6 +43,9 @@ class _Plan:
         self.batch = batch
         self._memo_src = None  # position_embeddings of the forward the memo belongs to
         self._memo: dict = {}
+        self.capture: int | None = None  # layer whose output to keep in `captured`
+        self.captured: torch.Tensor | None = None
+        self.replay: dict[int, tuple] | None = None  # layer -> (output or None, keys, values), one prefill
 
     def sliced(self, part: _Part, kwargs: dict) -> dict:
         """kwargs (mask, position ids/embeddings) restricted to the part's rows, memoised per forward."""
@@ -60,6 +64,16 @@ class _Plan:
         if isinstance(v, tuple):  # (cos, sin), each (B|1, T, D)
             return tuple(self._take(x, rows) for x in v)
         return v
+
+
+class _SoftPlan:
+    """Training mode: every layer runs on every row and is mixed by a differentiable gate (B, L).
+
+    This is the masked reference of DESIGN decision 7: correct, saves nothing, used only to train gates.
+    """
+
+    def __init__(self, layer_gates: torch.Tensor):
+        self.layer_gates = layer_gates  # (B, L) in [0, 1]; straight-through hard gates in training
 
 
 class _Runtime:
@@ -82,6 +96,28 @@ class GatedLayer(nn.Module):
         plan = self._runtime.plan
         if plan is None:  # transparent when no plan is active
             return self.base_layer(hidden_states, *args, past_key_values=past_key_values, **kwargs)
+        if isinstance(plan, _SoftPlan):
+            y = self.base_layer(hidden_states, *args, past_key_values=past_key_values, **kwargs)
+            g = plan.layer_gates[:, self.index, None, None].to(y.dtype)  # (B, 1, 1)
+            return hidden_states + g * (y - hidden_states)
+        if plan.replay is not None and self.index in plan.replay:
+            return self._replay(plan, hidden_states, past_key_values)
+        out = self._run(plan, hidden_states, args, past_key_values, kwargs)
+        if plan.capture == self.index:
+            plan.captured = out
+        return out
+
+    def _replay(self, plan: "_Plan", hidden_states, past_key_values):
+        """Reuse this layer's work from the gate pass (same prompt, mask and positions): no recompute."""
+        output, keys, values = plan.replay.pop(self.index)
+        if not plan.replay:
+            plan.replay = None
+        if isinstance(past_key_values, RowCache):
+            (part,) = plan.parts[self.index]  # router layers run densely on all rows
+            past_key_values.slot((self.index, part.rows_key, part.groups), part.rows_key).update(keys, values)
+        return hidden_states if output is None else output
+
+    def _run(self, plan: "_Plan", hidden_states, args, past_key_values, kwargs):
         parts = plan.parts[self.index]
         if not parts:  # no row runs this layer: nothing executes, nothing is cached
             return hidden_states
@@ -126,7 +162,8 @@ class GatedModel:
         self.geometry = arch.geometry(hf_model.config)
         self.hf = hf_model
         self.tokenizer = tokenizer
-        self.policy = None  # a GatePolicy, when gates are loaded (gates issue)
+        self.policy = None  # a GatePolicy (or any Policy) deciding from budgets
+        self.gates_path = None  # where the policy's artifact was loaded from
         self._runtime = _Runtime()
         self._sliced: dict[tuple[int, tuple[int, ...]], nn.Module] = {}  # (layer, groups) -> sliced layer
         layers = arch.decoder_layers(hf_model)
@@ -175,8 +212,10 @@ class GatedModel:
             return base
         key = (layer, groups)
         if key not in self._sliced:
-            attn = arch.slice_attention(getattr(base, self.spec.attn), self.spec, self.geometry, groups)
-            self._sliced[key] = arch.with_attention(base, self.spec, attn)
+            # Built outside inference mode so a module first made under generate() also serves training.
+            with torch.inference_mode(False), torch.no_grad():
+                attn = arch.slice_attention(getattr(base, self.spec.attn), self.spec, self.geometry, groups)
+                self._sliced[key] = arch.with_attention(base, self.spec, attn)
         return self._sliced[key]
 
     def plan(self, decisions: Sequence[GateDecision]) -> _Plan:
@@ -200,12 +239,12 @@ class GatedModel:
         return _Plan(parts, batch)
 
     @contextmanager
-    def _active(self, decisions: Sequence[GateDecision]):
+    def _active(self, plan):
         if self._runtime.plan is not None:
             raise RuntimeError("GatedModel is not re-entrant: a forward or generate is already running")
-        self._runtime.plan = self.plan(decisions)
+        self._runtime.plan = plan
         try:
-            yield
+            yield plan
         finally:
             self._runtime.plan = None
 
@@ -213,6 +252,51 @@ class GatedModel:
         if decisions is None:
             return [self.dense_decision()] * batch
         return as_decisions(decisions, batch)
+
+    # -- deciding --------------------------------------------------------------------------------------
+
+    def _router_pass(self, input_ids, attention_mask, position_ids):
+        """Run the first `router_layers` layers densely on all rows: (hidden (B, T, H), replay dict)."""
+        k = self.policy.config.router_layers
+        early = [GateDecision(layers=tuple(i < k for i in range(self.n_layers)))] * input_ids.shape[0]
+        plan = self.plan(early)
+        plan.capture = k - 1
+        cache = RowCache(len(early), tuple(early))
+        owner, _ = arch.decoder_owner(self.hf)
+        with self._active(plan), torch.no_grad():
+            owner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                  past_key_values=cache, use_cache=True)
+        slots = {key[0]: layer for key, (_, layer, _) in cache._slots.items()}
+        replay = {i: (plan.captured if i == k - 1 else None, slots[i].keys, slots[i].values) for i in range(k)}
+        return plan.captured, replay
+
+    def _decide(self, input_ids, attention_mask, budget, mode, position_ids):
+        if self.policy is None:
+            raise ValueError("no gates loaded: pass gates=DIR to l2a.load, or give decisions= explicitly")
+        budgets = as_budgets(budget, input_ids.shape[0])
+        if not hasattr(self.policy, "pool"):  # a static Policy: no router pass to reuse
+            return self.policy.decide(self, input_ids, attention_mask, budgets), None
+        hidden, replay = self._router_pass(input_ids, attention_mask, position_ids)
+        pooled = self.policy.pool(hidden, attention_mask)  # (B, H)
+        return self.policy.decisions(pooled, budgets, mode=mode), replay
+
+    def decide(self, input_ids, budget, attention_mask=None, mode: str = "threshold") -> list[GateDecision]:
+        """One GateDecision per row for `budget` (a Budget, number, or one per row) from the loaded gates."""
+        self._check_attached()
+        return self._decide(input_ids, attention_mask, budget, mode, None)[0]
+
+    def _plan_for(self, input_ids, attention_mask, decisions, budget, mode, position_ids):
+        """(decisions, plan) from explicit decisions or a budget; a budget's router pass is replayed."""
+        if budget is not None and decisions is not None:
+            raise ValueError("give either decisions= or budget=, not both")
+        replay = None
+        if budget is not None:
+            ds, replay = self._decide(input_ids, attention_mask, budget, mode, position_ids)
+        else:
+            ds = self._decisions(decisions, input_ids.shape[0])
+        plan = self.plan(ds)
+        plan.replay = replay
+        return ds, plan
 
     # -- running -------------------------------------------------------------------------------------------
 
@@ -223,13 +307,19 @@ class GatedModel:
         decisions: GateDecision | Sequence[GateDecision] | None = None,
         past_key_values: RowCache | None = None,
         use_cache: bool = False,
+        budget=None,
+        mode: str = "threshold",
         **kwargs,
     ) -> torch.Tensor:
-        """Logits (B, T, V) with each row running its decision. With `use_cache`, fills a RowCache
-        (pass it back to continue); `m.last_cache` holds it."""
-        ds = self._decisions(decisions, input_ids.shape[0])
+        """Logits (B, T, V) with each row running its decision (or the gates' decision for `budget`).
+
+        With `use_cache`, fills a RowCache (pass it back to continue); `m.last_cache` holds it and
+        `m.last_decisions` the decisions used."""
+        if budget is not None and past_key_values is not None:
+            raise ValueError("a budget is decided at prefill; continue a cache with its decisions")
+        ds, plan = self._plan_for(input_ids, attention_mask, decisions, budget, mode, kwargs.get("position_ids"))
         cache = prepare(past_key_values, len(ds), tuple(ds)) if (use_cache or past_key_values is not None) else None
-        with self._active(ds):
+        with self._active(plan):
             out = self.hf(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -237,7 +327,7 @@ class GatedModel:
                 use_cache=cache is not None,
                 **kwargs,
             )
-        self.last_cache = cache
+        self.last_cache, self.last_decisions = cache, ds
         return out.logits
 
     __call__ = forward
@@ -251,16 +341,24 @@ class GatedModel:
         max_new_tokens: int = 32,
         do_sample: bool = False,
         on_token: Callable[[torch.Tensor], None] | None = None,
+        budget=None,
+        mode: str = "threshold",
         **generate_kwargs,
     ) -> torch.Tensor:
         """transformers `generate` with one decision per row; returns (B, T + new) token ids.
 
-        `on_token(tokens)` is called with each step's (B,) new tokens (streaming). Other keyword
-        arguments (temperature, top_p, logits_processor, streamer, ...) go to HF `generate`.
+        Give `decisions` (one or one per row) or a `budget` (one or one per row) for the loaded gates,
+        whose router pass is reused as the start of prefill. `on_token(tokens)` is called with each
+        step's (B,) new tokens (streaming). Other keyword arguments (temperature, top_p,
+        logits_processor, streamer, ...) go to HF `generate`.
         """
         if generate_kwargs.get("num_beams", 1) != 1:
             raise ValueError("beam search is not supported: decisions and KV are per row")
-        ds = self._decisions(decisions, input_ids.shape[0])
+        position_ids = None
+        if attention_mask is not None and budget is not None:
+            # the positions HF generate gives a left-padded prefill, so the router pass can be replayed
+            position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+        ds, plan = self._plan_for(input_ids, attention_mask, decisions, budget, mode, position_ids)
         cache = RowCache(len(ds), tuple(ds))
         if on_token is not None:
             if "streamer" in generate_kwargs:
@@ -268,7 +366,7 @@ class GatedModel:
             generate_kwargs["streamer"] = _CallbackStreamer(on_token)
         if self.tokenizer is not None and "pad_token_id" not in generate_kwargs:
             generate_kwargs["pad_token_id"] = self.tokenizer.pad_token_id
-        with self._active(ds):
+        with self._active(plan):
             out = self.hf.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -277,5 +375,40 @@ class GatedModel:
                 do_sample=do_sample,
                 **generate_kwargs,
             )
-        self.last_cache = cache
+        if plan.replay is not None:
+            raise RuntimeError("internal error: the router pass was not replayed by the prefill")
+        self.last_cache, self.last_decisions = cache, ds
         return out
+
+    # -- training (masked reference) ---------------------------------------------------------------------
+
+    def forward_with_hidden(self, input_ids, attention_mask=None, layer: int = 0, decisions=None):
+        """(logits (B, T, V), hidden state after decoder `layer` (B, T, H)) in one pass, no cache."""
+        plan = self.plan(self._decisions(decisions, input_ids.shape[0]))
+        plan.capture = layer
+        with self._active(plan):
+            logits = self.hf(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        return logits, plan.captured
+
+    @contextmanager
+    def soft(self, layer_gates: torch.Tensor, group_gates: torch.Tensor | None = None):
+        """Within the block, `m.hf(...)` mixes every layer by `layer_gates` (B, L) and scales each KV-head
+        group's attention output by `group_gates` (B, L, G): differentiable, computes everything."""
+        self._check_attached()
+        hooks = []
+        if group_gates is not None:
+            width = self.geometry.n_rep * self.geometry.head_dim  # o_proj input features per group
+            for i, layer in enumerate(arch.decoder_layers(self.hf)):
+                o_proj = getattr(getattr(layer.base_layer, self.spec.attn), self.spec.o)
+
+                def scale(module, args, g=group_gates[:, i]):  # g: (B, G)
+                    x = args[0]  # (B, T, nq*D)
+                    return (x * g.repeat_interleave(width, -1)[:, None, :].to(x.dtype),)
+
+                hooks.append(o_proj.register_forward_pre_hook(scale))
+        try:
+            with self._active(_SoftPlan(layer_gates)):
+                yield
+        finally:
+            for h in hooks:
+                h.remove()

@@ -1,0 +1,244 @@
+"""GatePolicy: the learned, budget-conditioned, input-aware gates of L2A (DESIGN decisions 2 and 3).
+
+A small network reads the prompt's hidden states after the first `router_layers` decoder layers (pooled
+over prompt tokens) and the request's budget, and emits keep-logits for every gateable layer and every
+KV-head group, plus a think-allowance logit. The budget enters three ways: Fourier features + MLP give
+a budget embedding; the embedding modulates the router's hidden units (FiLM); and it adds a bias to the
+gate logits (SOL's `budget_head` pattern).
+
+Inference turns logits into hard `GateDecision`s:
+- *threshold*: keep where the logit is positive. Kept sets are nested across budgets by construction: a
+  layer is kept at budget b only if it is also kept at every grid budget that dominates b on the layer
+  and head axes (the training consistency term makes the raw sets nearly nested, so this removes little).
+- *strict*: the threshold set at the largest budget b' <= b whose set fits floor(b * L) layers, so the
+  realized fraction never exceeds the budget and sets stay nested.
+A monotone calibration table (fit after training) maps requested to effective budgets so the mean
+realized fraction tracks the request. Not here: running the model (gated.py) or training (train.py).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .budget import Budget
+from .decision import GateDecision
+
+GRID = tuple(round(0.05 * i, 2) for i in range(1, 21))  # budgets 0.05 .. 1.0 used for nesting
+
+
+@dataclass
+class GateConfig:
+    """Shape and conditioning of a GatePolicy (saved in l2a_config.json)."""
+
+    n_layers: int  # decoder layers of the base model
+    n_groups: int  # KV-head groups per layer
+    hidden: int  # hidden size of the base model
+    router_layers: int = 1  # first layers always run; the router reads their output
+    protect_last: int = 1  # last layers always run
+    width: int = 256  # router hidden width
+    n_freq: int = 6  # Fourier frequencies per budget axis
+    budget_dim: int = 64  # budget embedding width
+    max_think: int = 512  # think allowance at b_think = 1 for an average prompt
+    calibration: list = field(default_factory=list)  # [[requested, effective], ...] layer-axis map, monotone
+
+    def __post_init__(self):
+        if self.router_layers < 1 or self.protect_last < 0:
+            raise ValueError("router_layers must be >= 1 and protect_last >= 0")
+        if self.router_layers + self.protect_last >= self.n_layers:
+            raise ValueError(
+                f"router_layers ({self.router_layers}) + protect_last ({self.protect_last}) leave no gateable "
+                f"layer of {self.n_layers}"
+            )
+
+    @property
+    def gateable(self) -> tuple[int, ...]:
+        return tuple(range(self.router_layers, self.n_layers - self.protect_last))
+
+    @property
+    def protected(self) -> int:
+        return self.n_layers - len(self.gateable)
+
+
+class BudgetEmbedding(nn.Module):
+    """(B, A) budgets -> (B, E): Fourier features of each axis, then a small MLP."""
+
+    def __init__(self, n_axes: int, n_freq: int, dim: int):
+        super().__init__()
+        self.register_buffer("freqs", math.pi * 2.0 ** torch.arange(n_freq).float(), persistent=False)
+        self.mlp = nn.Sequential(nn.Linear(n_axes * (2 * n_freq + 1), dim), nn.GELU(), nn.Linear(dim, dim))
+
+    def forward(self, b: torch.Tensor) -> torch.Tensor:
+        x = b[..., None] * self.freqs  # (B, A, F)
+        feats = torch.cat([x.sin(), x.cos(), b[..., None]], -1).flatten(-2)  # (B, A*(2F+1))
+        return self.mlp(feats)
+
+
+@dataclass
+class GateLogits:
+    layers: torch.Tensor  # (B, n_gateable) keep-logits of gateable layers
+    groups: torch.Tensor  # (B, L, G) keep-logits of KV-head groups
+    think: torch.Tensor  # (B,) think-allowance logit
+
+
+class GatePolicy(nn.Module):
+    """Budget-conditioned router over pooled prompt states. `name = "l2a"` in the Policy registry.
+
+    Layer and group gates are conditioned on (b_layer, b_head); the think head on b_think alone, so
+    the reasoning axis never changes which layers run.
+    """
+
+    name = "l2a"
+
+    def __init__(self, config: GateConfig):
+        super().__init__()
+        self.config = c = config
+        n_out = len(c.gateable) + c.n_layers * c.n_groups
+        self.budget = BudgetEmbedding(2, c.n_freq, c.budget_dim)
+        self.norm = nn.LayerNorm(c.hidden, elementwise_affine=False)
+        self.inp = nn.Linear(c.hidden, c.width)
+        self.film = nn.Linear(c.budget_dim, 2 * c.width)
+        self.out = nn.Linear(c.width, n_out)
+        self.bias = nn.Linear(c.budget_dim, n_out)
+        self.think_budget = BudgetEmbedding(1, c.n_freq, c.budget_dim // 2)
+        self.think_out = nn.Linear(c.width + c.budget_dim // 2, 1)
+        # Start near "keep everything": FiLM near identity, logits near +2. Small (not zero) weights so
+        # every parameter, the budget embedding included, gets a gradient from the first step.
+        for lin in (self.film, self.out, self.bias):
+            nn.init.normal_(lin.weight, std=0.01)
+            nn.init.zeros_(lin.bias)
+        nn.init.constant_(self.out.bias, 2.0)
+        self.input_scale = 1.0  # 0 for the budget-only ablation (router input zeroed)
+
+    # -- network ---------------------------------------------------------------------------------------
+
+    def features(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(B, H) pooled prompt states -> (B, W) input features (budget-independent part)."""
+        return self.inp(self.norm(pooled.float()) * self.input_scale)
+
+    def gate_logits(self, feats: torch.Tensor, budgets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """feats (N, W), budgets (N, 2) = (b_layer, b_head) -> layer (N, n_gate), group (N, L, G) logits."""
+        c = self.config
+        e = self.budget(budgets)  # (N, E)
+        gamma, beta = self.film(e).chunk(2, -1)  # (N, W) each
+        h = F.gelu(feats * (1 + gamma) + beta)
+        logits = self.out(h) + self.bias(e)  # (N, n_gate + L*G)
+        n_gate = len(c.gateable)
+        return logits[:, :n_gate], logits[:, n_gate:].view(-1, c.n_layers, c.n_groups)
+
+    def forward(self, pooled: torch.Tensor, budgets: torch.Tensor) -> GateLogits:
+        """pooled (B, H) prompt states after the router layers; budgets (B, 3) -> logits."""
+        feats = self.features(pooled)
+        layers, groups = self.gate_logits(feats, budgets[:, :2])
+        think = self.think_out(torch.cat([feats, self.think_budget(budgets[:, 2:3])], -1))[:, 0]
+        return GateLogits(layers=layers, groups=groups, think=think)
+
+    @staticmethod
+    def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """Mean of (B, T, H) over real tokens -> (B, H)."""
+        if attention_mask is None:
+            return hidden.mean(1)
+        m = attention_mask[..., None].to(hidden.dtype)  # (B, T, 1)
+        return (hidden * m).sum(1) / m.sum(1).clamp_min(1)
+
+    # -- budgets -------------------------------------------------------------------------------------------
+
+    def effective(self, b: float) -> float:
+        """Calibrated layer budget: piecewise-linear through the calibration table (identity if none)."""
+        table = self.config.calibration
+        if not table:
+            return b
+        if b <= table[0][0]:
+            return table[0][1] * b / table[0][0]
+        for (x0, y0), (x1, y1) in zip(table, table[1:]):
+            if b <= x1:
+                return y0 + (y1 - y0) * (b - x0) / (x1 - x0)
+        return table[-1][1]
+
+    def budget_tensor(self, budgets: list[Budget], device=None) -> torch.Tensor:
+        """(B, 3) effective (b_layer, b_head, b_think)."""
+        return torch.tensor([[self.effective(b.layers), b.heads, b.think] for b in budgets], device=device)
+
+    # -- hard decisions -------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def decisions(self, pooled: torch.Tensor, budgets: list[Budget], mode: str = "threshold") -> list[GateDecision]:
+        """Hard per-row decisions from pooled prompt states (B, H)."""
+        if mode not in ("threshold", "strict"):
+            raise ValueError(f"mode must be 'threshold' or 'strict', got {mode!r}")
+        c = self.config
+        feats = self.features(pooled)  # (B, W)
+        anchor = self.gate_logits(feats, torch.ones(len(budgets), 2, device=feats.device))[1].argmax(-1)  # (B, L)
+        out = []
+        for i, b in enumerate(budgets):
+            keep_l, keep_g = self._nested(feats[i], b.layers, b.heads)  # (L,), (L, G)
+            if mode == "strict":
+                keep_l, keep_g = self._strict(feats[i], b, keep_l, keep_g, anchor[i])
+            keep_g[: c.router_layers] = True  # the router pass runs these densely and prefill reuses it
+            if b.layers >= 1.0:  # a full axis budget is no restriction: budget 1.0 is the dense model
+                keep_l[:] = True
+            if b.heads >= 1.0:
+                keep_g[:] = True
+            # Every layer keeps its best group at full budget (budget-independent, so nesting survives).
+            keep_g[torch.arange(c.n_layers), anchor[i]] = True
+            out.append(GateDecision(layers=tuple(keep_l.tolist()), kv_groups=tuple(map(tuple, keep_g.tolist()))))
+        return out
+
+    def _logits(self, feat: torch.Tensor, points: list[tuple[float, float]]):
+        """One row's features (W,) at budget points [(b_layer, b_head)] -> ((P, n_gate), (P, L, G))."""
+        b = torch.tensor([[self.effective(lay), head] for lay, head in points], device=feat.device)
+        return self.gate_logits(feat.expand(len(points), -1), b)
+
+    def _nested(self, feat: torch.Tensor, lay: float, head: float):
+        """Threshold sets ANDed over every grid point that dominates (lay, head) on both axes.
+
+        Any budget that is at most another on both axes then keeps a subset of its layers and groups:
+        nesting holds by construction, including along the scalar schedule (monotone on every axis).
+        """
+        c = self.config
+        points = [(l2, h2) for l2 in {lay, *GRID} if l2 >= lay for h2 in {head, *GRID} if h2 >= head]
+        lg, gg = self._logits(feat, points)  # (P, n_gate), (P, L, G)
+        keep_l = torch.ones(c.n_layers, dtype=torch.bool, device=feat.device)
+        keep_l[list(c.gateable)] = (lg > 0).all(0)
+        return keep_l, (gg > 0).all(0)
+
+    def _strict(self, feat, b: Budget, keep_l, keep_g, anchor):
+        """Never above floor(b * L) layers or floor(b * G) groups per layer, staying nested."""
+        c = self.config
+        limit = max(c.protected, math.floor(b.layers * c.n_layers + 1e-9))
+        if int(keep_l.sum()) > limit:
+            for g in sorted((g for g in GRID if g < b.layers), reverse=True):
+                lower, _ = self._nested(feat, g, b.heads)
+                if int(lower.sum()) <= limit:
+                    keep_l = lower
+                    break
+            else:  # even the lowest grid budget keeps too many: the best-ranked of that set, ranked at
+                # that budget (one ranking for every budget, so sets stay nested as the limit grows)
+                lowest, _ = self._nested(feat, GRID[0], b.heads)
+                lg = self._logits(feat, [(GRID[0], b.heads)])[0][0]  # (n_gate,)
+                lg = lg.masked_fill(~lowest[list(c.gateable)], float("-inf"))
+                keep_l = torch.zeros(c.n_layers, dtype=torch.bool, device=feat.device)
+                keep_l[: c.router_layers] = True
+                keep_l[c.n_layers - c.protect_last :] = True
+                order = lg.argsort(descending=True)[: limit - c.protected].tolist()
+                keep_l[[c.gateable[j] for j in order]] = True
+        g_limit = max(1, math.floor(b.heads * c.n_groups + 1e-9))
+        keep_g = keep_g.clone()
+        keep_g[torch.arange(c.n_layers), anchor] = True  # the anchor group is always kept: count it
+        over = keep_g.sum(-1) > g_limit  # (L,) layers keeping too many groups
+        if over.any():
+            gg = self._logits(feat, [(b.layers, b.heads)])[1][0].masked_fill(~keep_g, float("-inf"))  # (L, G)
+            gg[torch.arange(c.n_layers), anchor] = float("inf")
+            limited = torch.zeros_like(keep_g).scatter_(1, gg.topk(g_limit, -1).indices, True) & keep_g
+            keep_g = torch.where(over[:, None], limited, keep_g)
+        return keep_l, keep_g
+
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def config_dict(self) -> dict:
+        return asdict(self.config)

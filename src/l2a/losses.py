@@ -1,0 +1,53 @@
+"""The terms of L2A's unified objective (DESIGN decision 4), as pure tensor functions.
+
+    CE(task) + λ_kl KL(p_dense ‖ p_gated) + λ_mono (nesting + agreement across budgets)
+             + Σ_axis λ_axis hinge²(E[cost_axis] − b_axis − tol) + λ_len think-length cost
+
+Plus the relaxed gates: Gumbel-sigmoid with a straight-through estimator (hard 0/1 forward, sigmoid
+gradient backward) and an annealed temperature. Dual ascent on the λ_axis lives in train.py.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def gumbel_sigmoid(logits: torch.Tensor, tau: float, hard: bool = True, generator=None) -> torch.Tensor:
+    """Relaxed Bernoulli sample of keep-gates; with `hard`, 0/1 forward and the relaxed gradient backward."""
+    u = torch.rand(logits.shape, generator=generator, device=logits.device).clamp(1e-6, 1 - 1e-6)
+    z = torch.sigmoid((logits + u.log() - (-u).log1p()) / tau)  # logistic noise
+    if not hard:
+        return z
+    return (z > 0.5).to(z.dtype) + z - z.detach()
+
+
+def token_kl(teacher_logp: torch.Tensor, student_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over masked tokens of KL(teacher ‖ student). teacher_logp, student_logits (B, T, V); mask (B, T)."""
+    keep = mask.bool()  # only the M masked positions go through the vocab-wide ops
+    t = teacher_logp[keep].float()  # (M, V)
+    s = F.log_softmax(student_logits[keep].float(), -1)  # (M, V)
+    return (t.exp() * (t - s)).sum(-1).mean() if t.shape[0] else s.sum() * 0
+
+
+def token_ce(student_logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over masked positions. logits (B, T, V) predict targets (B, T)."""
+    keep = mask.bool()
+    if not keep.any():
+        return student_logits.sum() * 0
+    return F.cross_entropy(student_logits[keep].float(), targets[keep])
+
+
+def cost_hinge(expected: torch.Tensor, budget: torch.Tensor, tol: float) -> torch.Tensor:
+    """(B,) squared hinge of expected cost over budget + tolerance (SOL's penalty, 2% tolerance there)."""
+    return F.relu(expected - budget - tol).pow(2)
+
+
+def nesting(p_low: torch.Tensor, p_high: torch.Tensor) -> torch.Tensor:
+    """Cross-budget consistency of kept sets: a lower budget should not keep with higher probability."""
+    return F.relu(p_low - p_high).mean()
+
+
+def agreement(logits_low: torch.Tensor, logits_high: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Cross-budget consistency of answers: KL(stopgrad(p_high) ‖ p_low) over masked tokens."""
+    return token_kl(F.log_softmax(logits_high.detach().float(), -1), logits_low, mask)

@@ -1,0 +1,331 @@
+"""`l2a train`: fit a GatePolicy to a frozen base model with L2A's unified objective.
+
+Each step takes N training examples (question -> chain of thought and answer), runs the dense model once
+(teacher log-probs + the router's input), samples two budgets per example (a share at 1.0), samples hard
+gates (Gumbel-sigmoid, straight-through, annealed temperature), runs the gated model in its masked
+training mode on all 2N rows, and minimises
+
+    ce·CE + kl·KL(dense ‖ gated) + mono·nesting + agree·KL(gated_hi ‖ gated_lo) + Σ λ_axis·hinge²(E[cost] − b − tol)
+
+with the λ_axis updated by dual ascent. The base weights stay frozen. Progress bar, JSONL log, periodic
+checkpoints (safetensors + JSON, no pickle), resume after interruption, seeded. After training, a
+monotone calibration table is fit so the mean realized layer fraction tracks the requested one.
+Not here: the gate network (gates.py), the loss terms (losses.py), evaluation (evaluate.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import losses
+from .budget import Budget
+from .checkpoint import save_gates
+from .gates import GateConfig, GatePolicy
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run (saved with the artifact)."""
+
+    model: str = "smollm2-135m"  # l2a.load spec of the frozen base model
+    data: str | None = None  # GSM8K-style train JSONL; None = shared data, hub, or generated
+    out: str = "runs/gates"  # output directory: artifact, log.jsonl, training state
+    steps: int = 300  # optimizer steps
+    examples: int = 4  # examples per step (each at two budgets: 2x rows)
+    max_len: int = 160  # tokens per example (prompt + start of the chain of thought)
+    lr: float = 3e-3  # AdamW learning rate of the gates
+    seed: int = 0  # data order, budgets, gate noise
+    dtype: str = "bfloat16"  # base model dtype while training
+    tau_start: float = 1.0  # Gumbel-sigmoid temperature, annealed geometrically
+    tau_end: float = 0.2
+    p_full: float = 0.15  # share of examples whose higher budget is 1.0 (protects dense quality)
+    layer_min: float = 0.4  # lowest layer budget sampled
+    head_min: float = 0.5  # lowest head budget sampled
+    p_head_full: float = 0.6  # share of rows with head budget 1.0
+    ce: float = 0.1  # weight of the task cross-entropy
+    kl: float = 1.0  # weight of KL(dense ‖ gated)
+    mono: float = 1.0  # weight of the kept-set nesting term
+    agree: float = 0.1  # weight of answer agreement across the two budgets
+    tol: float = 0.02  # cost tolerance above the budget
+    lambda_init: float = 5.0  # initial cost multipliers
+    dual_lr: float = 2.0  # dual ascent step on the multipliers
+    width: int = 256  # router width
+    router_layers: int = 1  # layers before the router
+    protect_last: int = 1  # last layers always kept
+    ablation: bool = False  # budget-only ablation: router input zeroed
+    save_every: int = 50  # checkpoint period (steps)
+    calib_prompts: int = 64  # held-out train prompts for the calibration table (0 = none)
+    limit: int | None = None  # use only the first N training examples
+
+    def __post_init__(self):
+        if self.steps < 1 or self.examples < 1 or self.max_len < 16:
+            raise ValueError("steps and examples must be >= 1 and max_len >= 16")
+        if not 0 < self.layer_min <= 1 or not 0 < self.head_min <= 1:
+            raise ValueError("layer_min and head_min must be in (0, 1]")
+
+
+def _examples(cfg: TrainConfig, tok) -> tuple[list[tuple[list[int], list[int]]], str]:
+    """[(prompt ids, answer ids)] from GSM8K-style rows, and the data source that ran."""
+    from .data import load_math
+    from .tasks import math_prompt
+
+    rows, source = load_math(cfg.data, split="train")
+    if cfg.limit:
+        rows = rows[: cfg.limit]
+    out = []
+    for r in rows:
+        prompt = math_prompt(tok, r["question"])
+        answer = re.sub(r"<<[^>]*>>", "", r["answer"])  # GSM8K calculator annotations
+        ans = tok(answer, add_special_tokens=False)["input_ids"]
+        if len(prompt) + 8 <= cfg.max_len:
+            out.append((prompt, ans[: cfg.max_len - len(prompt)]))
+    if len(out) < cfg.examples + cfg.calib_prompts:
+        raise ValueError(f"only {len(out)} usable training examples in {source}; need more than {cfg.examples + cfg.calib_prompts}")
+    return out, source
+
+
+def _batch(exs, pad_id: int):
+    """Right-padded (ids, attention, prompt mask, answer-target mask), each (N, T)."""
+    T = max(len(p) + len(a) for p, a in exs)
+    N = len(exs)
+    ids = torch.full((N, T), pad_id, dtype=torch.long)
+    attn, prompt, answer = (torch.zeros(N, T) for _ in range(3))
+    for i, (p, a) in enumerate(exs):
+        seq = p + a
+        ids[i, : len(seq)] = torch.tensor(seq)
+        attn[i, : len(seq)] = 1
+        prompt[i, : len(p)] = 1
+        answer[i, len(p) : len(seq)] = 1
+    return ids, attn.long(), prompt, answer
+
+
+def _sample_budgets(cfg: TrainConfig, n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, 3) higher and lower budgets per example: lower <= higher on every axis."""
+    u = lambda: torch.rand(n, generator=g)  # noqa: E731
+    full = u() < cfg.p_full
+    lay_hi = torch.where(full, torch.ones(n), cfg.layer_min + (1 - cfg.layer_min) * u())
+    lay_lo = cfg.layer_min + (lay_hi - cfg.layer_min) * u()
+    head_hi = torch.where(full | (u() < cfg.p_head_full), torch.ones(n), cfg.head_min + (1 - cfg.head_min) * u())
+    head_lo = torch.where(u() < 0.5, head_hi, cfg.head_min + (head_hi - cfg.head_min) * u())
+    ones = torch.ones(n)
+    return torch.stack([lay_hi, head_hi, ones], -1), torch.stack([lay_lo, head_lo, ones], -1)
+
+
+def _state_paths(out: Path):
+    return out / "train_state.safetensors", out / "train_state.json"
+
+
+def _save_state(out: Path, step, policy, opt, lambdas, gen, cfg):
+    from safetensors.torch import save_file
+
+    tensors = {f"policy.{k}": v.detach().contiguous() for k, v in policy.state_dict().items()}
+    for i, st in opt.state_dict()["state"].items():
+        for k, v in st.items():
+            tensors[f"opt.{i}.{k}"] = v.detach().reshape(-1).contiguous() if v.dim() == 0 else v.detach().contiguous()
+    tensors["rng"] = gen.get_state()
+    t_path, j_path = _state_paths(out)
+    save_file(tensors, str(t_path) + ".tmp")
+    Path(str(t_path) + ".tmp").replace(t_path)
+    j_path.write_text(json.dumps({"step": step, "lambdas": lambdas, "config": dataclasses.asdict(cfg)}))
+
+
+def _load_state(out: Path, policy, opt, gen, cfg) -> tuple[int, dict] | None:
+    from safetensors.torch import load_file
+
+    t_path, j_path = _state_paths(out)
+    if not (t_path.exists() and j_path.exists()):
+        return None
+    meta = json.loads(j_path.read_text())
+    saved = {k: v for k, v in meta["config"].items() if k not in ("steps", "save_every")}
+    now = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("steps", "save_every")}
+    if saved != now:
+        diff = {k: (saved.get(k), now.get(k)) for k in now if saved.get(k) != now.get(k)}
+        raise ValueError(f"{out} holds a run with another config {diff}; use a new --out or the same config")
+    tensors = load_file(str(t_path))
+    policy.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("policy.")})
+    state = opt.state_dict()
+    for i, p in enumerate(opt.param_groups[0]["params"]):
+        st = {k.split(".", 2)[2]: v for k, v in tensors.items() if k.startswith(f"opt.{i}.")}
+        if st:
+            st["step"] = st["step"].reshape(())
+            state["state"][i] = st
+    opt.load_state_dict(state)
+    gen.set_state(tensors["rng"])
+    return meta["step"], meta["lambdas"]
+
+
+def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
+    """Train gates; returns a summary. `model` may be a preloaded GatedModel (tests)."""
+    from tqdm import tqdm
+
+    from .load import load
+
+    torch.manual_seed(cfg.seed)
+    m = model if model is not None else load(cfg.model, dtype=cfg.dtype)
+    for p in m.hf.parameters():
+        p.requires_grad_(False)
+    tok = m.tokenizer
+    examples, source = _examples(cfg, tok)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+    calib = [examples[i] for i in order[: cfg.calib_prompts]]
+    train_idx = order[cfg.calib_prompts :]
+
+    geo = m.geometry
+    gcfg = GateConfig(
+        n_layers=geo.n_layers, n_groups=geo.n_kv, hidden=m.hf.config.hidden_size, width=cfg.width,
+        router_layers=cfg.router_layers, protect_last=cfg.protect_last,
+    )
+    policy = GatePolicy(gcfg)
+    if cfg.ablation:
+        policy.input_scale = 0.0
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    lambdas = {"layers": cfg.lambda_init, "heads": cfg.lambda_init}
+    start = 0
+    resumed = _load_state(out, policy, opt, gen, cfg)
+    if resumed is not None:
+        start, lambdas = resumed
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    k = gcfg.router_layers
+    log = (out / "log.jsonl").open("a")
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress, desc="train gates")
+    t0 = time.time()
+    for step in bar:
+        n = cfg.examples
+        batch = [examples[train_idx[(step * n + j) % len(train_idx)]] for j in range(n)]
+        ids, attn, prompt_mask, ans_mask = _batch(batch, pad_id)
+        teacher, pooled = teacher_pass(m, ids, attn, prompt_mask, k)
+        b_hi, b_lo = _sample_budgets(cfg, n, gen)
+        tau = cfg.tau_start * (cfg.tau_end / cfg.tau_start) ** (step / max(1, cfg.steps - 1))
+        loss, terms, costs, budgets, hard = objective(
+            m, policy, ids, attn, ans_mask, teacher, pooled, b_hi, b_lo, tau, gen, cfg, lambdas
+        )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():  # dual ascent on g = E[cost] - b - tol <= 0
+            for axis, e, col in (("layers", costs[0], 0), ("heads", costs[1], 1)):
+                lambdas[axis] = max(0.0, lambdas[axis] + cfg.dual_lr * float((e - budgets[:, col] - cfg.tol).mean()))
+        rec = {
+            "step": step + 1, **{name: t.detach().item() for name, t in terms.items()}, "tau": tau,
+            "lambda_layers": lambdas["layers"], "lambda_heads": lambdas["heads"],
+            "layers_over_budget": (costs[0] - budgets[:, 0]).mean().item(),
+            "hard_layers": hard, "seconds": round(time.time() - t0, 1),
+        }
+        log.write(json.dumps(rec) + "\n")
+        log.flush()
+        bar.set_postfix(kl=f"{rec['kl']:.3f}", over=f"{rec['layers_over_budget']:+.3f}", lam=f"{lambdas['layers']:.1f}")
+        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+            _save_state(out, step + 1, policy, opt, lambdas, gen, cfg)
+    log.close()
+    policy.eval()
+    table = calibrate(m, policy, [p for p, _ in calib], pad_id) if calib else []
+    policy.config.calibration = table
+    summary = {"config": dataclasses.asdict(cfg), "data_source": source, "train_examples": len(train_idx),
+               "seconds": round(time.time() - t0, 1), "lambdas": lambdas, "calibration": table,
+               "gate_params": policy.n_params()}
+    save_gates(policy, out, m.hf, extra=summary)
+    return summary
+
+
+@torch.no_grad()
+def teacher_pass(m, ids, attn, prompt_mask, router_layers: int):
+    """Dense log-probs (N, T-1, V) and the router input pooled over prompt tokens (N, H), in one pass."""
+    t_logits, hidden = m.forward_with_hidden(ids, attn, layer=router_layers - 1)
+    return torch.log_softmax(t_logits[:, :-1].float(), -1), GatePolicy.pool(hidden, prompt_mask)
+
+
+def objective(m, policy, ids, attn, ans_mask, teacher, pooled, b_hi, b_lo, tau, gen, cfg: TrainConfig, lambdas):
+    """The unified objective on one batch of N examples, each at budgets b_hi and b_lo (N, 3).
+
+    ids/attn/ans_mask (N, T); teacher (N, T-1, V) dense log-probs; pooled (N, H) router input.
+    Returns (loss, {term: value}, (E[layers] (2N,), E[heads] (2N,)), budgets (2N, 3), hard layer share).
+    """
+    c = policy.config
+    n, k, L = ids.shape[0], c.router_layers, c.n_layers
+    budgets = torch.cat([b_hi, b_lo])  # (2N, 3): rows [0, N) high, [N, 2N) low
+    logits = policy(pooled.repeat(2, 1), budgets)
+    layer_gates = torch.ones(2 * n, L)
+    layer_gates[:, list(c.gateable)] = losses.gumbel_sigmoid(logits.layers, tau, generator=gen)
+    group_gates = losses.gumbel_sigmoid(logits.groups, tau, generator=gen)  # (2N, L, G)
+    group_gates = torch.cat([torch.ones_like(group_gates[:, :k]), group_gates[:, k:]], 1)
+    with m.soft(layer_gates, group_gates):
+        s_logits = m.hf(input_ids=ids.repeat(2, 1), attention_mask=attn.repeat(2, 1), use_cache=False).logits
+    s_logits = s_logits[:, :-1]  # (2N, T-1, V) predicts tokens 1..T-1
+    mask = ans_mask[:, 1:].repeat(2, 1)  # (2N, T-1)
+    ce = losses.token_ce(s_logits, ids[:, 1:].repeat(2, 1), mask)
+    kl = (losses.token_kl(teacher, s_logits[:n], mask[:n]) + losses.token_kl(teacher, s_logits[n:], mask[n:])) / 2
+    p_layers = torch.sigmoid(logits.layers)  # (2N, n_gate)
+    p_groups = torch.sigmoid(logits.groups[:, k:])  # (2N, L-k, G)
+    e_layers = (c.protected + p_layers.sum(-1)) / L  # (2N,) expected fraction of layers run
+    e_heads = (k + p_groups.mean(-1).sum(-1)) / L  # (2N,) expected fraction of groups kept
+    pen_l = losses.cost_hinge(e_layers, budgets[:, 0], cfg.tol).mean()
+    pen_h = losses.cost_hinge(e_heads, budgets[:, 1], cfg.tol).mean()
+    mono = losses.nesting(p_layers[n:], p_layers[:n]) + losses.nesting(p_groups[n:], p_groups[:n])
+    agree = losses.agreement(s_logits[n:], s_logits[:n], mask[:n])
+    loss = (
+        cfg.ce * ce + cfg.kl * kl + cfg.mono * mono + cfg.agree * agree
+        + lambdas["layers"] * pen_l + lambdas["heads"] * pen_h
+    )
+    terms = {"loss": loss, "ce": ce, "kl": kl, "mono": mono, "agree": agree, "pen_layers": pen_l, "pen_heads": pen_h}
+    return loss, terms, (e_layers.detach(), e_heads.detach()), budgets, float(layer_gates.detach().mean())
+
+
+@torch.no_grad()
+def realized_layers(m, policy, prompts: list[list[int]], pad_id: int, budget: float, mode="threshold") -> list[float]:
+    """Realized layer fraction per prompt at `budget` (layer axis), from the policy's hard decisions."""
+    from .tasks import left_pad
+
+    out = []
+    for i in range(0, len(prompts), 16):
+        ids, mask = left_pad(prompts[i : i + 16], pad_id)
+        hidden, _ = m_router(m, policy, ids, mask)
+        ds = policy.decisions(GatePolicy.pool(hidden, mask), [Budget(layers=budget)] * len(ids), mode=mode)
+        out += [d.layer_fraction for d in ds]
+    return out
+
+
+def m_router(m, policy, ids, mask):
+    """Router-layer hidden states (B, T, H) for a policy not (yet) attached to `m`."""
+    saved, m.policy = m.policy, policy
+    try:
+        from .tasks import positions
+
+        return m._router_pass(ids, mask, positions(mask))
+    finally:
+        m.policy = saved
+
+
+def calibrate(m, policy, prompts, pad_id, grid=None) -> list[list[float]]:
+    """Monotone table [[requested, effective]] so mean realized layer fraction ≈ requested (threshold mode)."""
+    grid = grid or [round(0.3 + 0.05 * i, 2) for i in range(15)]  # 0.30 .. 1.00
+    policy.config.calibration = []
+    real = [sum(r) / len(r) for r in (realized_layers(m, policy, prompts, pad_id, b) for b in grid)]
+    for i in range(1, len(real)):  # nested decisions make this monotone; enforce against noise
+        real[i] = max(real[i], real[i - 1])
+    table = []
+    for want in grid:
+        if want >= 1.0:
+            table.append([1.0, 1.0])
+            continue
+        j = next((j for j, r in enumerate(real) if r >= want), len(real) - 1)  # first effective reaching want
+        if j == 0 or real[j] == real[j - 1]:
+            eff = grid[j]
+        else:  # interpolate between the grid points that bracket it
+            eff = grid[j - 1] + (grid[j] - grid[j - 1]) * (want - real[j - 1]) / (real[j] - real[j - 1])
+        table.append([want, round(min(1.0, eff), 4)])
+    for i in range(1, len(table)):
+        table[i][1] = max(table[i][1], table[i - 1][1])
+    if any(math.isnan(e) for _, e in table):
+        return []
+    return table

@@ -1,0 +1,185 @@
+"""GatePolicy, the unified objective, training and gate artifacts, on tiny models."""
+
+import copy
+import json
+
+import pytest
+import torch
+from conftest import left_pad, prompts, tiny_model, tiny_tokenizer, write_math
+
+from l2a.budget import Budget
+from l2a.checkpoint import load_gates, save_gates
+from l2a.gated import GatedModel
+from l2a.gates import GateConfig, GatePolicy
+from l2a.train import TrainConfig, _batch, _examples, _sample_budgets, objective, teacher_pass, train
+
+L, G = 6, 4
+
+
+def random_policy(seed=0, scale=0.7, **kw) -> GatePolicy:
+    torch.manual_seed(seed)
+    p = GatePolicy(GateConfig(n_layers=L, n_groups=G, hidden=64, width=32, **kw))
+    with torch.no_grad():
+        for prm in p.parameters():
+            prm.normal_(0, scale)
+    return p.eval()
+
+
+@pytest.fixture
+def gm(arch_name):
+    m = GatedModel(tiny_model(arch_name, n_layers=L), tokenizer=tiny_tokenizer())
+    m.policy = random_policy()
+    return m
+
+
+def batch_ids(b=6, t=9, seed=3):
+    return left_pad(prompts(b, t, seed=seed), [0, 1, 2, 3, 4, 5][:b])
+
+
+@torch.no_grad()
+def test_budget_one_is_dense_exactly(gm):
+    ids, mask = batch_ids()
+    ref = gm.detach()
+    want = ref.generate(ids, attention_mask=mask, max_new_tokens=5, do_sample=False)
+    m = GatedModel(ref, tokenizer=gm.tokenizer)
+    m.policy = gm.policy
+    assert all(d.layer_fraction == 1.0 and d.kv_groups is None for d in m.decide(ids, 1.0, attention_mask=mask))
+    # the router pass is replayed as the start of prefill; the result is still exactly HF's
+    assert torch.equal(m.generate(ids, attention_mask=mask, budget=Budget(1.0), max_new_tokens=5), want)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("mode", ["threshold", "strict"])
+def test_budget_path_equals_explicit_decisions(gm, mode):
+    ids, mask = batch_ids()
+    budgets = [0.3, 0.5, 0.6, 0.8, 0.9, 1.0]
+    ds = gm.decide(ids, budgets, attention_mask=mask, mode=mode)
+    assert len({d.layers for d in ds}) > 1
+    out = gm.generate(ids, attention_mask=mask, budget=budgets, mode=mode, max_new_tokens=4)
+    assert gm.last_decisions == ds
+    assert torch.equal(out, gm.generate(ids, attention_mask=mask, decisions=ds, max_new_tokens=4))
+    assert torch.equal(gm.forward(ids, attention_mask=mask, budget=budgets, mode=mode),
+                       gm.forward(ids, attention_mask=mask, decisions=ds))
+
+
+@torch.no_grad()
+def test_strict_never_exceeds_and_sets_are_nested():
+    for seed in range(4):
+        m = GatedModel(tiny_model("qwen3", n_layers=L, seed=seed))
+        m.policy = random_policy(seed, scale=1.0)
+        ids, mask = batch_ids(6, 8, seed=seed)
+        grid = [round(0.1 * i, 1) for i in range(2, 11)]
+        prev = {"threshold": None, "strict": None}
+        for b in grid:
+            for mode in prev:
+                for axes in (Budget(b), Budget(layers=b, heads=b)):
+                    ds = m.decide(ids, axes, attention_mask=mask, mode=mode)
+                    if mode == "strict":
+                        for d in ds:
+                            limit = max(2, int(b * L + 1e-9))  # router + last layer are always on
+                            assert sum(d.layers) <= limit
+                            assert all(sum(r) <= max(1, int(axes.heads * G + 1e-9))
+                                       for i, r in enumerate(d.kv_groups or []) if d.layers[i] and i > 0)
+                # nested in threshold mode on both axes; strict mode guarantees it along the layer axis
+                ds = m.decide(ids, Budget(layers=b, heads=b if mode == "threshold" else 1.0), attention_mask=mask, mode=mode)
+                if prev[mode] is not None:  # every row: kept at the lower budget => kept at this one
+                    for lo, hi in zip(prev[mode], ds):
+                        assert all(h or not lo_ for lo_, h in zip(lo.layers, hi.layers))
+                        lo_g = lo.kv_groups or [[True] * G] * L
+                        hi_g = hi.kv_groups or [[True] * G] * L
+                        for i in range(L):
+                            if lo.layers[i]:
+                                assert all(h or not x for x, h in zip(lo_g[i], hi_g[i]))
+                prev[mode] = ds
+
+
+@torch.no_grad()
+def test_decisions_are_input_aware_and_ablation_is_not(gm):
+    ids, mask = batch_ids(6, 10, seed=7)
+    ds = gm.decide(ids, Budget(layers=0.6, heads=0.7), attention_mask=mask)
+    assert len({(d.layers, d.kv_groups) for d in ds}) > 1
+    gm.policy.input_scale = 0.0  # budget-only ablation: every prompt gets the same decision
+    ds = gm.decide(ids, Budget(layers=0.6, heads=0.7), attention_mask=mask)
+    assert len({(d.layers, d.kv_groups) for d in ds}) == 1
+
+
+def _setup(tmp_path, arch="llama"):
+    m = GatedModel(tiny_model(arch, n_layers=L), tokenizer=tiny_tokenizer())
+    for p in m.hf.parameters():
+        p.requires_grad_(False)
+    data = write_math(tmp_path / "math.jsonl", 60)
+    cfg = TrainConfig(data=str(data), out=str(tmp_path / "gates"), steps=30, examples=4, max_len=48, width=32,
+                      calib_prompts=8, save_every=10, dtype="float32", lr=1e-2)
+    return m, cfg
+
+
+def test_gradients_reach_every_gate_parameter(tmp_path):
+    m, cfg = _setup(tmp_path)
+    exs, _ = _examples(cfg, m.tokenizer)
+    ids, attn, pmask, amask = _batch(exs[:4], 0)
+    teacher, pooled = teacher_pass(m, ids, attn, pmask, 1)
+    policy = GatePolicy(GateConfig(n_layers=L, n_groups=G, hidden=64, width=32))
+    gen = torch.Generator().manual_seed(0)
+    b_hi, b_lo = _sample_budgets(cfg, 4, gen)
+    b_hi[:, 0], b_lo[:, 0] = 0.5, 0.3  # over budget at init: the cost term is active
+    loss, terms, *_ = objective(m, policy, ids, attn, amask, teacher, pooled, b_hi, b_lo, 0.5, gen, cfg,
+                                {"layers": 5.0, "heads": 5.0})
+    loss.backward()
+    for name, p in policy.named_parameters():
+        if name.startswith("think"):
+            continue  # the think head is trained by the reasoning-axis objective
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert all(torch.isfinite(t) for t in terms.values())
+
+
+def test_training_lowers_the_objective_and_resumes(tmp_path):
+    m, cfg = _setup(tmp_path)
+    exs, _ = _examples(cfg, m.tokenizer)
+    ids, attn, pmask, amask = _batch(exs[-4:], 0)
+    teacher, pooled = teacher_pass(m, ids, attn, pmask, 1)
+    lam = {"layers": 5.0, "heads": 5.0}
+
+    def fixed_objective(policy):
+        gen = torch.Generator().manual_seed(123)
+        b_hi, b_lo = _sample_budgets(cfg, 4, gen)
+        with torch.no_grad():
+            return objective(m, policy, ids, attn, amask, teacher, pooled, b_hi, b_lo, 0.3, gen, cfg, lam)[0].item()
+
+    init = GatePolicy(GateConfig(n_layers=L, n_groups=G, hidden=64, width=32))
+    summary = train(cfg, model=m, progress=False)
+    trained = load_gates(cfg.out, m.hf)
+    assert fixed_objective(trained) < fixed_objective(init)
+    log = [json.loads(x) for x in open(tmp_path / "gates" / "log.jsonl")]
+    assert [r["step"] for r in log] == list(range(1, 31))
+    assert summary["calibration"][-1] == [1.0, 1.0]
+    # resume: a longer run continues from the saved state, and is seeded/reproducible
+    cfg2 = TrainConfig(**{**cfg.__dict__, "steps": 35})
+    train(cfg2, model=m, progress=False)
+    log = [json.loads(x) for x in open(tmp_path / "gates" / "log.jsonl")]
+    assert [r["step"] for r in log] == list(range(1, 36))
+    with pytest.raises(ValueError, match="another config"):
+        train(TrainConfig(**{**cfg.__dict__, "lr": 0.5}), model=m, progress=False)
+
+
+def test_artifact_round_trip_and_mismatch(tmp_path):
+    base = tiny_model("qwen2", n_layers=L)
+    p = random_policy(1)
+    p.config.calibration = [[0.5, 0.6], [1.0, 1.0]]
+    save_gates(p, tmp_path / "a", base, extra={"note": "test"})
+    q = load_gates(tmp_path / "a", base)
+    assert q.config == p.config
+    for (k1, v1), (k2, v2) in zip(p.state_dict().items(), q.state_dict().items()):
+        assert k1 == k2 and torch.equal(v1, v2)
+    pooled = torch.randn(5, 64)
+    bs = [Budget(0.5), Budget(0.7), Budget(layers=0.6, heads=0.5), Budget(0.9), Budget(1.0)]
+    assert p.decisions(pooled, bs) == q.decisions(pooled, bs)
+    # same architecture, other weights: refused
+    with pytest.raises(ValueError, match="different weights"):
+        load_gates(tmp_path / "a", tiny_model("qwen2", n_layers=L, seed=5))
+    # other architecture: refused, naming what differs
+    with pytest.raises(ValueError, match="num_hidden_layers"):
+        load_gates(tmp_path / "a", tiny_model("qwen2", n_layers=4))
+    with pytest.raises(FileNotFoundError, match="not a gate artifact"):
+        load_gates(tmp_path / "missing", base)
+    # a bf16 copy of the same base is the same base
+    load_gates(tmp_path / "a", copy.deepcopy(base).to(torch.bfloat16))
