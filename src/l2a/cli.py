@@ -1,0 +1,299 @@
+"""cli: the `l2a` command. Thin and lazy (DESIGN §6 rule 11).
+
+Each subcommand parses its flags and calls the Python function behind it, imported inside the handler,
+so `l2a --help` never imports torch. User errors (a ValueError from the library, a missing model or
+file) print `l2a: error: <message>` and exit 2 without a traceback. Every command ends its stdout with
+one JSON record (`record.run_record`), appended to `--out` when given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+# Built-in question for `l2a demo` when no GSM8K file is found (an original GSM8K-style problem).
+BUILTIN_QUESTION = (
+    "A baker makes 48 muffins in the morning and 36 in the afternoon. She sells 60 of them and gives 5 to "
+    "her neighbours. How many muffins are left at the end of the day?",
+    "19",
+)
+DATA_ENV = "L2A_DATA"  # overrides the GSM8K file the demo reads
+_REPO_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "gsm8k" / "test.jsonl"
+
+
+def _env_defaults():
+    # Before torch is imported: spin-waiting OpenMP collapses 2-thread torch on shared cores (DESIGN §3).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"budget must be a number in (0, 1], got {text!r}") from None
+    if not 0.0 < v <= 1.0:
+        raise argparse.ArgumentTypeError(f"budget must be in (0, 1], got {text}")
+    return v
+
+
+def _fractions(text: str) -> tuple[float, ...]:
+    return tuple(_fraction(t) for t in text.split(",") if t.strip())
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive ints, got {text!r}") from None
+    if not out or any(v < 1 for v in out):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive ints, got {text!r}")
+    return out
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}")
+    return v
+
+
+def _emit(record: dict, out) -> None:
+    from .record import write_record
+
+    if out:
+        write_record(out, record)
+    print(json.dumps(record, ensure_ascii=False), flush=True)
+
+
+# -- bench ---------------------------------------------------------------------------------------------------
+
+
+def cmd_bench(args) -> int:
+    from .bench import bench, format_table, load_decisions
+
+    decisions = load_decisions(args.decisions) if args.decisions else None
+    record = bench(
+        model_spec=args.model, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
+        batch_sizes=args.batch_sizes, fractions=args.fractions, repeats=args.repeats, warmup=args.warmup,
+        dtype=args.dtype, threads=args.threads, decisions=decisions,
+    )
+    print(format_table(record))
+    _emit(record, args.out)
+    return 0
+
+
+# -- generate and demo ---------------------------------------------------------------------------------------
+
+
+class _Stream:
+    """on_token callback: prints row 0's text as it grows and times first token / the rest."""
+
+    def __init__(self, tokenizer, echo: bool):
+        import time
+
+        self.tok, self.echo, self.clock = tokenizer, echo, time.perf_counter
+        self.ids: list[int] = []
+        self.shown = ""
+        self.t0 = self.clock()
+        self.t_first = self.t_last = None
+
+    def __call__(self, tokens):
+        self.t_last = self.clock()
+        if self.t_first is None:
+            self.t_first = self.t_last
+        self.ids.append(int(tokens[0]))
+        if self.echo:
+            text = self.text()
+            print(text[len(self.shown):], end="", flush=True)
+            self.shown = text
+
+    def text(self) -> str:
+        return self.tok.decode(self.ids, skip_special_tokens=True)
+
+    def stats(self) -> dict:
+        n = len(self.ids)
+        ttft = None if self.t_first is None else self.t_first - self.t0
+        decode = (n - 1) / (self.t_last - self.t_first) if n > 1 and self.t_last > self.t_first else None
+        return {"new_tokens": n, "ttft_ms": None if ttft is None else 1000 * ttft, "decode_tok_s": decode}
+
+
+def _chat_ids(tokenizer, text: str, chat: bool):
+    if chat and getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+        return tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    return tokenizer(text, return_tensors="pt")["input_ids"]
+
+
+def _answer(gm, ids, budget: float, max_new_tokens: int, echo: bool) -> dict:
+    from .baselines import even_spaced
+
+    if gm.tokenizer is None:
+        raise ValueError("this model has no tokenizer; generation from text needs one")
+    d = even_spaced(gm.n_layers, budget)
+    stream = _Stream(gm.tokenizer, echo)
+    gm.generate(ids, decisions=d, max_new_tokens=max_new_tokens, on_token=stream)
+    return {"budget": budget, "layers_kept": sum(d.layers), "n_layers": gm.n_layers, **stream.stats(), "text": stream.text()}
+
+
+def _load(args):
+    import torch
+
+    from .load import load
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return load(args.model, dtype=args.dtype)
+
+
+def cmd_generate(args) -> int:
+    from .record import run_record
+
+    gm = _load(args)
+    if gm.tokenizer is None:
+        raise ValueError(f"model {args.model!r} has no tokenizer; `l2a generate` needs one")
+    ids = _chat_ids(gm.tokenizer, args.prompt, args.chat)
+    ans = _answer(gm, ids, args.budget, args.max_new_tokens, echo=True)
+    print()
+    print(f"[budget {args.budget:g}: {ans['layers_kept']}/{ans['n_layers']} layers (static even-spaced), "
+          f"{ans['new_tokens']} tokens, {_f(ans['decode_tok_s'])} tok/s decode]", file=sys.stderr)
+    config = {k: getattr(args, k) for k in ("model", "budget", "max_new_tokens", "dtype", "threads", "chat")}
+    _emit(run_record("generate", config, {"prompt": args.prompt, **ans}), args.out)
+    return 0
+
+
+def _f(x, spec=".1f"):
+    return "—" if x is None else format(x, spec)
+
+
+def _question(path_arg) -> tuple[str, str, str]:
+    """(question, reference answer, source) from a GSM8K-style JSON-lines file, else the built-in one."""
+    path = path_arg or os.environ.get(DATA_ENV) or (_REPO_DATA if _REPO_DATA.is_file() else None)
+    if path is None:
+        return BUILTIN_QUESTION[0], BUILTIN_QUESTION[1], "built-in question"
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"no GSM8K file at {path} (from --data or ${DATA_ENV})")
+    with open(path, encoding="utf-8") as f:
+        first = json.loads(f.readline())
+    if "question" not in first:
+        raise ValueError(f"{path}: expected JSON lines with a 'question' field")
+    ref = str(first.get("answer", "")).rsplit("####", 1)[-1].strip()
+    return first["question"], ref, f"{path.resolve()} (first question)"
+
+
+def cmd_demo(args) -> int:
+    from .record import run_record
+
+    question, ref, source = _question(args.data)
+    print(f"question source: {source}")
+    print(f"Q: {question}\nreference answer: {ref}\n")
+    gm = _load(args)
+    ids = _chat_ids(gm.tokenizer, question, chat=True)
+    answers = []
+    for b in sorted(set(args.budgets), reverse=True):
+        echo = b == 1.0
+        print(f"--- budget {b:g} (static even-spaced layers until gates ship)" + (", streaming:" if echo else ""))
+        ans = _answer(gm, ids, b, args.max_new_tokens, echo=echo)
+        if echo:
+            print()
+        else:
+            text = ans["text"].strip().replace("\n", " ")
+            print(text[:300] + (" ..." if len(text) > 300 else ""))
+        print(f"[{ans['layers_kept']}/{ans['n_layers']} layers, {ans['new_tokens']} tokens, "
+              f"TTFT {_f(ans['ttft_ms'])} ms, decode {_f(ans['decode_tok_s'])} tok/s measured]\n")
+        answers.append(ans)
+    print("note: static even-spaced skipping without trained gates is expected to hurt answers; "
+          "this shows the speed and memory axis that learned gates will trade against quality.\n")
+    results = {"source": source, "question": question, "reference": ref, "answers": answers}
+    if args.bench:
+        from .bench import bench, format_table
+
+        fr = tuple(b for b in sorted(set(args.budgets), reverse=True) if b < 1.0) or (0.5,)
+        print(f"--- bench: batch 1 and 8, prompt 64, new tokens 32, repeats 2, fractions {fr}")
+        rec = bench(gm, prompt_len=64, new_tokens=32, batch_sizes=(1, 8), fractions=fr, repeats=2, warmup=1,
+                    dtype=args.dtype, threads=args.threads)
+        print(format_table(rec))
+        results["bench"] = rec["results"]
+    config = {k: getattr(args, k) for k in ("model", "budgets", "max_new_tokens", "bench", "dtype", "threads")}
+    _emit(run_record("demo", config, results), args.out)
+    return 0
+
+
+# -- parser --------------------------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="l2a", description="Resource-adaptive LLM inference with budget-conditioned gates.")
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"l2a {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def common(s, threads=2):
+        s.add_argument("--model", default="smollm2-135m", help="registered name, model directory or .gguf (default: %(default)s)")
+        s.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="(default: %(default)s)")
+        s.add_argument("--threads", type=int, default=threads, help="torch threads (default: %(default)s)")
+        s.add_argument("--out", help="append the JSON record to this JSON-lines file")
+
+    b = sub.add_parser("bench", help="measure gated vs plain vs pruned decode speed and KV memory")
+    common(b)
+    b.add_argument("--prompt-len", type=_positive, default=64)
+    b.add_argument("--new-tokens", type=_positive, default=32)
+    b.add_argument("--batch-sizes", type=_ints, default=(1, 8), help="comma-separated (default: 1,8)")
+    b.add_argument("--fractions", type=_fractions, default=(0.75, 0.5), help="layer fractions, even-spaced (default: 0.75,0.5)")
+    b.add_argument("--decisions", help="JSON file: a list of GateDecision dicts (replaces --fractions)")
+    b.add_argument("--repeats", type=_positive, default=3)
+    b.add_argument("--warmup", type=int, default=1)
+    b.set_defaults(func=cmd_bench)
+
+    d = sub.add_parser("demo", help="answer one GSM8K question at several budgets, then a short bench")
+    common(d)
+    d.add_argument("--budgets", type=_fractions, default=(1.0, 0.75, 0.5), help="comma-separated (default: 1.0,0.75,0.5)")
+    d.add_argument("--max-new-tokens", type=_positive, default=80)
+    d.add_argument("--bench", action=argparse.BooleanOptionalAction, default=True, help="run the short bench after")
+    d.add_argument("--data", help=f"GSM8K JSON-lines file (default: ${DATA_ENV}, else ../shared/data/gsm8k/test.jsonl, else built-in)")
+    d.set_defaults(func=cmd_demo)
+
+    g = sub.add_parser(
+        "generate", help="one-off generation at a budget",
+        description="One-off generation. The budget keeps an even-spaced fraction of decoder layers: a static "
+        "baseline, not input-aware, until trained gates ship.",
+    )
+    common(g, threads=None)
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--budget", type=_fraction, default=1.0, help="fraction of decoder layers in (0, 1] (default: 1.0)")
+    g.add_argument("--max-new-tokens", type=_positive, default=64)
+    g.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True, help="apply the chat template")
+    g.set_defaults(func=cmd_generate)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    _env_defaults()
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("l2a: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # user errors only; anything else keeps its traceback
+        if isinstance(e, (ValueError, FileNotFoundError)) or type(e).__name__ == "ModelNotInstalledError":
+            print(f"l2a: error: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""The `l2a` CLI: lazy (no torch for --help), user errors exit 2 with one clear line and no traceback."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from l2a import cli
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def run(*code_or_args, module=False):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")])))
+    argv = [sys.executable, "-m", "l2a.cli", *code_or_args] if module else [sys.executable, "-c", *code_or_args]
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_help_does_not_import_torch():
+    code = (
+        "import sys, l2a.cli\n"
+        "for argv in (['--help'], ['bench', '--help'], ['demo', '--help'], ['generate', '--help']):\n"
+        "    try:\n"
+        "        l2a.cli.main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')\n"
+    )
+    p = run(code)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip().endswith("NO-TORCH")
+    assert "usage: l2a" in p.stdout and "bench" in p.stdout and "static" in p.stdout
+
+
+@pytest.mark.parametrize("args", [
+    ["generate", "--prompt", "hi", "--budget", "1.5"],
+    ["demo", "--budgets", "1.0,0"],
+    ["bench", "--fractions", "0.5,abc"],
+])
+def test_bad_budget_exits_2_without_traceback(args):
+    p = run(*args, module=True)
+    assert p.returncode == 2
+    assert "budget must be" in p.stderr and "(0, 1]" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_library_value_error_is_a_clean_user_error(tmp_path, capsys):
+    bad = tmp_path / "d.json"
+    bad.write_text(json.dumps([{"layers": [True], "bogus": 1}]))
+    assert cli.main(["bench", "--decisions", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("l2a: error: unknown GateDecision keys ['bogus']") and "Traceback" not in err
+
+
+def test_unknown_model_is_a_clean_user_error(capsys):
+    assert cli.main(["generate", "--model", "no-such-model", "--prompt", "hi"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("l2a: error: unknown model 'no-such-model'") and "smollm2-135m" in err
+
+
+def test_demo_question_source(tmp_path, monkeypatch):
+    f = tmp_path / "gsm.jsonl"
+    f.write_text(json.dumps({"question": "What is 2+2?", "answer": "2+2=4\n#### 4"}) + "\n")
+    q, ref, source = cli._question(str(f))
+    assert (q, ref) == ("What is 2+2?", "4") and str(f.resolve()) in source
+    monkeypatch.setenv(cli.DATA_ENV, str(f))
+    assert cli._question(None)[0] == "What is 2+2?"
+    monkeypatch.setenv(cli.DATA_ENV, str(tmp_path / "missing.jsonl"))
+    with pytest.raises(ValueError, match="no GSM8K file"):
+        cli._question(None)
+    monkeypatch.delenv(cli.DATA_ENV)
+    monkeypatch.setattr(cli, "_REPO_DATA", tmp_path / "absent.jsonl")
+    assert cli._question(None) == (*cli.BUILTIN_QUESTION, "built-in question")
