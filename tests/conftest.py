@@ -72,17 +72,10 @@ def left_pad(ids: torch.Tensor, pads: list[int], pad_id: int = 0):
 
 
 def tiny_tokenizer():
-    """A character-level fast tokenizer over printable ASCII that fits the tiny models' vocab (128)."""
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    """The character-level tokenizer of `chartok` (fits the tiny models' vocab of 128)."""
+    from chartok import char_tokenizer
 
-    vocab = {"<pad>": 0, "</s>": 1, "<s>": 2, "<unk>": 3}
-    vocab.update({chr(c): 4 + i for i, c in enumerate(range(32, 127))})
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="</s>", bos_token="<s>", unk_token="<unk>")
-    tok.padding_side = "left"
-    return tok
+    return char_tokenizer()
 
 
 def write_math(path, n: int = 40, seed: int = 0):

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from l2a.load import REGISTRY, ModelNotInstalledError, load, resolve_dtype
+from l2a.loading import REGISTRY, ModelNotInstalledError, load, resolve_dtype
 from l2a.record import read_records, run_record, write_record
 
-L = importlib.import_module("l2a.load")  # the module (the package exposes the function `load` under that name)
+L = importlib.import_module("l2a.loading")
 _USER_CACHE = os.environ.get("L2A_CACHE")  # read before the autouse fixture points it at a temp dir
 
 

@@ -12,7 +12,11 @@ _LAZY = {
     "GatedModel": "l2a.gated",
     "RowCache": "l2a.kvcache",
     "prune_model": "l2a.prune",
-    "load": "l2a.load",
+    "load": "l2a.loading",
+    "GatePolicy": "l2a.gates",
+    "Policy": "l2a.policy",
+    "evaluate": "l2a.evaluate",
+    "report": "l2a.pareto",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -246,7 +246,7 @@ def _bench(model_spec, prompt_len, new_tokens, batch_sizes, fractions, mixed_bud
     from transformers.utils import logging as hf_logging
 
     from .gated import GatedModel
-    from .load import load
+    from .loading import load
     from .prune import prune_model
     from .record import run_record, write_record
 
@@ -262,7 +262,7 @@ def _bench(model_spec, prompt_len, new_tokens, batch_sizes, fractions, mixed_bud
     tok = gm.tokenizer
     hf = gm.detach()
     if isinstance(model_spec, GatedModel) and dtype is not None:
-        from .load import resolve_dtype
+        from .loading import resolve_dtype
 
         hf.to(resolve_dtype(dtype))
     L, G = gm.n_layers, gm.n_groups

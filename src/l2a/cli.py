@@ -133,24 +133,33 @@ def _chat_ids(tokenizer, text: str, chat: bool):
 
 
 def _answer(gm, ids, budget: float, max_new_tokens: int, echo: bool) -> dict:
+    """Generate at `budget`: through the loaded gates when there are some, else even-spaced layers."""
     from .baselines import even_spaced
+    from .budget import Budget
 
     if gm.tokenizer is None:
         raise ValueError("this model has no tokenizer; generation from text needs one")
-    d = even_spaced(gm.n_layers, budget)
     stream = _Stream(gm.tokenizer, echo)
-    gm.generate(ids, decisions=d, max_new_tokens=max_new_tokens, on_token=stream)
-    return {"budget": budget, "layers_kept": sum(d.layers), "n_layers": gm.n_layers, **stream.stats(), "text": stream.text()}
+    if gm.policy is not None:
+        gm.generate(ids, budget=Budget(budget), max_new_tokens=max_new_tokens, on_token=stream)
+        d, how = gm.last_decisions[0], "learned gates"
+    else:
+        d, how = even_spaced(gm.n_layers, budget), "static even-spaced: no gates loaded"
+        gm.generate(ids, decisions=d, max_new_tokens=max_new_tokens, on_token=stream)
+    return {"budget": budget, "layers_kept": sum(d.layers), "n_layers": gm.n_layers,
+            "groups_kept": round(d.group_fraction(gm.n_groups), 3), "decided_by": how, **stream.stats(),
+            "text": stream.text()}
 
 
 def _load(args):
     import torch
 
-    from .load import load
+    from .loading import load
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    return load(args.model, dtype=args.dtype)
+    gates = False if getattr(args, "no_gates", False) else getattr(args, "gates", None)
+    return load(args.model, dtype=args.dtype, gates=gates)
 
 
 def cmd_generate(args) -> int:
@@ -162,7 +171,7 @@ def cmd_generate(args) -> int:
     ids = _chat_ids(gm.tokenizer, args.prompt, args.chat)
     ans = _answer(gm, ids, args.budget, args.max_new_tokens, echo=True)
     print()
-    print(f"[budget {args.budget:g}: {ans['layers_kept']}/{ans['n_layers']} layers (static even-spaced), "
+    print(f"[budget {args.budget:g}: {ans['layers_kept']}/{ans['n_layers']} layers ({ans['decided_by']}), "
           f"{ans['new_tokens']} tokens, {_f(ans['decode_tok_s'])} tok/s decode]", file=sys.stderr)
     config = {k: getattr(args, k) for k in ("model", "budget", "max_new_tokens", "dtype", "threads", "chat")}
     _emit(run_record("generate", config, {"prompt": args.prompt, **ans}), args.out)
@@ -200,19 +209,33 @@ def cmd_demo(args) -> int:
     answers = []
     for b in sorted(set(args.budgets), reverse=True):
         echo = b == 1.0
-        print(f"--- budget {b:g} (static even-spaced layers until gates ship)" + (", streaming:" if echo else ""))
+        print(f"--- budget {b:g}" + (", streaming:" if echo else ""))
         ans = _answer(gm, ids, b, args.max_new_tokens, echo=echo)
         if echo:
             print()
         else:
             text = ans["text"].strip().replace("\n", " ")
             print(text[:300] + (" ..." if len(text) > 300 else ""))
-        print(f"[{ans['layers_kept']}/{ans['n_layers']} layers, {ans['new_tokens']} tokens, "
+        print(f"[{ans['layers_kept']}/{ans['n_layers']} layers ({ans['decided_by']}), {ans['new_tokens']} tokens, "
               f"TTFT {_f(ans['ttft_ms'])} ms, decode {_f(ans['decode_tok_s'])} tok/s measured]\n")
         answers.append(ans)
-    print("note: static even-spaced skipping without trained gates is expected to hurt answers; "
-          "this shows the speed and memory axis that learned gates will trade against quality.\n")
+    if gm.policy is None:
+        print("note: without trained gates the budgets use static even-spaced skipping.\n")
     results = {"source": source, "question": question, "reference": ref, "answers": answers}
+    if args.sweep:
+        from .evaluate import evaluate
+        from .pareto import report
+
+        methods = ["dense"] + (["l2a"] if gm.policy is not None else []) + ["block-influence", "angular", "even-spaced"]
+        out = Path(args.sweep_out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        print(f"--- Pareto sweep: gsm8k-loglik, first {args.sweep_limit} items, budgets {args.sweep_budgets}, "
+              f"methods {','.join(methods)} -> {out}")
+        evaluate(gm, "gsm8k-loglik", [args.data], args.sweep_budgets, methods, limit=args.sweep_limit,
+                 batch_size=8, seeds=1, out=out, model_name=args.model)
+        rep = report(out)
+        print(Path(rep["markdown"]).read_text())
+        results["sweep"] = {"results": str(out), "report": rep["markdown"], "plots": rep["plots"]}
     if args.bench:
         from .bench import bench, format_table
 
@@ -222,8 +245,74 @@ def cmd_demo(args) -> int:
                     dtype=args.dtype, threads=args.threads)
         print(format_table(rec))
         results["bench"] = rec["results"]
-    config = {k: getattr(args, k) for k in ("model", "budgets", "max_new_tokens", "bench", "dtype", "threads")}
+    config = {k: getattr(args, k) for k in ("model", "budgets", "max_new_tokens", "sweep", "sweep_limit",
+                                            "sweep_budgets", "bench", "dtype", "threads")}
     _emit(run_record("demo", config, results), args.out)
+    return 0
+
+
+# -- train, eval, report, check-gates ---------------------------------------------------------------------------
+
+
+def cmd_train(args) -> int:
+    import torch
+
+    from .record import run_record
+    from .train import TrainConfig, train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = TrainConfig(model=args.model, data=args.data, out=args.gates_out, steps=args.steps, examples=args.examples,
+                      max_len=args.max_len, lr=args.lr, seed=args.seed, dtype=args.dtype, ablation=args.ablation,
+                      limit=args.limit)
+    summary = train(cfg)
+    print(f"gates written to {cfg.out} ({summary['gate_params']} parameters, {summary['seconds']} s)", file=sys.stderr)
+    _emit(run_record("train", summary["config"], summary), args.out)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .evaluate import evaluate
+    from .record import run_record
+
+    if not args.results:
+        raise ValueError("l2a eval needs --results FILE (one JSON line per point; rerun to resume)")
+    gm = _load(args)
+    lines = evaluate(gm, args.task, args.data or [None], args.budgets, args.methods.split(","), limit=args.limit,
+                     batch_size=args.batch_size, seeds=args.seeds, out=args.results,
+                     max_new_tokens=args.max_new_tokens, model_name=args.model)
+    keys = ("method", "data", "budget", "n", "accuracy", "ci_low", "ci_high", "realized_layers", "seconds_per_item")
+    for r in lines:
+        print(" ".join(f"{k}={r.get(k)}" for k in keys), file=sys.stderr)
+    config = {k: getattr(args, k) for k in ("model", "gates", "task", "data", "budgets", "methods", "limit", "seeds", "dtype")}
+    _emit(run_record("eval", config, {"results": args.results, "points": len(lines)}), args.out)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .pareto import report
+    from .record import run_record
+
+    rep = report(args.results, args.out_dir, plots=args.plots)
+    print(Path(rep["markdown"]).read_text())
+    sparsity = {f"{t}:{d}": v for (t, d), v in rep["sparsity"].items()}
+    _emit(run_record("report", {"results": args.results}, {"markdown": rep["markdown"], "plots": rep["plots"],
+                                                           "sparsity_within_1pt": sparsity}), args.out)
+    return 0
+
+
+def cmd_check_gates(args) -> int:
+    from .checkpoint import load_gates
+    from .gatecheck import check_gates, render
+    from .record import run_record
+
+    gm = _load(args)
+    ablation = load_gates(args.ablation, gm.hf) if args.ablation else None
+    res = check_gates(gm, data=args.data, limit=args.limit, kl_limit=args.kl_limit, ablation=ablation)
+    print(render(res))
+    config = {k: getattr(args, k) for k in ("model", "gates", "ablation", "data", "limit", "kl_limit", "dtype")}
+    config["gates"] = gm.gates_path
+    _emit(run_record("check-gates", config, res), args.out)
     return 0
 
 
@@ -242,6 +331,8 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="(default: %(default)s)")
         s.add_argument("--threads", type=int, default=threads, help="torch threads (default: %(default)s)")
         s.add_argument("--out", help="append the JSON record to this JSON-lines file")
+        s.add_argument("--gates", help="gate artifact directory (default: the shipped gates of a registered model)")
+        s.add_argument("--no-gates", action="store_true", help="load no gates (budgets fall back to static skipping)")
 
     b = sub.add_parser("bench", help="measure gated vs plain vs pruned decode speed and KV memory")
     common(b)
@@ -260,7 +351,53 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--max-new-tokens", type=_positive, default=80)
     d.add_argument("--bench", action=argparse.BooleanOptionalAction, default=True, help="run the short bench after")
     d.add_argument("--data", help=f"GSM8K JSON-lines file (default: ${DATA_ENV}, else ../shared/data/gsm8k/test.jsonl, else built-in)")
-    d.set_defaults(func=cmd_demo)
+    d.add_argument("--sweep", action=argparse.BooleanOptionalAction, default=True, help="run the short Pareto sweep")
+    d.add_argument("--sweep-limit", type=_positive, default=100, help="GSM8K items in the sweep (default: %(default)s)")
+    d.add_argument("--sweep-budgets", type=_fractions, default=(1.0, 0.85, 0.7), help="(default: 1.0,0.85,0.7)")
+    d.add_argument("--sweep-out", default="runs/demo/results.jsonl", help="sweep results (default: %(default)s)")
+    d.set_defaults(func=cmd_demo, dtype="bfloat16")
+
+    t = sub.add_parser("train", help="train budget-conditioned gates on a frozen base model (L2A objective)")
+    common(t, threads=None)
+    t.set_defaults(dtype="bfloat16")
+    t.add_argument("--gates-out", default="runs/gates", help="artifact and training-state directory (resumes)")
+    t.add_argument("--data", help="GSM8K-style train JSON lines (default: shared data, hub, else generated)")
+    t.add_argument("--steps", type=_positive, default=300)
+    t.add_argument("--examples", type=_positive, default=4, help="examples per step, each at two budgets")
+    t.add_argument("--max-len", type=_positive, default=176)
+    t.add_argument("--lr", type=float, default=3e-3)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--limit", type=_positive, help="use only the first N training examples")
+    t.add_argument("--ablation", action="store_true", help="budget-only ablation: router input zeroed")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="accuracy x realized compute x measured latency, per method and budget")
+    common(e)
+    e.add_argument("--task", required=True, help="gsm8k | gsm8k-loglik | mc")
+    e.add_argument("--data", action="append", help="data file (repeatable; default: the task's default set)")
+    e.add_argument("--budgets", type=_fractions, default=(1.0, 0.85, 0.7, 0.55))
+    e.add_argument("--methods", default="dense,l2a,block-influence,angular,even-spaced")
+    e.add_argument("--limit", type=_positive)
+    e.add_argument("--seeds", type=_positive, default=3)
+    e.add_argument("--batch-size", type=_positive, default=8)
+    e.add_argument("--max-new-tokens", type=_positive, default=256)
+    e.add_argument("--results", help="results JSON lines (appended; finished points are skipped)")
+    e.set_defaults(func=cmd_eval)
+
+    r = sub.add_parser("report", help="markdown table and Pareto plots from `l2a eval` results")
+    r.add_argument("results")
+    r.add_argument("--out-dir")
+    r.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True)
+    r.add_argument("--out", help="append the JSON record to this JSON-lines file")
+    r.set_defaults(func=cmd_report)
+
+    c = sub.add_parser("check-gates", help="budget tracking, nesting, input-awareness and KL of trained gates")
+    common(c)
+    c.add_argument("--ablation", help="gate artifact of the budget-only ablation to compare against")
+    c.add_argument("--data", help="GSM8K-style test JSON lines (default: shared data, hub, else generated)")
+    c.add_argument("--limit", type=_positive, default=200)
+    c.add_argument("--kl-limit", type=_positive, default=100)
+    c.set_defaults(func=cmd_check_gates)
 
     g = sub.add_parser(
         "generate", help="one-off generation at a budget",

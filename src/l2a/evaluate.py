@@ -151,7 +151,7 @@ def evaluate(
     dicts or Budgets. methods: names from `baselines.METHODS` or Policy objects.
     """
     if isinstance(model, (str, os.PathLike)):
-        from .load import load
+        from .loading import load
 
         model_name = model_name or os.fspath(model)
         model = load(model)

@@ -44,6 +44,7 @@ class GateConfig:
     n_freq: int = 6  # Fourier frequencies per budget axis
     budget_dim: int = 64  # budget embedding width
     max_think: int = 512  # think allowance at b_think = 1 for an average prompt
+    budget_only: bool = False  # ablation: the router input is zeroed, decisions depend on the budget only
     calibration: list = field(default_factory=list)  # [[requested, effective], ...] layer-axis map, monotone
 
     def __post_init__(self):
@@ -112,13 +113,25 @@ class GatePolicy(nn.Module):
             nn.init.normal_(lin.weight, std=0.01)
             nn.init.zeros_(lin.bias)
         nn.init.constant_(self.out.bias, 2.0)
-        self.input_scale = 1.0  # 0 for the budget-only ablation (router input zeroed)
+        # Per-feature standardisation of the pooled input, fit on training prompts (`fit_input`). Without
+        # it the router sees mostly what all prompts share: with causal attention the chat template's
+        # tokens have the same states in every prompt, and they dominate the mean.
+        self.register_buffer("input_mean", torch.zeros(c.hidden))
+        self.register_buffer("input_std", torch.ones(c.hidden))
+        self.input_scale = 0.0 if c.budget_only else 1.0  # 0: budget-only ablation
 
     # -- network ---------------------------------------------------------------------------------------
 
+    @torch.no_grad()
+    def fit_input(self, pooled: torch.Tensor) -> None:
+        """Fit the input standardisation on (N, H) pooled states of training prompts."""
+        self.input_mean.copy_(pooled.float().mean(0))
+        self.input_std.copy_(pooled.float().std(0).clamp_min(1e-4))
+
     def features(self, pooled: torch.Tensor) -> torch.Tensor:
         """(B, H) pooled prompt states -> (B, W) input features (budget-independent part)."""
-        return self.inp(self.norm(pooled.float()) * self.input_scale)
+        z = (pooled.float() - self.input_mean) / self.input_std  # (B, H) standardised
+        return self.inp(self.norm(z) * self.input_scale)
 
     def gate_logits(self, feats: torch.Tensor, budgets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """feats (N, W), budgets (N, 2) = (b_layer, b_head) -> layer (N, n_gate), group (N, L, G) logits."""

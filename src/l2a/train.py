@@ -55,8 +55,8 @@ class TrainConfig:
     mono: float = 1.0  # weight of the kept-set nesting term
     agree: float = 0.1  # weight of answer agreement across the two budgets
     tol: float = 0.02  # cost tolerance above the budget
-    lambda_init: float = 5.0  # initial cost multipliers
-    dual_lr: float = 2.0  # dual ascent step on the multipliers
+    lambda_init: float = 20.0  # initial cost multipliers
+    dual_lr: float = 20.0  # dual ascent step on the multipliers (per unit of mean violation)
     width: int = 256  # router width
     router_layers: int = 1  # layers before the router
     protect_last: int = 1  # last layers always kept
@@ -166,7 +166,7 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     """Train gates; returns a summary. `model` may be a preloaded GatedModel (tests)."""
     from tqdm import tqdm
 
-    from .load import load
+    from .loading import load
 
     torch.manual_seed(cfg.seed)
     m = model if model is not None else load(cfg.model, dtype=cfg.dtype)
@@ -179,14 +179,14 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     calib = [examples[i] for i in order[: cfg.calib_prompts]]
     train_idx = order[cfg.calib_prompts :]
 
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     geo = m.geometry
     gcfg = GateConfig(
         n_layers=geo.n_layers, n_groups=geo.n_kv, hidden=m.hf.config.hidden_size, width=cfg.width,
-        router_layers=cfg.router_layers, protect_last=cfg.protect_last,
+        router_layers=cfg.router_layers, protect_last=cfg.protect_last, budget_only=cfg.ablation,
     )
     policy = GatePolicy(gcfg)
-    if cfg.ablation:
-        policy.input_scale = 0.0
+    policy.fit_input(_pooled_prompts(m, [examples[i][0] for i in train_idx[:256]], pad_id, cfg.router_layers))
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -195,7 +195,6 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     resumed = _load_state(out, policy, opt, gen, cfg)
     if resumed is not None:
         start, lambdas = resumed
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     k = gcfg.router_layers
     log = (out / "log.jsonl").open("a")
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress, desc="train gates")
@@ -215,7 +214,8 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
         opt.step()
         with torch.no_grad():  # dual ascent on g = E[cost] - b - tol <= 0
             for axis, e, col in (("layers", costs[0], 0), ("heads", costs[1], 1)):
-                lambdas[axis] = max(0.0, lambdas[axis] + cfg.dual_lr * float((e - budgets[:, col] - cfg.tol).mean()))
+                # Only violations count: rows under budget must not cancel rows over it.
+                lambdas[axis] += cfg.dual_lr * float((e - budgets[:, col] - cfg.tol).clamp_min(0).mean())
         rec = {
             "step": step + 1, **{name: t.detach().item() for name, t in terms.items()}, "tau": tau,
             "lambda_layers": lambdas["layers"], "lambda_heads": lambdas["heads"],
@@ -236,6 +236,19 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
                "gate_params": policy.n_params()}
     save_gates(policy, out, m.hf, extra=summary)
     return summary
+
+
+@torch.no_grad()
+def _pooled_prompts(m, prompts: list[list[int]], pad_id: int, router_layers: int, batch: int = 16) -> torch.Tensor:
+    """(N, H) router inputs of prompts: their states after the router layers, pooled."""
+    from .tasks import left_pad
+
+    out = []
+    for i in range(0, len(prompts), batch):
+        ids, mask = left_pad(prompts[i : i + batch], pad_id)
+        _, hidden = m.forward_with_hidden(ids, mask, layer=router_layers - 1)
+        out.append(GatePolicy.pool(hidden, mask))
+    return torch.cat(out)
 
 
 @torch.no_grad()
