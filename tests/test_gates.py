@@ -183,3 +183,23 @@ def test_artifact_round_trip_and_mismatch(tmp_path):
         load_gates(tmp_path / "missing", base)
     # a bf16 copy of the same base is the same base
     load_gates(tmp_path / "a", copy.deepcopy(base).to(torch.bfloat16))
+
+
+def test_check_gates_reports_every_property(tmp_path):
+    from l2a.gatecheck import check_gates, render
+    from l2a.static import Calibration
+
+    m = GatedModel(tiny_model("llama", n_layers=L), tokenizer=tiny_tokenizer())
+    m.policy = random_policy(2)
+    data = str(write_math(tmp_path / "test.jsonl", 12))
+    abl = random_policy(2)
+    abl.input_scale = 0.0
+    res = check_gates(m, data=data, limit=12, kl_limit=6, ablation=abl, progress=False,
+                      calibration=Calibration(path=data, n=8))
+    assert res["n_prompts"] == 12 and res["nested_share"] == 1.0  # nested by construction
+    assert not res["strict_ever_exceeds"]
+    assert [t["requested"] for t in res["tracking"]][0] == 0.5
+    assert res["kl"]["ablation"]["distinct_decisions"] == 1
+    for v in res["kl"].values():
+        assert v["kl"] >= 0 and 0 < v["realized_layers"] <= 1
+    assert "KL reduction" in render(res)

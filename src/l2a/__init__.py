@@ -15,7 +15,6 @@ _LAZY = {
     "load": "l2a.loading",
     "GatePolicy": "l2a.gates",
     "Policy": "l2a.policy",
-    "evaluate": "l2a.evaluate",
     "report": "l2a.pareto",
 }
 

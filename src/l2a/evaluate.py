@@ -207,7 +207,12 @@ def evaluate(
 
 
 def _static_dense(policy, model, b: Budget) -> bool:
-    """True when a static (input-agnostic) policy's decision at `b` keeps every layer and group."""
+    """True when `policy` at `b` runs exactly the dense model: a static policy keeping every layer and
+    group, or the learned gates at a full budget (dense by construction, tested bit for bit)."""
+    from .baselines import L2APolicy
+
+    if isinstance(policy, L2APolicy):
+        return b.layers >= 1.0 and b.heads >= 1.0
     return (isinstance(policy, _StaticPolicy) and kept_count(model.n_layers, b.layers) == model.n_layers
             and kept_count(model.n_groups, b.heads) == model.n_groups)
 

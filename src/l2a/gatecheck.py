@@ -73,7 +73,8 @@ def teacher_forced_kl(m, pairs, decisions: list[GateDecision], max_len=320, batc
     return total / max(count, 1)
 
 
-def check_gates(m, data=None, limit=200, kl_limit=100, kl_fraction=0.7, ablation=None, progress=True) -> dict:
+def check_gates(m, data=None, limit=200, kl_limit=100, kl_fraction=0.7, ablation=None, progress=True,
+                calibration=None) -> dict:
     """Measure tracking, nesting, input-awareness and KL for `m.policy` (and an ablation policy)."""
     from tqdm import tqdm
 
@@ -119,7 +120,7 @@ def check_gates(m, data=None, limit=200, kl_limit=100, kl_fraction=0.7, ablation
         kl[f"l2a-{mode}"] = {"kl": teacher_forced_kl(m, kl_pairs, ds),
                              "realized_layers": sum(d.layer_fraction for d in ds) / len(ds)}
     for name in ("block-influence", "angular", "even-spaced"):
-        pol = make_method(name)
+        pol = make_method(name, calibration=calibration)
         ds = pol.decide(m, None, None, [Budget(layers=kl_fraction)] * len(kl_pairs))
         kl[name] = {"kl": teacher_forced_kl(m, kl_pairs, ds), "realized_layers": ds[0].layer_fraction}
     if ablation is not None:
