@@ -55,8 +55,10 @@ class TrainConfig:
     mono: float = 1.0  # weight of the kept-set nesting term
     agree: float = 0.1  # weight of answer agreement across the two budgets
     tol: float = 0.02  # cost tolerance above the budget
-    lambda_init: float = 20.0  # initial cost multipliers
-    dual_lr: float = 20.0  # dual ascent step on the multipliers (per unit of mean violation)
+    track: float = 10.0  # weight of (E[cost] - b)^2 on each axis: use the budget, don't undershoot it
+    warm_start: str | None = "block-influence"  # initial layer ranking from a static score (None = flat)
+    lambda_init: float = 10.0  # initial cost multipliers
+    dual_lr: float = 5.0  # dual ascent step on the multipliers (per unit of mean violation)
     width: int = 256  # router width
     router_layers: int = 1  # layers before the router
     protect_last: int = 1  # last layers always kept
@@ -187,6 +189,8 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     )
     policy = GatePolicy(gcfg)
     policy.fit_input(_pooled_prompts(m, [examples[i][0] for i in train_idx[:256]], pad_id, cfg.router_layers))
+    if cfg.warm_start:
+        _warm_start(m, policy, cfg)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -239,6 +243,19 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
 
 
 @torch.no_grad()
+def _warm_start(m, policy: GatePolicy, cfg: TrainConfig) -> None:
+    """Rank layers initially by a static importance score (z-scored, added to the keep-logit bias), so
+    training starts from the static baseline's choice and refines it per input and budget."""
+    from .static import Calibration, stats_for
+
+    if cfg.warm_start != "block-influence":
+        raise ValueError(f"warm_start must be 'block-influence' or None, got {cfg.warm_start!r}")
+    bi = torch.tensor(stats_for(m, Calibration(path=cfg.data)).bi)[list(policy.config.gateable)]  # (n_gate,)
+    z = (bi - bi.mean()) / bi.std().clamp_min(1e-6)
+    policy.out.bias[: len(z)] += 1.5 * z
+
+
+@torch.no_grad()
 def _pooled_prompts(m, prompts: list[list[int]], pad_id: int, router_layers: int, batch: int = 16) -> torch.Tensor:
     """(N, H) router inputs of prompts: their states after the router layers, pooled."""
     from .tasks import left_pad
@@ -284,13 +301,15 @@ def objective(m, policy, ids, attn, ans_mask, teacher, pooled, b_hi, b_lo, tau, 
     e_heads = (k + p_groups.mean(-1).sum(-1)) / L  # (2N,) expected fraction of groups kept
     pen_l = losses.cost_hinge(e_layers, budgets[:, 0], cfg.tol).mean()
     pen_h = losses.cost_hinge(e_heads, budgets[:, 1], cfg.tol).mean()
+    track = (e_layers - budgets[:, 0]).pow(2).mean() + (e_heads - budgets[:, 1]).pow(2).mean()
     mono = losses.nesting(p_layers[n:], p_layers[:n]) + losses.nesting(p_groups[n:], p_groups[:n])
     agree = losses.agreement(s_logits[n:], s_logits[:n], mask[:n])
     loss = (
         cfg.ce * ce + cfg.kl * kl + cfg.mono * mono + cfg.agree * agree
-        + lambdas["layers"] * pen_l + lambdas["heads"] * pen_h
+        + lambdas["layers"] * pen_l + lambdas["heads"] * pen_h + cfg.track * track
     )
-    terms = {"loss": loss, "ce": ce, "kl": kl, "mono": mono, "agree": agree, "pen_layers": pen_l, "pen_heads": pen_h}
+    terms = {"loss": loss, "ce": ce, "kl": kl, "mono": mono, "agree": agree, "pen_layers": pen_l, "pen_heads": pen_h,
+             "track": track}
     return loss, terms, (e_layers.detach(), e_heads.detach()), budgets, float(layer_gates.detach().mean())
 
 
