@@ -109,7 +109,7 @@ def _setup(tmp_path, arch="llama"):
         p.requires_grad_(False)
     data = write_math(tmp_path / "math.jsonl", 60)
     cfg = TrainConfig(data=str(data), out=str(tmp_path / "gates"), steps=30, examples=4, max_len=48, width=32,
-                      calib_prompts=8, save_every=10, dtype="float32", lr=1e-2)
+                      calib_prompts=8, save_every=10, dtype="float32", lr=1e-2, track=1.0, warm_start="block-influence")
     return m, cfg
 
 

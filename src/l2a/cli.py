@@ -262,9 +262,18 @@ def cmd_train(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = TrainConfig(model=args.model, data=args.data, out=args.gates_out, steps=args.steps, examples=args.examples,
-                      max_len=args.max_len, lr=args.lr, seed=args.seed, dtype=args.dtype, ablation=args.ablation,
-                      limit=args.limit)
+    if args.config:
+        # Reproduce a run: a TrainConfig JSON, or a gate artifact's l2a_config.json (its training config).
+        saved = json.loads(Path(args.config).read_text())
+        saved = saved.get("training", {}).get("config", saved)
+        try:
+            cfg = TrainConfig(**{**saved, "out": args.gates_out})
+        except TypeError as e:
+            raise ValueError(f"{args.config}: not a TrainConfig ({e})") from None
+    else:
+        cfg = TrainConfig(model=args.model, data=args.data, out=args.gates_out, steps=args.steps,
+                          examples=args.examples, max_len=args.max_len, lr=args.lr, seed=args.seed, dtype=args.dtype,
+                          ablation=args.ablation, limit=args.limit, track=args.track, warm_start=args.warm_start)
     summary = train(cfg)
     print(f"gates written to {cfg.out} ({summary['gate_params']} parameters, {summary['seconds']} s)", file=sys.stderr)
     _emit(run_record("train", summary["config"], summary), args.out)
@@ -369,6 +378,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--limit", type=_positive, help="use only the first N training examples")
     t.add_argument("--ablation", action="store_true", help="budget-only ablation: router input zeroed")
+    t.add_argument("--track", type=float, default=0.0, help="weight of the two-sided (E[cost]-b)^2 term (default 0)")
+    t.add_argument("--warm-start", choices=("block-influence",), help="initial layer ranking from a static score")
+    t.add_argument("--config", help="train with this TrainConfig JSON or a gate artifact's l2a_config.json "
+                                    "(reproduces it; other flags but --gates-out are ignored)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="accuracy x realized compute x measured latency, per method and budget")

@@ -185,14 +185,19 @@ class _ThinkCap:
         return scores
 
 
-class GSM8K:
-    """Generative math: greedy chain of thought, extracted final number, exact match."""
+class _MathTask:
+    """GSM8K-style rows (`{"question", "answer": "... #### N"}`): a file, a data root, the hub, or generated."""
 
-    name = "gsm8k"
     data_format = "math"
 
     def load(self, path=None):
         return data.load_math(path)
+
+
+class GSM8K(_MathTask):
+    """Generative math: greedy chain of thought, extracted final number, exact match."""
+
+    name = "gsm8k"
 
     def run(self, model, rows, decide: Decide, batch_size: int = 8, max_new_tokens: int = 256) -> Iterator[list[ItemResult]]:
         tok = model.tokenizer
@@ -228,14 +233,10 @@ class GSM8K:
         return {}
 
 
-class GSM8KLoglik:
+class GSM8KLoglik(_MathTask):
     """Teacher-forced log-likelihood of the reference solution (prefill only, no generation)."""
 
     name = "gsm8k-loglik"
-    data_format = "math"
-
-    def load(self, path=None):
-        return data.load_math(path)
 
     def run(self, model, rows, decide: Decide, batch_size: int = 8, max_new_tokens: int = 256) -> Iterator[list[ItemResult]]:
         tok = model.tokenizer

@@ -55,10 +55,10 @@ class TrainConfig:
     mono: float = 1.0  # weight of the kept-set nesting term
     agree: float = 0.1  # weight of answer agreement across the two budgets
     tol: float = 0.02  # cost tolerance above the budget
-    track: float = 10.0  # weight of (E[cost] - b)^2 on each axis: use the budget, don't undershoot it
-    warm_start: str | None = "block-influence"  # initial layer ranking from a static score (None = flat)
-    lambda_init: float = 10.0  # initial cost multipliers
-    dual_lr: float = 5.0  # dual ascent step on the multipliers (per unit of mean violation)
+    track: float = 0.0  # weight of (E[cost] - b)^2 per axis (10 tracked budgets to ±0.013 but chose worse layers)
+    warm_start: str | None = None  # "block-influence": initial layer ranking from that static score
+    lambda_init: float = 20.0  # initial cost multipliers
+    dual_lr: float = 20.0  # dual ascent step on the multipliers (per unit of mean violation)
     width: int = 256  # router width
     router_layers: int = 1  # layers before the router
     protect_last: int = 1  # last layers always kept
