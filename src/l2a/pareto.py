@@ -75,7 +75,8 @@ def sparsity_within(lines: list[dict], tolerance: float = TOLERANCE) -> dict:
 def markdown_table(lines: list[dict]) -> str:
     """One row per (method, budget): accuracy +- CI and cost columns."""
     norm = any("acc_norm" in r for r in lines)
-    head = ["method", "budget", "accuracy (95% CI)"] + (["acc_norm"] if norm else []) + [
+    nll = any("nll" in r for r in lines)  # gsm8k-loglik: per-token NLL of the reference (lower is better)
+    head = ["method", "budget", "accuracy (95% CI)"] + (["acc_norm"] if norm else []) + (["NLL/token"] if nll else []) + [
         "layers", "groups", "s/item", "GFLOP/token (modeled)", "n"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     order = {m: i for i, m in enumerate(dict.fromkeys(r["method"] for r in lines))}
@@ -85,6 +86,8 @@ def markdown_table(lines: list[dict]) -> str:
         row = [r["method"], _budget_label(r["budget"]), cell]
         if norm:
             row.append("–" if r.get("acc_norm") is None else f"{100 * r['acc_norm']:.1f}")
+        if nll:
+            row.append(_fmt(r.get("nll"), ".3f"))
         flops = r.get("flops_per_token")
         row += [_fmt(r.get("realized_layers"), ".3f"), _fmt(r.get("realized_groups"), ".3f"),
                 _fmt(r.get("seconds_per_item"), ".3f"), "–" if flops is None else f"{flops / 1e9:.3f}", str(r.get("n"))]
