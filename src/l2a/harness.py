@@ -71,16 +71,8 @@ def mc_task_yaml(name: str, data_file, out_dir) -> Path:
 
     JSON is valid YAML, so the config is written with `json.dumps` (no YAML library needed).
     """
-    from .data import resolve
-
-    path = resolve(data_file).resolve()
     config = {
-        "task": name,
-        "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": str(path)}},
-        "test_split": "test",
-        "output_type": "multiple_choice",
-        "doc_to_text": "Question: {{question}}\nAnswer:",
+        **_local_task(name, data_file, "multiple_choice"),
         "doc_to_choice": "{{choices}}",
         "doc_to_target": "{{answer}}",
         "target_delimiter": " ",
@@ -92,16 +84,8 @@ def mc_task_yaml(name: str, data_file, out_dir) -> Path:
 
 def math_task_yaml(name: str, data_file, out_dir, max_gen_toks: int = 256) -> Path:
     """Write an lm-eval generative task YAML for an l2a math JSONL file (GSM8K's `#### N` scoring)."""
-    from .data import resolve
-
-    path = resolve(data_file).resolve()
     config = {
-        "task": name,
-        "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": str(path)}},
-        "test_split": "test",
-        "output_type": "generate_until",
-        "doc_to_text": "Question: {{question}}\nAnswer:",
+        **_local_task(name, data_file, "generate_until"),
         "doc_to_target": "{{answer.split('####')[-1].strip()}}",
         "generation_kwargs": {"until": ["Question:", "\n\n"], "do_sample": False, "max_gen_toks": max_gen_toks},
         "filter_list": [{"name": "last-number", "filter": [
@@ -112,6 +96,20 @@ def math_task_yaml(name: str, data_file, out_dir, max_gen_toks: int = 256) -> Pa
                          "regexes_to_ignore": [",", "\\$", "(?s).*#### ", "\\.$"]}],
     }
     return _write(config, name, out_dir)
+
+
+def _local_task(name: str, data_file, output_type: str) -> dict:
+    """The part of a task config shared by every l2a JSONL file: local json dataset, one test split."""
+    from .data import resolve
+
+    return {
+        "task": name,
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(resolve(data_file).resolve())}},
+        "test_split": "test",
+        "output_type": output_type,
+        "doc_to_text": "Question: {{question}}\nAnswer:",
+    }
 
 
 def _write(config: dict, name: str, out_dir) -> Path:
