@@ -150,10 +150,40 @@ def test_random_is_seeded():
 def test_registry_errors():
     with pytest.raises(ValueError, match="unknown method 'shortgpt'; valid: dense, l2a"):
         make_method("shortgpt")
-    with pytest.raises(NotImplementedError, match="tuned-static needs trained per-budget gates"):
+    with pytest.raises(ValueError, match="tuned-static needs --tuned-gates DIR"):
         make_method("tuned-static")
     assert {"dense", "l2a", "even-spaced", "drop-last", "random", "block-influence", "angular",
-            "static-groups", "tuned-static"} <= set(METHODS)
+            "static-groups", "tuned-static", "think-cap"} <= set(METHODS)
+
+
+def test_think_cap_caps_every_prompt_alike():
+    m = GatedModel(tiny_model("llama", n_layers=4), tokenizer=char_tokenizer())
+    p = make_method("think-cap")
+    ds = p.decide(m, torch.ones(3, 5, dtype=torch.long), None, [Budget(think=0.25)] * 3)
+    assert all(d.think_tokens == 64 and d.layer_fraction == 1.0 for d in ds)  # 0.25 * FULL_THINK (256)
+    assert p.decide(m, torch.ones(1, 5, dtype=torch.long), None, [Budget(1.0)])[0].think_tokens is None
+
+
+def test_tuned_static_trains_per_budget_and_keeps_the_exact_count(tmp_path):
+    from conftest import write_math
+
+    from l2a.train import TrainConfig, train
+
+    m = GatedModel(tiny_model("llama", n_layers=6), tokenizer=char_tokenizer())
+    data = write_math(tmp_path / "math.jsonl", 40)
+    cfg = TrainConfig(data=str(data), out=str(tmp_path / "tuned" / "b0.50"), steps=4, examples=2, max_len=48,
+                      width=32, calib_prompts=0, dtype="float32", fixed_budget=0.5)
+    train(cfg, model=m, progress=False)
+    p = make_method("tuned-static", tuned_gates=tmp_path / "tuned")
+    ids = torch.randint(4, 100, (3, 7))
+    ds = p.decide(m, ids, None, [Budget(layers=0.5)] * 3)
+    assert len(set(ds)) == 1 and sum(ds[0].layers) == kept_count(6, 0.5)  # input-agnostic, exact cost
+    assert ds[0].layers[0] and ds[0].layers[-1]  # protected layers
+    half = p.decide(m, ids[:1], None, [Budget(layers=0.5, heads=0.5)])[0]
+    assert all(sum(g) == kept_count(m.n_groups, 0.5) for g in half.kv_groups)
+    assert p.decide(m, ids[:1], None, [Budget(1.0)])[0].layer_fraction == 1.0
+    with pytest.raises(ValueError, match=r"no gates for budget 0.70 .*found: b0.50"):
+        p.decide(m, ids[:1], None, [Budget(layers=0.7)])
 
 
 def test_l2a_delegates_to_model_decide():

@@ -145,3 +145,30 @@ def test_lm_eval_bridge_generates_with_decisions(gm, files, tmp_path):
     got = run_lm_eval(gm, ["l2a_tiny_math"], method="drop-last", budget=0.5, limit=2, include_path=tmp_path / "tasks")
     assert "exact_match,last-number" in got["results"]["l2a_tiny_math"]
     assert got["l2a"]["realized_layers"] == 0.5
+
+
+def test_think_axis_points_agreement_and_forced_answers(gm, files, tmp_path):
+    gm.hf.generation_config.eos_token_id = 1
+    out = tmp_path / "think.jsonl"
+    res = E.evaluate(gm, task="gsm8k", data_files=[str(files[1])], budgets=[1.0, 0.05], methods=["dense", "think-cap"],
+                     limit=4, batch_size=2, seeds=1, out=out, max_new_tokens=40, axes=("think", "layers"), progress=False)
+    by = {(r["method"], r.get("axis"), json.dumps(r["budget"], sort_keys=True)): r for r in res}
+    dense = by[("dense", "all", "1.0")]
+    assert dense["agreement"] == 1.0 and len(dense["predictions"]) == 4 and dense["forced"] == 0.0
+    capped = by[("think-cap", "think", json.dumps({"heads": 1.0, "layers": 1.0, "think": 0.05}, sort_keys=True))]
+    assert capped["budget_axes"] == {"layers": 1.0, "heads": 1.0, "think": 0.05}
+    assert capped["think_tokens"] <= round(0.05 * 256) and capped["forced"] > 0  # 13-token cap, forced answers
+    assert 0.0 <= capped["agreement"] <= 1.0
+    assert sum(p is not None for p in capped["predictions"]) >= round(capped["forced"] * 4)  # forced rows parse
+    assert capped["realized_layers"] == 1.0
+    # the layer axis alone: think-cap keeps even-spaced layers and caps nothing
+    layers = by[("think-cap", "layers", json.dumps({"heads": 1.0, "layers": 0.05, "think": 1.0}, sort_keys=True))]
+    assert layers["realized_layers"] < 1.0 and layers["forced"] == 0.0
+    # at 1.0 on any axis think-cap is dense: its line is reused
+    full = [r for r in res if r["method"] == "think-cap" and r["budget_axes"] == {"layers": 1.0, "heads": 1.0, "think": 1.0}]
+    assert full and all(r.get("reused_from") == "dense" for r in full)
+    with pytest.raises(ValueError, match="unknown budget axis 'depth'"):
+        E.axis_budget(0.5, "depth")
+    with pytest.raises(ValueError, match="unknown budget schedule"):
+        E.axis_budget(0.5, "all:nope")
+    assert E.axis_budget(0.5, "all:think-first").axes == (0.5 / 0.7, 1.0, 0.5)

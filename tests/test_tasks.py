@@ -162,6 +162,7 @@ class FakeGen:
         self.tokenizer, self.answers = tok, answers
         self.hf = types.SimpleNamespace(generation_config=types.SimpleNamespace(eos_token_id=tok.eos_token_id))
         self.device, self.last_cache = torch.device("cpu"), None
+        self.answer_format, self.last_think = None, None
 
     def generate(self, ids, attention_mask=None, decisions=None, max_new_tokens=8, **kw):
         new = [self.tokenizer(a, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id] for a in self.answers]
@@ -176,8 +177,10 @@ def test_gsm8k_extracts_and_counts_tokens_to_eos():
     fake = FakeGen(tok, ["So it is 2.\n#### 2", "maybe 4"])
     items = next(GSM8K().run(fake, rows, lambda ids, m: [GateDecision.dense(2)] * ids.shape[0], batch_size=2))
     assert [i.score for i in items] == [1.0, 0.0]
-    assert [i.new_tokens for i in items] == [len("So it is 2.\n#### 2") + 1, len("maybe 4") + 1]
-    assert items[1].metrics == {"prediction": "4", "target": "5"}
+    # think tokens: before the answer marker (whitespace before it excluded), else up to eos
+    assert [i.new_tokens for i in items] == [len("So it is 2."), len("maybe 4")]
+    assert [i.tokens for i in items] == [len("So it is 2.\n#### 2") + 1, len("maybe 4") + 1]
+    assert items[1].metrics == {"prediction": "4", "target": "5", "forced": False}
 
 
 def test_gsm8k_generates_with_decisions_and_think_cap(gm):
@@ -185,10 +188,15 @@ def test_gsm8k_generates_with_decisions_and_think_cap(gm):
     gm.hf.generation_config.eos_token_id = 1
     rows = data.generate_gsm8k(3)
     capped = GateDecision(layers=(True, True, False, True), think_tokens=2)
-    items = [it for b in GSM8K().run(gm, rows, lambda ids, m: [capped] * ids.shape[0], batch_size=3, max_new_tokens=6)
+    items = [it for b in GSM8K().run(gm, rows, lambda ids, m: [capped] * ids.shape[0], batch_size=3, max_new_tokens=30)
              for it in b]
-    assert all(it.decision == capped and it.new_tokens <= 3 for it in items)  # 2 tokens, then the forced eos
-    assert all(it.kv_bytes_measured > 0 for it in items)
+    for it in items:  # 2 think tokens, then the forced marker and a parseable answer
+        assert it.decision == capped and it.new_tokens == 2 and it.metrics["forced"]
+        assert it.metrics["prediction"] is not None and it.tokens <= 30
+        assert it.kv_bytes_measured > 0
+    # an allowance is clipped to leave room for marker + answer in max_new_tokens (to 0 here)
+    items = next(GSM8K().run(gm, rows, lambda ids, m: [capped] * ids.shape[0], batch_size=3, max_new_tokens=8))
+    assert all(it.metrics["forced"] and it.new_tokens == 0 for it in items)
 
 
 def test_loglik_task(gm):

@@ -6,7 +6,7 @@ scores are computed in `static.py` (imported lazily); this module holds the sele
 
 A budget means the same for every method: `kept_count(L, b.layers)` layers and, in every executed layer,
 `kept_count(G, b.heads)` KV-head groups, so methods compare at equal realized cost. The think axis is not
-set by static methods (no cap). Per method:
+set by static methods (no cap) except `think-cap`. Per method:
 
 | method | layers | KV-head groups |
 |---|---|---|
@@ -17,6 +17,8 @@ set by static methods (no cap). Per method:
 | block-influence | highest Block Influence (ShortGPT), first and last kept | calibrated importance |
 | angular | all but the closest contiguous block (Gromov et al.), last (and first) kept | calibrated importance |
 | static-groups | all, or even-spaced when b.layers < 1 | calibrated importance, per layer |
+| think-cap | even-spaced (all at b.layers = 1) | first k; think capped at round(b.think * FULL_THINK) tokens (s1-style) |
+| tuned-static | the top layers of a budget-only gate trained at that budget | top groups of that gate |
 | l2a / l2a-strict | learned gates (`model.decide`, threshold / strict mode) | learned |
 """
 
@@ -140,6 +142,7 @@ class _StaticPolicy:
 
     name = "static"
     seeded = False  # True: the evaluator averages it over seeds
+    caps_think = False  # True: sets a think allowance (not dense even when every layer runs)
 
     def __init__(self):
         self._memo: dict = {}
@@ -177,6 +180,22 @@ class DropLastPolicy(_StaticPolicy):
         return even_groups(model.n_layers, model.n_groups, budget.heads, layers=layers)
 
 
+FULL_THINK = 256  # think-cap's allowance at b.think = 1 would be this; 1 itself means uncapped
+
+
+class ThinkCapPolicy(_StaticPolicy):
+    """A fixed think cap for every prompt (s1-style budget forcing): round(b.think * FULL_THINK) tokens,
+    then the answer is forced; layers and groups as even-spaced (all of them on the think axis alone)."""
+
+    name = "think-cap"
+    caps_think = True
+
+    def decision(self, model, budget) -> GateDecision:
+        d = EvenSpacedPolicy().decision(model, budget)
+        cap = None if budget.think >= 1.0 else round(budget.think * FULL_THINK)
+        return GateDecision(layers=d.layers, kv_groups=d.kv_groups, think_tokens=cap)
+
+
 class RandomPolicy(_StaticPolicy):
     """Random layers (first and last protected) and random groups, fixed by the seed."""
 
@@ -208,14 +227,64 @@ class L2APolicy:
         return list(model.decide(input_ids, list(budgets), attention_mask=attention_mask, mode=self.mode))
 
 
-def _dense(seed=0, calibration=None):
+class TunedStaticPolicy(_StaticPolicy):
+    """The paper's "separately tuned model per budget": one budget-only gate set trained at each budget
+    (`l2a train --fixed-budget B`, router input zeroed), read from `DIR/b{B:.2f}/`. At budget b it keeps
+    the `kept_count(L, b)` layers (and per layer `kept_count(G, b.heads)` groups) its logits rank highest,
+    protected layers first, so it runs exactly the cost every other method runs at b."""
+
+    name = "tuned-static"
+
+    def __init__(self, directory):
+        super().__init__()
+        from pathlib import Path
+
+        if directory is None:
+            raise ValueError("tuned-static needs --tuned-gates DIR holding one artifact per budget (DIR/b0.70/, ...), "
+                             "each from `l2a train --fixed-budget 0.7 --gates-out DIR/b0.70`")
+        self.directory = Path(directory)
+
+    def _artifact(self, b: float):
+        path = self.directory / f"b{b:.2f}"
+        if not path.is_dir():
+            have = sorted(p.name for p in self.directory.glob("b*") if p.is_dir()) if self.directory.is_dir() else []
+            raise ValueError(f"tuned-static has no gates for budget {b:.2f} in {self.directory} "
+                             f"(found: {', '.join(have) or 'none'}); train them with "
+                             f"`l2a train --fixed-budget {b:.2f} --gates-out {path}`")
+        return path
+
+    def decision(self, model, budget) -> GateDecision:
+        if budget.layers >= 1.0 and budget.heads >= 1.0:
+            return GateDecision.dense(model.n_layers)
+        import torch
+
+        from .checkpoint import load_gates
+
+        policy = load_gates(self._artifact(budget.layers), model.hf)
+        c = policy.config
+        with torch.no_grad():  # budget-only: the router input is zeroed, one ranking for every prompt
+            feats = policy.features(torch.zeros(1, c.hidden))
+            lay, grp = policy.gate_logits(feats, torch.tensor([[policy.effective(budget.layers), budget.heads]]))
+        order = lay[0].argsort(descending=True).tolist()  # gateable layers, best first
+        k = kept_count(c.n_layers, budget.layers) - c.protected
+        keep = set(range(c.router_layers)) | set(range(c.n_layers - c.protect_last, c.n_layers))
+        keep |= {c.gateable[j] for j in order[: max(0, k)]}
+        layers = tuple(i in keep for i in range(c.n_layers))
+        if budget.heads >= 1.0:
+            return GateDecision(layers=layers)
+        kg = kept_count(c.n_groups, budget.heads)
+        top = grp[0].argsort(-1, descending=True)[:, :kg].tolist()  # (L, kg)
+        return GateDecision(layers=layers, kv_groups=tuple(tuple(g in t for g in range(c.n_groups)) for t in top))
+
+
+def _dense(seed=0, calibration=None, **_):
     from .policy import DensePolicy
 
     return DensePolicy()
 
 
 def _calibrated(cls_name: str):
-    def factory(seed=0, calibration=None):
+    def factory(seed=0, calibration=None, **_):
         from . import static
 
         return getattr(static, cls_name)(calibration)
@@ -223,30 +292,24 @@ def _calibrated(cls_name: str):
     return factory
 
 
-def _tuned_static(seed=0, calibration=None):
-    raise NotImplementedError(
-        "tuned-static needs trained per-budget gates: a static decision tuned per budget on the training "
-        "objective; it arrives with the gate-training issue"
-    )
-
-
-# name -> factory(seed: int = 0, calibration: static.Calibration | None = None) -> Policy
+# name -> factory(seed=0, calibration: static.Calibration | None = None, tuned_gates=None) -> Policy
 METHODS = {
     "dense": _dense,
-    "l2a": lambda seed=0, calibration=None: L2APolicy("threshold"),
-    "l2a-strict": lambda seed=0, calibration=None: L2APolicy("strict"),
-    "even-spaced": lambda seed=0, calibration=None: EvenSpacedPolicy(),
-    "drop-last": lambda seed=0, calibration=None: DropLastPolicy(),
-    "random": lambda seed=0, calibration=None: RandomPolicy(seed),
+    "l2a": lambda seed=0, calibration=None, **_: L2APolicy("threshold"),
+    "l2a-strict": lambda seed=0, calibration=None, **_: L2APolicy("strict"),
+    "even-spaced": lambda seed=0, calibration=None, **_: EvenSpacedPolicy(),
+    "drop-last": lambda seed=0, calibration=None, **_: DropLastPolicy(),
+    "random": lambda seed=0, calibration=None, **_: RandomPolicy(seed),
     "block-influence": _calibrated("BlockInfluencePolicy"),
     "angular": _calibrated("AngularPolicy"),
     "static-groups": _calibrated("StaticGroupsPolicy"),
-    "tuned-static": _tuned_static,
+    "think-cap": lambda seed=0, calibration=None, **_: ThinkCapPolicy(),
+    "tuned-static": lambda seed=0, calibration=None, tuned_gates=None, **_: TunedStaticPolicy(tuned_gates),
 }
 
 
-def make_method(name: str, seed: int = 0, calibration=None):
+def make_method(name: str, seed: int = 0, calibration=None, tuned_gates=None):
     """The policy behind `--methods name`; ValueError lists the valid names."""
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; valid: {', '.join(METHODS)}")
-    return METHODS[name](seed=seed, calibration=calibration)
+    return METHODS[name](seed=seed, calibration=calibration, tuned_gates=tuned_gates)

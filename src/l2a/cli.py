@@ -55,6 +55,18 @@ def _ints(text: str) -> tuple[int, ...]:
     return out
 
 
+def _axes(text: str) -> tuple[str, ...]:
+    from .budget import SCHEDULES
+    from .evaluate import AXES
+
+    axes = tuple(a.strip() for a in text.split(",") if a.strip())
+    valid = (*AXES, *(f"all:{s}" for s in SCHEDULES))
+    bad = [a for a in axes if a not in valid]
+    if not axes or bad:
+        raise argparse.ArgumentTypeError(f"unknown axes {bad or text!r}; valid: {', '.join(valid)}")
+    return axes
+
+
 def _positive(text: str) -> int:
     try:
         v = int(text)
@@ -273,10 +285,29 @@ def cmd_train(args) -> int:
     else:
         cfg = TrainConfig(model=args.model, data=args.data, out=args.gates_out, steps=args.steps,
                           examples=args.examples, max_len=args.max_len, lr=args.lr, seed=args.seed, dtype=args.dtype,
-                          ablation=args.ablation, limit=args.limit, track=args.track, warm_start=args.warm_start)
+                          ablation=args.ablation, limit=args.limit, track=args.track, warm_start=args.warm_start,
+                          fixed_budget=args.fixed_budget, **({"calib_prompts": 0} if args.fixed_budget else {}))
     summary = train(cfg)
     print(f"gates written to {cfg.out} ({summary['gate_params']} parameters, {summary['seconds']} s)", file=sys.stderr)
     _emit(run_record("train", summary["config"], summary), args.out)
+    return 0
+
+
+def cmd_train_think(args) -> int:
+    import torch
+
+    from .record import run_record
+    from .think import ThinkConfig, train_think
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = ThinkConfig(model=args.model, gates=args.gates, out=args.gates_out, data=args.data, problems=args.problems,
+                      max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed,
+                      dtype=args.dtype)
+    summary = train_think(cfg)
+    print(f"gates with a fitted think head written to {cfg.out}: held-out NLL {summary['nll_test']:.3f} "
+          f"(input-blind {summary['nll_test_input_blind']:.3f}), coverage {summary['coverage']}", file=sys.stderr)
+    _emit(run_record("train-think", summary["config"], summary), args.out)
     return 0
 
 
@@ -289,7 +320,8 @@ def cmd_eval(args) -> int:
     gm = _load(args)
     lines = evaluate(gm, args.task, args.data or [None], args.budgets, args.methods.split(","), limit=args.limit,
                      batch_size=args.batch_size, seeds=args.seeds, out=args.results,
-                     max_new_tokens=args.max_new_tokens, model_name=args.model)
+                     max_new_tokens=args.max_new_tokens, model_name=args.model, axes=args.axes,
+                     tuned_gates=args.tuned_gates)
     keys = ("method", "data", "budget", "n", "accuracy", "ci_low", "ci_high", "realized_layers", "seconds_per_item")
     for r in lines:
         print(" ".join(f"{k}={r.get(k)}" for k in keys), file=sys.stderr)
@@ -380,9 +412,22 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--ablation", action="store_true", help="budget-only ablation: router input zeroed")
     t.add_argument("--track", type=float, default=0.0, help="weight of the two-sided (E[cost]-b)^2 term (default 0)")
     t.add_argument("--warm-start", choices=("block-influence",), help="initial layer ranking from a static score")
+    t.add_argument("--fixed-budget", type=_fraction, help="train the tuned-static baseline: budget-only gates at this "
+                                                          "one layer budget (write to DIR/b0.70 for `--tuned-gates DIR`)")
     t.add_argument("--config", help="train with this TrainConfig JSON or a gate artifact's l2a_config.json "
                                     "(reproduces it; other flags but --gates-out are ignored)")
     t.set_defaults(func=cmd_train)
+
+    k = sub.add_parser("train-think", help="fit the gates' think allowance by truncation probing (reasoning axis)")
+    common(k, threads=None)
+    k.set_defaults(dtype="bfloat16")
+    k.add_argument("--gates-out", default="runs/think", help="probes.jsonl (resumes) and the updated artifact")
+    k.add_argument("--data", help="GSM8K-style train JSON lines (default: shared data, hub, else generated)")
+    k.add_argument("--problems", type=_positive, default=256, help="training problems probed (default: 256)")
+    k.add_argument("--max-new-tokens", type=_positive, default=256, help="dense chain-of-thought cap")
+    k.add_argument("--batch-size", type=_positive, default=16)
+    k.add_argument("--seed", type=int, default=0)
+    k.set_defaults(func=cmd_train_think)
 
     e = sub.add_parser("eval", help="accuracy x realized compute x measured latency, per method and budget")
     common(e)
@@ -395,6 +440,10 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=_positive, default=8)
     e.add_argument("--max-new-tokens", type=_positive, default=256)
     e.add_argument("--results", help="results JSON lines (appended; finished points are skipped)")
+    e.add_argument("--tuned-gates", help="tuned-static: directory of per-budget gates (DIR/b0.70/, ...)")
+    e.add_argument("--axes", type=_axes, default=("all",),
+                   help="budget axes swept, comma-separated: all (the scalar schedule; all:NAME for a named one), "
+                        "layers, heads, think (that axis alone) (default: all)")
     e.set_defaults(func=cmd_eval)
 
     r = sub.add_parser("report", help="markdown table and Pareto plots from `l2a eval` results")

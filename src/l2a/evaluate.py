@@ -10,7 +10,12 @@ Fields of a line (besides method, task, data, source, budget, n, config, provena
 - `accuracy` and `ci_low`/`ci_high`: 95% percentile bootstrap over items (1000 resamples, seed 0);
   `acc_norm` for mc (per-character normalised), `nll`/`token_acc` for gsm8k-loglik.
 - `realized_layers`, `realized_groups`: mean fractions of the decisions the items actually ran with.
-- `think_tokens`: mean generated tokens (gsm8k); 0 for scoring tasks.
+- `think_tokens`: mean think tokens, generated before the answer marker (gsm8k); 0 for scoring tasks.
+  `forced`: share of items whose answer was budget-forced. `predictions` (gsm8k): per-item extracted
+  answers; `agreement`: share of items whose answer equals the dense point's on the same data (the
+  length-control measure for models whose accuracy is near zero).
+- `axis`: which budget axis the point varies (`all` = the scalar schedule; `layers`, `heads`, `think`
+  alone, the others at 1.0).
 - `flops_per_token` (modeled): `CostModel.decode_flops` of the item's decision at the item's length
   (prompt + generated tokens; for mc, the mean choice sequence), averaged over items; `flops_fraction`:
   the same relative to dense.
@@ -75,8 +80,27 @@ def bootstrap_ci(scores, n_resamples: int = 1000, seed: int = 0, level: float = 
 
 
 def budget_field(b: Budget):
-    """How a budget is written in a line: the scalar, or the three axes."""
-    return b.scalar if b.scalar is not None else {"layers": b.layers, "heads": b.heads, "think": b.think}
+    """How a budget is written in a line: the scalar (with its schedule when not the default), or the axes."""
+    if b.scalar is None:
+        return {"layers": b.layers, "heads": b.heads, "think": b.think}
+    return b.scalar if b.schedule is None else {"scalar": b.scalar, "schedule": b.schedule}
+
+
+AXES = ("all", "layers", "heads", "think")  # and "all:SCHEDULE" for a named scalar schedule
+
+
+def axis_budget(value: float, axis: str) -> Budget:
+    """The budget of a point on one axis: `all` is the scalar schedule (`all:NAME` a named one), an axis
+    name varies that axis alone (the others at 1.0)."""
+    from .budget import SCHEDULES
+
+    if axis.startswith("all:"):
+        if axis[4:] not in SCHEDULES:
+            raise ValueError(f"unknown budget schedule {axis[4:]!r}; valid: {', '.join(SCHEDULES)}")
+        return Budget(value, schedule=axis[4:])
+    if axis not in AXES:
+        raise ValueError(f"unknown budget axis {axis!r}; valid: {', '.join(AXES)}, all:SCHEDULE")
+    return Budget(value) if axis == "all" else Budget(**{axis: value})
 
 
 def _key(task: str, method: str, data, budget, limit) -> str:
@@ -143,12 +167,15 @@ def evaluate(
     calibration: Calibration | None = None,
     warmup: bool = True,
     progress: bool = True,
+    axes=("all",),
+    tuned_gates=None,
 ) -> list[dict]:
     """Evaluate every (method, data file, budget) point; append each to `out`; return all points' lines.
 
     model: a GatedModel or a model spec for `l2a.load`. task: "gsm8k", "gsm8k-loglik", "mc" (or a task
     object). data_files: paths (None = the task's default: GSM8K test, else generated). budgets: numbers,
-    dicts or Budgets. methods: names from `baselines.METHODS` or Policy objects.
+    dicts or Budgets. methods: names from `baselines.METHODS` or Policy objects. axes: for numeric budgets,
+    the axes swept (`AXES`): each number b becomes `axis_budget(b, axis)` for every axis given.
     """
     if isinstance(model, (str, os.PathLike)):
         from .loading import load
@@ -160,13 +187,19 @@ def evaluate(
     task_obj = get_task(task)
     task_name = getattr(task_obj, "name", str(task))
     data_files = [data_files] if isinstance(data_files, (str, os.PathLike)) or data_files is None else list(data_files)
-    budgets = [Budget.parse(b) for b in budgets]
+    points_all = []  # (axis, Budget)
+    for b in budgets:
+        if isinstance(b, (int, float)) and not isinstance(b, bool):
+            points_all += [(axis, axis_budget(b, axis)) for axis in axes]
+        else:
+            points_all.append(("all" if Budget.parse(b).scalar is not None else "custom", Budget.parse(b)))
+    points_all = list(dict.fromkeys(points_all))
     calibration = calibration or Calibration()
     methods = sorted(methods, key=lambda m: m != "dense")  # dense first: static points at b=1 reuse it
     names = [m if isinstance(m, str) else m.name for m in methods]
     for m in methods:  # fail on unknown names (and missing gates) before any model runs
         if isinstance(m, str):
-            make_method(m, seed=0, calibration=calibration)
+            make_method(m, seed=0, calibration=calibration, tuned_gates=tuned_gates)
             if m.startswith("l2a") and getattr(model, "policy", None) is None:
                 raise ValueError(f"method {m!r}: no gates loaded: pass --gates DIR or use a model with shipped gates")
     dtype = next(model.hf.parameters()).dtype
@@ -182,15 +215,15 @@ def evaluate(
         rows = rows[:limit] if limit is not None else rows
         data_label = None if data_file is None else os.fspath(data_file)
         for name, m in zip(names, methods):
-            points = [Budget(1.0)] if name == "dense" else budgets
+            points = [("all", Budget(1.0))] if name == "dense" else points_all
             policies = None
-            for b in points:
+            for axis, b in points:
                 key = _key(task_name, name, data_label, budget_field(b), limit)
                 if key in done:
                     results.append(done[key])
                     continue
                 if policies is None:  # built once per method and data file: memo and calibration are reused
-                    policies = _policies(m, seeds, calibration)
+                    policies = _policies(m, seeds, calibration, tuned_gates)
                 dense = next((r for r in results if r["method"] == "dense" and r.get("data") == data_label), None)
                 if dense is not None and all(_static_dense(p, model, b) for p in policies):
                     # A static method at a budget that keeps everything runs exactly dense: reuse its line.
@@ -200,6 +233,10 @@ def evaluate(
                     record = _run_point(model, task_obj, rows, b, policies, cfg, cost, name, progress, warmup)
                     record.update(task=task_name, data=data_label, source=source, config=asdict(cfg),
                                   provenance=provenance)
+                    if dense is not None and dense.get("predictions") and record.get("predictions"):
+                        pairs = list(zip(record["predictions"], dense["predictions"]))
+                        record["agreement"] = sum(p == q for p, q in pairs) / len(pairs)
+                record["axis"] = axis
                 if out is not None:
                     _append(out, record)
                 results.append(record)
@@ -212,15 +249,15 @@ def _static_dense(policy, model, b: Budget) -> bool:
     from .baselines import L2APolicy
 
     if isinstance(policy, L2APolicy):
-        return b.layers >= 1.0 and b.heads >= 1.0
+        return b.layers >= 1.0 and b.heads >= 1.0 and b.think >= 1.0
     return (isinstance(policy, _StaticPolicy) and kept_count(model.n_layers, b.layers) == model.n_layers
-            and kept_count(model.n_groups, b.heads) == model.n_groups)
+            and kept_count(model.n_groups, b.heads) == model.n_groups and (b.think >= 1.0 or not policy.caps_think))
 
 
-def _policies(m, seeds: int, calibration: Calibration) -> list:
+def _policies(m, seeds: int, calibration: Calibration, tuned_gates=None) -> list:
     if not isinstance(m, str):
         return [m]
-    first = make_method(m, seed=0, calibration=calibration)
+    first = make_method(m, seed=0, calibration=calibration, tuned_gates=tuned_gates)
     if not getattr(first, "seeded", False):
         return [first]
     return [first] + [make_method(m, seed=s, calibration=calibration) for s in range(1, seeds)]
@@ -293,6 +330,11 @@ def _summarize(runs, task, budget: Budget, cost: CostModel, name: str) -> dict:
         "seconds_source": "measured",
         "seeds": len(runs),
     }
+    first = runs[0][0]
+    if first and "prediction" in first[0].metrics:
+        record["predictions"] = [it.metrics["prediction"] for it in first]
+        if name == "dense":
+            record["agreement"] = 1.0
     if len(runs) > 1:
         record["accuracy_per_seed"] = [mean(it.score for it in items) for items, _ in runs]
     extras = [task.aggregate(items) for items, _ in runs]

@@ -150,6 +150,14 @@ class _CallbackStreamer:
         pass
 
 
+def _positions(attention_mask):
+    """The position ids HF `generate` gives a (left-padded) prefill, so a router pass computed here is the
+    one `generate` replays; every path that decides (decide, forward, generate) uses them."""
+    if attention_mask is None:
+        return None
+    return (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+
+
 class GatedModel:
     """A transformers causal LM that runs one `GateDecision` per row.
 
@@ -164,6 +172,8 @@ class GatedModel:
         self.tokenizer = tokenizer
         self.policy = None  # a GatePolicy (or any Policy) deciding from budgets
         self.gates_path = None  # where the policy's artifact was loaded from
+        self.answer_format = None  # reasoning.AnswerFormat forced at a think allowance (None: from the tokenizer)
+        self.last_think = None  # the budget-forcing processor of the last generate (forced_at per row)
         self._runtime = _Runtime()
         self._sliced: dict[tuple[int, tuple[int, ...]], nn.Module] = {}  # (layer, groups) -> sliced layer
         layers = arch.decoder_layers(hf_model)
@@ -278,12 +288,13 @@ class GatedModel:
             return self.policy.decide(self, input_ids, attention_mask, budgets), None
         hidden, replay = self._router_pass(input_ids, attention_mask, position_ids)
         pooled = self.policy.pool(hidden, attention_mask)  # (B, H)
-        return self.policy.decisions(pooled, budgets, mode=mode), replay
+        lengths = attention_mask.sum(1) if attention_mask is not None else torch.full((len(budgets),), input_ids.shape[1])
+        return self.policy.decisions(pooled, budgets, mode=mode, lengths=lengths), replay
 
     def decide(self, input_ids, budget, attention_mask=None, mode: str = "threshold") -> list[GateDecision]:
         """One GateDecision per row for `budget` (a Budget, number, or one per row) from the loaded gates."""
         self._check_attached()
-        return self._decide(input_ids, attention_mask, budget, mode, None)[0]
+        return self._decide(input_ids, attention_mask, budget, mode, _positions(attention_mask))[0]
 
     def _plan_for(self, input_ids, attention_mask, decisions, budget, mode, position_ids):
         """(decisions, plan) from explicit decisions or a budget; a budget's router pass is replayed."""
@@ -317,7 +328,11 @@ class GatedModel:
         `m.last_decisions` the decisions used."""
         if budget is not None and past_key_values is not None:
             raise ValueError("a budget is decided at prefill; continue a cache with its decisions")
-        ds, plan = self._plan_for(input_ids, attention_mask, decisions, budget, mode, kwargs.get("position_ids"))
+        pos = kwargs.get("position_ids")
+        ds, plan = self._plan_for(input_ids, attention_mask, decisions, budget, mode,
+                                  pos if pos is not None else _positions(attention_mask))
+        if pos is None and attention_mask is not None and not bool(attention_mask.all()):
+            plan.replay = None  # routed at generate's positions (as `decide`); this pass uses HF's defaults
         cache = prepare(past_key_values, len(ds), tuple(ds)) if (use_cache or past_key_values is not None) else None
         with self._active(plan):
             out = self.hf(
@@ -343,23 +358,27 @@ class GatedModel:
         on_token: Callable[[torch.Tensor], None] | None = None,
         budget=None,
         mode: str = "threshold",
+        thinking_token_budget: int | Sequence[int | None] | None = None,
         **generate_kwargs,
     ) -> torch.Tensor:
         """transformers `generate` with one decision per row; returns (B, T + new) token ids.
 
         Give `decisions` (one or one per row) or a `budget` (one or one per row) for the loaded gates,
-        whose router pass is reused as the start of prefill. `on_token(tokens)` is called with each
-        step's (B,) new tokens (streaming). Other keyword arguments (temperature, top_p,
-        logits_processor, streamer, ...) go to HF `generate`.
+        whose router pass is reused as the start of prefill. A row whose decision has `think_tokens`
+        (the gates' allowance at b_think < 1), or whose `thinking_token_budget` (one int, or one per row,
+        None = the decision's) is set, is budget-forced: at the allowance the answer marker
+        (`self.answer_format`) is forced and a bounded answer follows (reasoning.py); the explicit
+        budget wins. `on_token(tokens)` is called with each step's (B,) new tokens (streaming). Other
+        keyword arguments (temperature, top_p, logits_processor, streamer, ...) go to HF `generate`.
         """
         if generate_kwargs.get("num_beams", 1) != 1:
             raise ValueError("beam search is not supported: decisions and KV are per row")
-        position_ids = None
-        if attention_mask is not None and budget is not None:
-            # the positions HF generate gives a left-padded prefill, so the router pass can be replayed
-            position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+        position_ids = _positions(attention_mask) if budget is not None else None
         ds, plan = self._plan_for(input_ids, attention_mask, decisions, budget, mode, position_ids)
         cache = RowCache(len(ds), tuple(ds))
+        from .reasoning import add_forcing
+
+        self.last_think = add_forcing(self, ds, thinking_token_budget, input_ids.shape[1], generate_kwargs)
         if on_token is not None:
             if "streamer" in generate_kwargs:
                 raise ValueError("give either on_token or streamer, not both")

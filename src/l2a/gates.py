@@ -2,7 +2,7 @@
 
 A small network reads the prompt's hidden states after the first `router_layers` decoder layers (pooled
 over prompt tokens) and the request's budget, and emits keep-logits for every gateable layer and every
-KV-head group, plus a think-allowance logit. The budget enters three ways: Fourier features + MLP give
+KV-head group, plus a think allowance. The budget enters three ways: Fourier features + MLP give
 a budget embedding; the embedding modulates the router's hidden units (FiLM); and it adds a bias to the
 gate logits (SOL's `budget_head` pattern).
 
@@ -13,7 +13,14 @@ Inference turns logits into hard `GateDecision`s:
 - *strict*: the threshold set at the largest budget b' <= b whose set fits floor(b * L) layers, so the
   realized fraction never exceeds the budget and sets stay nested.
 A monotone calibration table (fit after training) maps requested to effective budgets so the mean
-realized fraction tracks the request. Not here: running the model (gated.py) or training (train.py).
+realized fraction tracks the request.
+
+The think head predicts, per prompt, a log-normal distribution of the shortest sufficient chain of
+thought (the fewest think tokens after which forcing the answer still gives the dense answer; fit by
+truncation probing, think.py). The allowance at b_think is that distribution's b_think-quantile,
+exp(mu + sigma * Phi^-1(b_think)) - THINK_OFFSET: b_think reads as the share of prompts expected to keep
+their dense answer, the allowance is monotone in b_think for every prompt by construction (sigma > 0),
+and b_think = 1 is no cap. Not here: running the model (gated.py) or training (train.py).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from .budget import Budget
 from .decision import GateDecision
 
 GRID = tuple(round(0.05 * i, 2) for i in range(1, 21))  # budgets 0.05 .. 1.0 used for nesting
+THINK_OFFSET = 8.0  # think lengths are modeled as log(tokens + THINK_OFFSET): zero thinking is allowed
 
 
 @dataclass
@@ -43,7 +51,7 @@ class GateConfig:
     width: int = 256  # router hidden width
     n_freq: int = 6  # Fourier frequencies per budget axis
     budget_dim: int = 64  # budget embedding width
-    max_think: int = 512  # think allowance at b_think = 1 for an average prompt
+    max_think: int = 512  # largest think allowance below b_think = 1 (1 = uncapped)
     budget_only: bool = False  # ablation: the router input is zeroed, decisions depend on the budget only
     calibration: list = field(default_factory=list)  # [[requested, effective], ...] layer-axis map, monotone
 
@@ -83,7 +91,7 @@ class BudgetEmbedding(nn.Module):
 class GateLogits:
     layers: torch.Tensor  # (B, n_gateable) keep-logits of gateable layers
     groups: torch.Tensor  # (B, L, G) keep-logits of KV-head groups
-    think: torch.Tensor  # (B,) think-allowance logit
+    think: torch.Tensor  # (B,) log(allowance + THINK_OFFSET) at the row's b_think
 
 
 class GatePolicy(nn.Module):
@@ -105,14 +113,19 @@ class GatePolicy(nn.Module):
         self.film = nn.Linear(c.budget_dim, 2 * c.width)
         self.out = nn.Linear(c.width, n_out)
         self.bias = nn.Linear(c.budget_dim, n_out)
-        self.think_budget = BudgetEmbedding(1, c.n_freq, c.budget_dim // 2)
-        self.think_out = nn.Linear(c.width + c.budget_dim // 2, 1)
+        # Think head: linear in the standardised pooled input and the prompt's log length (which mean
+        # pooling hides), one shared sigma; its own parameters, so fitting it never moves the gates.
+        self.think_mu = nn.Linear(c.hidden + 1, 1)
+        self.think_log_sigma = nn.Parameter(torch.tensor(math.log(0.5)))
+        self.register_buffer("length_stats", torch.tensor([4.5, 0.5]))  # mean, std of log prompt length
         # Start near "keep everything": FiLM near identity, logits near +2. Small (not zero) weights so
         # every parameter, the budget embedding included, gets a gradient from the first step.
         for lin in (self.film, self.out, self.bias):
             nn.init.normal_(lin.weight, std=0.01)
             nn.init.zeros_(lin.bias)
         nn.init.constant_(self.out.bias, 2.0)
+        nn.init.normal_(self.think_mu.weight, std=0.01)  # untrained: median ~120 tokens, sigma 0.5
+        nn.init.constant_(self.think_mu.bias, math.log(120 + THINK_OFFSET))
         # Per-feature standardisation of the pooled input, fit on training prompts (`fit_input`). Without
         # it the router sees mostly what all prompts share: with causal attention the chat template's
         # tokens have the same states in every prompt, and they dominate the mean.
@@ -128,10 +141,39 @@ class GatePolicy(nn.Module):
         self.input_mean.copy_(pooled.float().mean(0))
         self.input_std.copy_(pooled.float().std(0).clamp_min(1e-4))
 
+    def _input(self, pooled: torch.Tensor) -> torch.Tensor:
+        z = (pooled.float() - self.input_mean) / self.input_std  # (B, H) standardised
+        return self.norm(z) * self.input_scale
+
     def features(self, pooled: torch.Tensor) -> torch.Tensor:
         """(B, H) pooled prompt states -> (B, W) input features (budget-independent part)."""
-        z = (pooled.float() - self.input_mean) / self.input_std  # (B, H) standardised
-        return self.inp(self.norm(z) * self.input_scale)
+        return self.inp(self._input(pooled))
+
+    def think_input(self, pooled: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, H + 1) think-head input: standardised pooled states and standardised log prompt length."""
+        if lengths is None:
+            z_len = torch.zeros(pooled.shape[0], device=pooled.device)
+        else:
+            z_len = (lengths.float().clamp_min(1).log() - self.length_stats[0]) / self.length_stats[1]
+        return torch.cat([self._input(pooled), z_len[:, None] * self.input_scale], -1)
+
+    def think_params(self, pooled: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, H) pooled prompt states and (B,) prompt lengths in tokens (None: the average) -> (mu (B,),
+        sigma (B,)) of log(shortest sufficient think + OFFSET)."""
+        mu = self.think_mu(self.think_input(pooled, lengths))[:, 0]  # (B,)
+        return mu, self.think_log_sigma.exp().expand_as(mu)
+
+    @staticmethod
+    def log_allowance(mu: torch.Tensor, sigma: torch.Tensor, b_think: torch.Tensor) -> torch.Tensor:
+        """log(allowance + OFFSET) at quantile level b_think (B,) in (0, 1); increasing in b_think."""
+        return mu + sigma * torch.special.ndtri(b_think.clamp(1e-3, 1 - 1e-3))
+
+    def allowance(self, mu: float, sigma: float, b_think: float) -> int | None:
+        """Think tokens allowed at b_think for one row (None at b_think = 1: uncapped)."""
+        if b_think >= 1.0:
+            return None
+        log_a = self.log_allowance(torch.tensor(mu), torch.tensor(sigma), torch.tensor(b_think))
+        return int(min(self.config.max_think, max(0.0, round(math.exp(float(log_a)) - THINK_OFFSET))))
 
     def gate_logits(self, feats: torch.Tensor, budgets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """feats (N, W), budgets (N, 2) = (b_layer, b_head) -> layer (N, n_gate), group (N, L, G) logits."""
@@ -143,11 +185,11 @@ class GatePolicy(nn.Module):
         n_gate = len(c.gateable)
         return logits[:, :n_gate], logits[:, n_gate:].view(-1, c.n_layers, c.n_groups)
 
-    def forward(self, pooled: torch.Tensor, budgets: torch.Tensor) -> GateLogits:
-        """pooled (B, H) prompt states after the router layers; budgets (B, 3) -> logits."""
+    def forward(self, pooled: torch.Tensor, budgets: torch.Tensor, lengths: torch.Tensor | None = None) -> GateLogits:
+        """pooled (B, H) prompt states after the router layers; budgets (B, 3); lengths (B,) -> logits."""
         feats = self.features(pooled)
         layers, groups = self.gate_logits(feats, budgets[:, :2])
-        think = self.think_out(torch.cat([feats, self.think_budget(budgets[:, 2:3])], -1))[:, 0]
+        think = self.log_allowance(*self.think_params(pooled, lengths), budgets[:, 2])
         return GateLogits(layers=layers, groups=groups, think=think)
 
     @staticmethod
@@ -179,13 +221,15 @@ class GatePolicy(nn.Module):
     # -- hard decisions -------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def decisions(self, pooled: torch.Tensor, budgets: list[Budget], mode: str = "threshold") -> list[GateDecision]:
-        """Hard per-row decisions from pooled prompt states (B, H)."""
+    def decisions(self, pooled: torch.Tensor, budgets: list[Budget], mode: str = "threshold",
+                  lengths: torch.Tensor | None = None) -> list[GateDecision]:
+        """Hard per-row decisions from pooled prompt states (B, H) (and prompt lengths (B,) for the think head)."""
         if mode not in ("threshold", "strict"):
             raise ValueError(f"mode must be 'threshold' or 'strict', got {mode!r}")
         c = self.config
         feats = self.features(pooled)  # (B, W)
         anchor = self.gate_logits(feats, torch.ones(len(budgets), 2, device=feats.device))[1].argmax(-1)  # (B, L)
+        mu, sigma = self.think_params(pooled, lengths)  # (B,), (B,)
         out = []
         for i, b in enumerate(budgets):
             keep_l, keep_g = self._nested(feats[i], b.layers, b.heads)  # (L,), (L, G)
@@ -198,7 +242,8 @@ class GatePolicy(nn.Module):
                 keep_g[:] = True
             # Every layer keeps its best group at full budget (budget-independent, so nesting survives).
             keep_g[torch.arange(c.n_layers), anchor[i]] = True
-            out.append(GateDecision(layers=tuple(keep_l.tolist()), kv_groups=tuple(map(tuple, keep_g.tolist()))))
+            out.append(GateDecision(layers=tuple(keep_l.tolist()), kv_groups=tuple(map(tuple, keep_g.tolist())),
+                                    think_tokens=self.allowance(float(mu[i]), float(sigma[i]), b.think)))
         return out
 
     def _logits(self, feat: torch.Tensor, points: list[tuple[float, float]]):

@@ -1,7 +1,7 @@
 """The terms of L2A's unified objective (DESIGN decision 4), as pure tensor functions.
 
     CE(task) + λ_kl KL(p_dense ‖ p_gated) + λ_mono (nesting + agreement across budgets)
-             + Σ_axis λ_axis hinge²(E[cost_axis] − b_axis − tol) + λ_len think-length cost
+             + Σ_axis λ_axis hinge²(E[cost_axis] − b_axis − tol) + think-length NLL (think.py)
 
 Plus the relaxed gates: Gumbel-sigmoid with a straight-through estimator (hard 0/1 forward, sigmoid
 gradient backward) and an annealed temperature. Dual ascent on the λ_axis lives in train.py.
@@ -51,3 +51,9 @@ def nesting(p_low: torch.Tensor, p_high: torch.Tensor) -> torch.Tensor:
 def agreement(logits_low: torch.Tensor, logits_high: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Cross-budget consistency of answers: KL(stopgrad(p_high) ‖ p_low) over masked tokens."""
     return token_kl(F.log_softmax(logits_high.detach().float(), -1), logits_low, mask)
+
+
+def think_nll(mu: torch.Tensor, sigma: torch.Tensor, log_len: torch.Tensor) -> torch.Tensor:
+    """The think-length term: mean Gaussian NLL (constant dropped) of log sufficient lengths (B,) under the
+    think head's (mu, sigma) (B,); its quantiles are the allowances (gates.GatePolicy.allowance)."""
+    return (0.5 * ((log_len - mu) / sigma).pow(2) + sigma.log()).mean()

@@ -42,6 +42,12 @@ def _finite(*xs) -> bool:
     return all(x is not None and isinstance(x, (int, float)) and math.isfinite(x) for x in xs)
 
 
+def _label(r: dict) -> str:
+    """A curve's name: the method, and the axis when the point varies one axis alone."""
+    axis = r.get("axis")
+    return r["method"] if axis in (None, "all", "custom") or r["method"] == "dense" else f"{r['method']} [{axis}]"
+
+
 def _budget_label(b) -> str:
     if isinstance(b, dict):
         return "/".join(f"{b[k]:g}" for k in ("layers", "heads", "think") if k in b)
@@ -63,12 +69,13 @@ def sparsity_within(lines: list[dict], tolerance: float = TOLERANCE) -> dict:
     for r in lines:
         if r["method"] == "dense":
             continue
-        out.setdefault(r["method"], None)
+        name = _label(r)
+        out.setdefault(name, None)
         if not dense or not _finite(r.get("accuracy"), r.get("realized_layers")):
             continue
         s = 1.0 - r["realized_layers"]
         if s > 0 and r["accuracy"] >= dense[0] - tolerance - 1e-12:
-            out[r["method"]] = max(s, out[r["method"]] or 0.0)
+            out[name] = max(s, out[name] or 0.0)
     return out
 
 
@@ -76,18 +83,23 @@ def markdown_table(lines: list[dict]) -> str:
     """One row per (method, budget): accuracy +- CI and cost columns."""
     norm = any("acc_norm" in r for r in lines)
     nll = any("nll" in r for r in lines)  # gsm8k-loglik: per-token NLL of the reference (lower is better)
-    head = ["method", "budget", "accuracy (95% CI)"] + (["acc_norm"] if norm else []) + (["NLL/token"] if nll else []) + [
-        "layers", "groups", "s/item", "GFLOP/token (modeled)", "n"]
+    think = any(r.get("think_tokens") for r in lines)  # gsm8k generation: think tokens, answer agreement
+    head = ["method", "budget", "accuracy (95% CI)"] + (["acc_norm"] if norm else []) + (["NLL/token"] if nll else []) + (
+        ["think tokens", "agreement", "forced"] if think else []) + ["layers", "groups", "s/item", "GFLOP/token (modeled)", "n"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    order = {m: i for i, m in enumerate(dict.fromkeys(r["method"] for r in lines))}
-    for r in sorted(lines, key=lambda r: (order[r["method"]], _budget_sort(r["budget"]))):
+    order = {m: i for i, m in enumerate(dict.fromkeys(_label(r) for r in lines))}
+    for r in sorted(lines, key=lambda r: (order[_label(r)], _budget_sort(r["budget"]))):
         acc = r.get("accuracy")
         cell = "–" if acc is None else f"{100 * acc:.1f} [{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}]"
-        row = [r["method"], _budget_label(r["budget"]), cell]
+        row = [_label(r), _budget_label(r["budget"]), cell]
         if norm:
             row.append("–" if r.get("acc_norm") is None else f"{100 * r['acc_norm']:.1f}")
         if nll:
             row.append(_fmt(r.get("nll"), ".3f"))
+        if think:
+            agree, forced = r.get("agreement"), r.get("forced")
+            row += [_fmt(r.get("think_tokens"), ".1f"), "–" if agree is None else f"{100 * agree:.1f}",
+                    "–" if forced is None else f"{100 * forced:.0f}%"]
         flops = r.get("flops_per_token")
         row += [_fmt(r.get("realized_layers"), ".3f"), _fmt(r.get("realized_groups"), ".3f"),
                 _fmt(r.get("seconds_per_item"), ".3f"), "–" if flops is None else f"{flops / 1e9:.3f}", str(r.get("n"))]
@@ -106,28 +118,29 @@ def _matplotlib():
     return plt
 
 
-def plot(lines: list[dict], x_key: str, x_label: str, title: str, path, x_scale: float = 1.0) -> Path:
-    """Accuracy vs `x_key`, one curve per method, the frontier over all methods highlighted."""
+def plot(lines: list[dict], x_key: str, x_label: str, title: str, path, x_scale: float = 1.0,
+         y_key: str = "accuracy", y_label: str = "accuracy (%)") -> Path:
+    """`y_key` vs `x_key`, one curve per method (and axis), the frontier over all of them highlighted."""
     plt = _matplotlib()
-    pts = [r for r in lines if _finite(r.get(x_key), r.get("accuracy"))]
+    pts = [r for r in lines if _finite(r.get(x_key), r.get(y_key))]
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     markers = "osD^vPX<>p"
-    methods = [m for m in dict.fromkeys(r["method"] for r in pts) if m != "dense"]
+    methods = [m for m in dict.fromkeys(_label(r) for r in pts) if m != "dense"]
     for k, method in enumerate(methods):
-        rs = sorted((r for r in pts if r["method"] == method), key=lambda r: r[x_key])
-        ax.plot([r[x_key] / x_scale for r in rs], [100 * r["accuracy"] for r in rs], marker=markers[k % len(markers)],
+        rs = sorted((r for r in pts if _label(r) == method), key=lambda r: r[x_key])
+        ax.plot([r[x_key] / x_scale for r in rs], [100 * r[y_key] for r in rs], marker=markers[k % len(markers)],
                 linestyle="-", label=method, alpha=0.75, markersize=7 - 0.5 * (k % 4))  # overlaps stay visible
     dense = [r for r in pts if r["method"] == "dense"]
     if dense:
-        ax.plot([r[x_key] / x_scale for r in dense], [100 * r["accuracy"] for r in dense], "k*", markersize=13,
+        ax.plot([r[x_key] / x_scale for r in dense], [100 * r[y_key] for r in dense], "k*", markersize=13,
                 label="dense", zorder=4)
-    front = sorted((pts[i] for i in pareto_front([(r[x_key], r["accuracy"]) for r in pts])), key=lambda r: r[x_key])
+    front = sorted((pts[i] for i in pareto_front([(r[x_key], r[y_key]) for r in pts])), key=lambda r: r[x_key])
     if front:
-        fx, fy = [r[x_key] / x_scale for r in front], [100 * r["accuracy"] for r in front]
+        fx, fy = [r[x_key] / x_scale for r in front], [100 * r[y_key] for r in front]
         ax.step(fx, fy, where="post", color="black", linestyle="--", linewidth=1.2, zorder=3, label="Pareto frontier")
         ax.scatter(fx, fy, s=160, facecolors="none", edgecolors="black", linewidths=1.5, zorder=5)
     ax.set_xlabel(x_label)
-    ax.set_ylabel("accuracy (%)")
+    ax.set_ylabel(y_label)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -178,11 +191,17 @@ def report(results_path, out_dir=None, plots: bool = True) -> dict:
         if plots:
             stem = _slug(f"{task}_{name}")
             title = f"{task} {name}" + (f" ({model})" if model else "")
-            for key, label, scale, suffix in (("seconds_per_item", "seconds per item (measured)", 1.0, "seconds"),
-                                              ("flops_per_token", "GFLOP per token (modeled)", 1e9, "flops")):
-                p = plot(rs, key, label, title, out / f"{stem}_{suffix}.png", scale)
+            views = [("seconds_per_item", "seconds per item (measured)", 1.0, "seconds", "accuracy"),
+                     ("flops_per_token", "GFLOP per token (modeled)", 1e9, "flops", "accuracy")]
+            if any(r.get("think_tokens") for r in rs):
+                views.append(("think_tokens", "mean think tokens", 1.0, "think", "accuracy"))
+            if any(r.get("agreement") is not None for r in rs):
+                views.append(("think_tokens", "mean think tokens", 1.0, "think_agreement", "agreement"))
+            for key, label, scale, suffix, y in views:
+                p = plot(rs, key, label, title, out / f"{stem}_{suffix}.png", scale, y_key=y,
+                         y_label="answer agreement with dense (%)" if y == "agreement" else "accuracy (%)")
                 written.append(p)
-                md.append(f"![{title}: accuracy vs {label}]({p.name})\n")
+                md.append(f"![{title}: {y} vs {label}]({p.name})\n")
     md_path = out / "report.md"
     md_path.write_text("\n".join(md) + "\n", encoding="utf-8")
     return {"markdown": md_path, "plots": written, "sparsity": sparsity}

@@ -43,7 +43,7 @@ class ItemResult:
     decision: GateDecision  # the decision the item ran with
     context: int  # tokens in the item's sequence (mean over choices for mc): cost is modeled at this length
     tokens: int  # tokens counted by tokens_per_s: generated (gsm8k) or processed (scoring tasks)
-    new_tokens: int = 0  # generated tokens (think tokens), 0 for scoring tasks
+    new_tokens: int = 0  # think tokens (generated before the answer marker), 0 for scoring tasks
     metrics: dict = field(default_factory=dict)  # task extras (acc_norm, logprob, n_tokens, ...)
     kv_bytes_measured: int | None = None  # RowCache bytes held for the row after generation
 
@@ -167,24 +167,6 @@ def _decide_on(model, decide: Decide, prompts: list[list[int]], pad_id: int) -> 
 # ---- tasks -------------------------------------------------------------------------------------------
 
 
-class _ThinkCap:
-    """Hard per-row cap on new tokens from `decision.think_tokens`: at the cap, force eos.
-
-    A stopgap until the think-budget logits processor (reasoning.py) forces an answer gracefully.
-    """
-
-    def __init__(self, caps: list[int | None], prompt_len: int, eos: int):
-        self.caps, self.prompt_len, self.eos = caps, prompt_len, eos
-
-    def __call__(self, input_ids, scores):  # (B, T'), (B, V)
-        done = input_ids.shape[1] - self.prompt_len
-        for i, cap in enumerate(self.caps):
-            if cap is not None and done >= cap:
-                scores[i, :] = float("-inf")
-                scores[i, self.eos] = 0.0
-        return scores
-
-
 class _MathTask:
     """GSM8K-style rows (`{"question", "answer": "... #### N"}`): a file, a data root, the hub, or generated."""
 
@@ -200,21 +182,25 @@ class GSM8K(_MathTask):
     name = "gsm8k"
 
     def run(self, model, rows, decide: Decide, batch_size: int = 8, max_new_tokens: int = 256) -> Iterator[list[ItemResult]]:
+        """Rows whose decision carries a think allowance are budget-forced (reasoning.py): the allowance is
+        clipped so marker and answer fit in `max_new_tokens`, the cap every row (capped or not) shares."""
+        from .reasoning import AnswerFormat, think_length
+
         tok = model.tokenizer
         pad = _pad_id(tok)
         eos = model.hf.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, (list, tuple)) else ([] if eos is None else [eos]))
+        fmt = model.answer_format or AnswerFormat.for_tokenizer(tok)
+        reserve = len(_encode(tok, fmt.marker)) + fmt.answer_tokens
         for idx in _batches(len(rows), batch_size):
             prompts = [math_prompt(tok, rows[i]["question"]) for i in idx]
             ids, mask = left_pad(prompts, pad, model.device)  # (B, T)
             ds = decide(ids, mask)
-            kw = {}
-            caps = [d.think_tokens for d in ds]
-            if any(c is not None for c in caps) and eos_ids:
-                from transformers import LogitsProcessorList
-
-                kw["logits_processor"] = LogitsProcessorList([_ThinkCap(caps, ids.shape[1], min(eos_ids))])
-            out = model.generate(ids, attention_mask=mask, decisions=ds, max_new_tokens=max_new_tokens, **kw)
+            allow = [None if d.think_tokens is None else max(0, min(d.think_tokens, max_new_tokens - reserve)) for d in ds]
+            out = model.generate(ids, attention_mask=mask, decisions=ds, max_new_tokens=max_new_tokens,
+                                 thinking_token_budget=allow)
+            proc = getattr(model, "last_think", None)
+            forced = proc.forced_at if proc is not None else [None] * len(ds)
             new = out[:, ids.shape[1]:].tolist()  # (B, N)
             kv = model.last_cache.row_kv_bytes() if getattr(model, "last_cache", None) is not None else [None] * len(ds)
             results = []
@@ -225,12 +211,14 @@ class GSM8K(_MathTask):
                 pred, gold = extract_answer(text), normalize_number(data.target(rows[i]))
                 results.append(ItemResult(
                     score=float(pred is not None and pred == gold), decision=ds[j], context=len(prompts[j]) + n,
-                    tokens=n, new_tokens=n, metrics={"prediction": pred, "target": gold}, kv_bytes_measured=kv[j],
+                    tokens=n, new_tokens=think_length(tok, gen, eos_ids, fmt),
+                    metrics={"prediction": pred, "target": gold, "forced": forced[j] is not None},
+                    kv_bytes_measured=kv[j],
                 ))
             yield results
 
     def aggregate(self, items: list[ItemResult]) -> dict:
-        return {}
+        return {"forced": sum(r.metrics["forced"] for r in items) / max(1, len(items))}
 
 
 class GSM8KLoglik(_MathTask):

@@ -63,6 +63,7 @@ class TrainConfig:
     router_layers: int = 1  # layers before the router
     protect_last: int = 1  # last layers always kept
     ablation: bool = False  # budget-only ablation: router input zeroed
+    fixed_budget: float | None = None  # tuned-static baseline: every row at this layer budget, budget-only gates
     save_every: int = 50  # checkpoint period (steps)
     calib_prompts: int = 64  # held-out train prompts for the calibration table (0 = none)
     limit: int | None = None  # use only the first N training examples
@@ -72,6 +73,8 @@ class TrainConfig:
             raise ValueError("steps and examples must be >= 1 and max_len >= 16")
         if not 0 < self.layer_min <= 1 or not 0 < self.head_min <= 1:
             raise ValueError("layer_min and head_min must be in (0, 1]")
+        if self.fixed_budget is not None and not 0 < self.fixed_budget < 1:
+            raise ValueError(f"fixed_budget must be in (0, 1), got {self.fixed_budget!r}")
 
 
 def _examples(cfg: TrainConfig, tok) -> tuple[list[tuple[list[int], list[int]]], str]:
@@ -112,6 +115,9 @@ def _batch(exs, pad_id: int):
 def _sample_budgets(cfg: TrainConfig, n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """(n, 3) higher and lower budgets per example: lower <= higher on every axis."""
     u = lambda: torch.rand(n, generator=g)  # noqa: E731
+    if cfg.fixed_budget is not None:  # tuned-static: one budget, full heads, for every row
+        fixed = torch.tensor([cfg.fixed_budget, 1.0, 1.0]).expand(n, 3).clone()
+        return fixed, fixed.clone()
     full = u() < cfg.p_full
     lay_hi = torch.where(full, torch.ones(n), cfg.layer_min + (1 - cfg.layer_min) * u())
     lay_lo = cfg.layer_min + (lay_hi - cfg.layer_min) * u()
@@ -185,7 +191,8 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     geo = m.geometry
     gcfg = GateConfig(
         n_layers=geo.n_layers, n_groups=geo.n_kv, hidden=m.hf.config.hidden_size, width=cfg.width,
-        router_layers=cfg.router_layers, protect_last=cfg.protect_last, budget_only=cfg.ablation,
+        router_layers=cfg.router_layers, protect_last=cfg.protect_last,
+        budget_only=cfg.ablation or cfg.fixed_budget is not None,
     )
     policy = GatePolicy(gcfg)
     policy.fit_input(_pooled_prompts(m, [examples[i][0] for i in train_idx[:256]], pad_id, cfg.router_layers))

@@ -1,0 +1,283 @@
+"""`l2a train-think`: a learned think allowance from truncation probing (the reasoning axis, DESIGN decision 5).
+
+Supervision. For each training problem the dense model writes its chain of thought (greedy); its final
+answer is the reference. The chain is then cut after k tokens for k on a grid (and 4, 8, 16, 32 tokens before its end), the answer marker is forced
+(reasoning.ThinkBudgetProcessor with allowance 0) and a bounded answer generated. The *shortest
+sufficient think length* of the problem is the smallest probed k from which on every probed cut still
+gives the dense answer (the full length when none does). It is an upper bound on the true value, at grid
+resolution.
+
+Fit. The gates' think head predicts, from the pooled prompt states and the prompt's length, mu and sigma of log(length + OFFSET)
+(Gaussian NLL, `losses.think_nll`, minimised in closed form: ridge regression, see `fit`); the allowance at b_think is the b_think-quantile of that distribution
+(gates.GatePolicy.allowance), so b_think is the share of prompts expected to keep their dense answer, and
+allowances shrink with the budget for every prompt. The head has its own parameters and reads the same
+pooled input as the router, so this term of the unified objective is fit on its own, after the
+layer/group gates, without moving them. Probes are appended to `probes.jsonl` (resumable); the updated
+artifact is written to `out` with a held-out report (NLL vs an input-blind fit, quantile coverage).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import losses
+from .gates import THINK_OFFSET, GatePolicy
+
+GRID = (0, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384)  # probed cut points (tokens)
+END_CUTS = (4, 8, 16, 32)  # and cuts this many tokens before each chain's own end
+
+
+@dataclass
+class ThinkConfig:
+    """A think-head fit (saved in the artifact's training record)."""
+
+    model: str = "smollm2-135m"  # l2a.load spec of the base model
+    gates: str | None = None  # artifact to start from (None: the model's shipped gates)
+    out: str = "runs/think"  # probes.jsonl and the updated artifact
+    data: str | None = None  # GSM8K-style train JSONL; None = shared data, hub, or generated
+    problems: int = 256  # training problems probed
+    max_new_tokens: int = 256  # dense chain-of-thought cap
+    batch_size: int = 16
+    holdout: float = 0.2  # share of probed problems held out for the report
+    seed: int = 0
+    dtype: str = "bfloat16"
+
+    def __post_init__(self):
+        if self.problems < 10 or self.max_new_tokens < 8 or self.batch_size < 1:
+            raise ValueError("problems must be >= 10, max_new_tokens >= 8 and batch_size >= 1")
+        if not 0.0 < self.holdout < 0.9:
+            raise ValueError("holdout must be in (0, 0.9)")
+
+
+# ---- probing ----------------------------------------------------------------------------------------
+
+
+def _answers_after(m, seqs: list[list[int]], pad_id: int) -> list[str | None]:
+    """Answer of each sequence when the marker is forced right after it (allowance 0)."""
+    from .tasks import extract_answer, left_pad
+
+    ids, mask = left_pad(seqs, pad_id, m.device)
+    fmt = m.answer_format
+    n_marker = len(m.tokenizer(fmt.marker, add_special_tokens=False)["input_ids"]) if fmt else 3
+    out = m.generate(ids, attention_mask=mask, max_new_tokens=n_marker + 10, thinking_token_budget=0)
+    texts = m.tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+    return [extract_answer(t) for t in texts]
+
+
+@torch.no_grad()
+def probe(m, rows: list[dict], cfg: ThinkConfig, path: Path, progress: bool = True) -> list[dict]:
+    """One record per problem (appended to `path`, skipping problems already there)."""
+    from tqdm import tqdm
+
+    from .reasoning import think_length
+    from .tasks import extract_answer, left_pad, math_prompt
+
+    tok = m.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    eos = m.hf.generation_config.eos_token_id
+    eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos])
+    done = {r["index"]: r for r in _read(path)}
+    todo = [i for i in range(len(rows)) if i not in done]
+    bar = tqdm(total=len(rows), initial=len(rows) - len(todo), desc="probe think lengths", disable=not progress)
+    with path.open("a") as f:
+        round_size = 4 * cfg.batch_size  # problems per round: later cuts keep few rows, batch them together
+        for s in range(0, len(todo), round_size):
+            idx = todo[s : s + round_size]
+            prompts = [math_prompt(tok, rows[i]["question"]) for i in idx]
+            gen = []
+            for c in range(0, len(prompts), cfg.batch_size):
+                ids, mask = left_pad(prompts[c : c + cfg.batch_size], pad, m.device)
+                gen += m.generate(ids, attention_mask=mask, max_new_tokens=cfg.max_new_tokens)[:, ids.shape[1]:].tolist()
+            recs = []
+            for j, i in enumerate(idx):
+                g = gen[j][: next((t for t, x in enumerate(gen[j]) if x in eos_ids), len(gen[j]))]
+                n = think_length(tok, g, eos_ids, m.answer_format)
+                dense = extract_answer(tok.decode(g, skip_special_tokens=True))
+                recs.append({"index": i, "think": n, "generated": len(g), "dense_answer": dense, "cuts": {},
+                             "target": None if dense is None else n, "_seq": prompts[j] + g})
+            # Cuts from the longest down; a row stops at its first cut that loses the dense answer, so
+            # its target is the last cut before that (every longer probed cut kept the answer).
+            active = [r for r in recs if r["dense_answer"] is not None]
+            ends = sorted({r["think"] - d for r in active for d in END_CUTS if r["think"] > d})
+            for k in sorted(set(GRID) | set(ends), reverse=True):
+                jobs = [r for r in active if k < r["think"] and (k in GRID or r["think"] - k in END_CUTS)]
+                answers = []
+                for c in range(0, len(jobs), cfg.batch_size):
+                    chunk = jobs[c : c + cfg.batch_size]
+                    answers += _answers_after(m, [r["_seq"][: len(r["_seq"]) - r["generated"] + k] for r in chunk], pad)
+                for r, a in zip(jobs, answers):
+                    r["cuts"][str(k)] = a
+                    if a == r["dense_answer"]:
+                        r["target"] = k
+                    else:
+                        active.remove(r)
+            for rec in recs:
+                del rec["_seq"]
+                f.write(json.dumps(rec) + "\n")
+                f.flush()
+                done[rec["index"]] = rec
+            bar.update(len(idx))
+    bar.close()
+    return [done[i] for i in range(len(rows))]
+
+
+def _read(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:  # a torn last line from an interrupted run: probed again
+            pass
+    return out
+
+
+@torch.no_grad()
+def pooled_prompts(m, policy: GatePolicy, prompts: list[list[int]], pad_id: int, batch: int = 16) -> torch.Tensor:
+    """(N, H) router inputs of prompts exactly as `generate(budget=...)` computes them."""
+    from .tasks import left_pad
+    from .train import m_router
+
+    out = []
+    for i in range(0, len(prompts), batch):
+        ids, mask = left_pad(prompts[i : i + batch], pad_id, m.device)
+        out.append(GatePolicy.pool(m_router(m, policy, ids, mask)[0], mask))
+    return torch.cat(out)
+
+
+# ---- fitting ------------------------------------------------------------------------------------------
+
+
+ALPHAS = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, math.inf)  # ridge strengths tried
+
+
+def _ridge(x: torch.Tensor, y: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Weights (F + 1,) of y ~ [x, 1] with an L2 penalty `alpha` on all but the intercept (inf: intercept only)."""
+    X = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)  # (N, F + 1)
+    if math.isinf(alpha):
+        w = torch.zeros(X.shape[1], dtype=x.dtype)
+        w[-1] = y.mean()
+        return w
+    reg = torch.full((X.shape[1],), alpha, dtype=x.dtype)
+    reg[-1] = 0.0
+    return torch.linalg.solve(X.T @ X + torch.diag(reg), X.T @ y)
+
+
+@torch.no_grad()
+def fit(policy: GatePolicy, pooled: torch.Tensor, targets: torch.Tensor, train: torch.Tensor,
+        lengths: torch.Tensor | None = None) -> dict:
+    """Fit the think head on pooled (N, H), prompt lengths (N,) and sufficient lengths (N,) over rows
+    `train` (bool (N,)).
+
+    The think term of the objective (Gaussian NLL of log length) is separable from the others, so it is
+    minimised on its own and in closed form: mu is ridge regression on the head's input, the ridge
+    strength is chosen on a validation quarter of the training rows (infinite strength, i.e. the
+    input-blind fit, is a candidate, so the prompt is used only as far as it helps on held-out prompts),
+    and sigma is the validation residual RMS (an out-of-sample spread: the quantiles stay calibrated).
+    A few hundred prompts and ~600 input features overfit any unregularised fit within a few steps."""
+    y = torch.log(targets.double() + THINK_OFFSET)  # (N,)
+    if lengths is not None:  # standardise log prompt length on the training rows
+        log_len = lengths[train].double().clamp_min(1).log()
+        policy.length_stats.copy_(torch.stack([log_len.mean(), log_len.std().clamp_min(1e-3)]).float())
+    x = policy.think_input(pooled, lengths).double()  # (N, H + 1)
+    rows = train.nonzero().flatten()
+    val, fit_rows = rows[torch.arange(len(rows)) % 4 == 3], rows[torch.arange(len(rows)) % 4 != 3]
+    scores = {}
+    for alpha in ALPHAS:
+        w = _ridge(x[fit_rows], y[fit_rows], alpha)
+        resid = y[val] - torch.cat([x[val], torch.ones(len(val), 1, dtype=x.dtype)], 1) @ w
+        sigma = resid.pow(2).mean().sqrt().clamp_min(0.05)
+        scores[alpha] = (float(losses.think_nll(y[val] - resid, sigma.expand(len(val)), y[val])), float(sigma))
+    alpha = min(scores, key=lambda a: scores[a][0])
+    w = _ridge(x[rows], y[rows], alpha)  # refit on every training row
+    policy.think_mu.weight.copy_(w[:-1].float()[None])
+    policy.think_mu.bias.copy_(w[-1:].float())
+    policy.think_log_sigma.copy_(torch.tensor(math.log(scores[alpha][1])))
+    return {"alpha": alpha if math.isfinite(alpha) else "inf (input-blind)", "nll_val": scores[alpha][0],
+            "nll_val_by_alpha": {str(a): v for a, (v, _) in scores.items()},
+            **report(policy, pooled, targets, train, lengths)}
+
+
+@torch.no_grad()
+def report(policy: GatePolicy, pooled: torch.Tensor, targets: torch.Tensor, train: torch.Tensor,
+           lengths: torch.Tensor | None = None) -> dict:
+    """Held-out NLL vs an input-blind log-normal fit on the same training rows, quantile coverage
+    (share of held-out prompts whose sufficient length fits the allowance at b: ideally b), mean
+    allowance per b, and the rank correlation of predicted mu with the true length."""
+    y = torch.log(targets.float() + THINK_OFFSET)
+    test = ~train
+    mu, sigma = policy.think_params(pooled, lengths)
+    blind_mu, blind_sigma = y[train].mean(), y[train].std().clamp_min(0.05)
+    out = {
+        "n_train": int(train.sum()), "n_test": int(test.sum()),
+        "nll_test": float(losses.think_nll(mu[test], sigma[test], y[test])),
+        "nll_test_input_blind": float(losses.think_nll(blind_mu.expand(int(test.sum())), blind_sigma.expand(int(test.sum())), y[test])),
+        "spearman_mu_test": _spearman(mu[test], y[test]),
+        "coverage": {}, "mean_allowance": {},
+    }
+    for b in (0.3, 0.5, 0.7, 0.9):
+        allow = torch.tensor([policy.allowance(float(a), float(s), b) for a, s in zip(mu[test], sigma[test])])
+        out["coverage"][str(b)] = float((targets[test] <= allow).float().mean())
+        out["mean_allowance"][str(b)] = float(allow.float().mean())
+    return out
+
+
+def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    ra, rb = a.argsort().argsort().float(), b.argsort().argsort().float()
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    return float((ra * rb).sum() / (ra.norm() * rb.norm()).clamp_min(1e-9))
+
+
+def train_think(cfg: ThinkConfig, model=None, progress: bool = True) -> dict:
+    """Probe, fit, save the artifact with the fitted think head; returns the summary."""
+    from .checkpoint import load_gates, save_gates
+    from .data import load_math
+    from .loading import SHIPPED_GATES, load
+    from .tasks import math_prompt
+
+    t0 = time.time()
+    m = model if model is not None else load(cfg.model, dtype=cfg.dtype, gates=False)
+    src = cfg.gates
+    if src is None:
+        src = SHIPPED_GATES / cfg.model if isinstance(cfg.model, str) else None
+        if src is None or not Path(src).is_dir():
+            raise ValueError("give --gates DIR: the artifact whose think head is fitted")
+    policy = load_gates(src, m.hf)
+    meta = json.loads((Path(src) / "l2a_config.json").read_text())
+    rows, source = load_math(cfg.data, split="train")
+    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+    rows = [rows[i] for i in order[: cfg.problems]]
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    recs = probe(m, rows, cfg, out / "probes.jsonl", progress)
+    usable = [r for r in recs if r["target"] is not None]
+    if len(usable) < 10:
+        raise ValueError(f"only {len(usable)} probed problems have a dense answer; need at least 10")
+    tok = m.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    prompts = [math_prompt(tok, rows[r["index"]]["question"]) for r in usable]
+    pooled = pooled_prompts(m, policy, prompts, pad)  # (N, H)
+    lengths = torch.tensor([len(p) for p in prompts])  # (N,)
+    targets = torch.tensor([r["target"] for r in usable])  # (N,)
+    train = torch.rand(len(usable), generator=torch.Generator().manual_seed(cfg.seed + 1)) >= cfg.holdout
+    result = fit(policy, pooled, targets, train, lengths)
+    policy.config.max_think = max(policy.config.max_think, cfg.max_new_tokens)
+    summary = {
+        "config": dataclasses.asdict(cfg), "data_source": source, "probed": len(recs), "usable": len(usable),
+        "dense_think_mean": sum(r["think"] for r in usable) / len(usable),
+        "target_mean": float(targets.float().mean()), "target_median": float(targets.float().median()),
+        "target_is_full_length": sum(r["target"] == r["think"] for r in usable) / len(usable),
+        "seconds": round(time.time() - t0, 1), **result,
+    }
+    training = dict(meta.get("training") or {}, think=summary)
+    save_gates(policy, out, m.hf, extra=training)
+    return summary
+
