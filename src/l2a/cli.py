@@ -144,23 +144,37 @@ def _chat_ids(tokenizer, text: str, chat: bool):
     return tokenizer(text, return_tensors="pt")["input_ids"]
 
 
-def _answer(gm, ids, budget: float, max_new_tokens: int, echo: bool) -> dict:
+def _answer(gm, ids, budget: float, max_new_tokens: int, echo: bool, thinking_token_budget: int | None = None) -> dict:
     """Generate at `budget`: through the loaded gates when there are some, else even-spaced layers."""
     from .baselines import even_spaced
     from .budget import Budget
+    from .reasoning import think_length
 
     if gm.tokenizer is None:
         raise ValueError("this model has no tokenizer; generation from text needs one")
     stream = _Stream(gm.tokenizer, echo)
     if gm.policy is not None:
-        gm.generate(ids, budget=Budget(budget), max_new_tokens=max_new_tokens, on_token=stream)
+        gm.generate(ids, budget=Budget(budget), max_new_tokens=max_new_tokens, on_token=stream,
+                    thinking_token_budget=thinking_token_budget)
         d, how = gm.last_decisions[0], "learned gates"
     else:
         d, how = even_spaced(gm.n_layers, budget), "static even-spaced: no gates loaded"
-        gm.generate(ids, decisions=d, max_new_tokens=max_new_tokens, on_token=stream)
-    return {"budget": budget, "layers_kept": sum(d.layers), "n_layers": gm.n_layers,
-            "groups_kept": round(d.group_fraction(gm.n_groups), 3), "decided_by": how, **stream.stats(),
-            "text": stream.text()}
+        gm.generate(ids, decisions=d, max_new_tokens=max_new_tokens, on_token=stream,
+                    thinking_token_budget=thinking_token_budget)
+    eos = gm.hf.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, (list, tuple)) else [eos])
+    proc = gm.last_think
+    return {"budget": budget, "axes": list(Budget(budget).axes), "layers_kept": sum(d.layers), "n_layers": gm.n_layers,
+            "groups_kept": round(d.group_fraction(gm.n_groups), 3), "decided_by": how,
+            "think_allowance": thinking_token_budget if thinking_token_budget is not None else d.think_tokens,
+            "think_tokens": think_length(gm.tokenizer, stream.ids, eos, gm.answer_format),
+            "answer_forced": proc is not None and proc.forced_at[0] is not None, **stream.stats(), "text": stream.text()}
+
+
+def _think_note(ans: dict) -> str:
+    allow = ans["think_allowance"]
+    return (f"{ans['think_tokens']} think tokens" + ("" if allow is None else f" of {allow} allowed")
+            + (", answer forced" if ans["answer_forced"] else ""))
 
 
 def _load(args):
@@ -181,11 +195,12 @@ def cmd_generate(args) -> int:
     if gm.tokenizer is None:
         raise ValueError(f"model {args.model!r} has no tokenizer; `l2a generate` needs one")
     ids = _chat_ids(gm.tokenizer, args.prompt, args.chat)
-    ans = _answer(gm, ids, args.budget, args.max_new_tokens, echo=True)
+    ans = _answer(gm, ids, args.budget, args.max_new_tokens, echo=True, thinking_token_budget=args.thinking_token_budget)
     print()
     print(f"[budget {args.budget:g}: {ans['layers_kept']}/{ans['n_layers']} layers ({ans['decided_by']}), "
-          f"{ans['new_tokens']} tokens, {_f(ans['decode_tok_s'])} tok/s decode]", file=sys.stderr)
-    config = {k: getattr(args, k) for k in ("model", "budget", "max_new_tokens", "dtype", "threads", "chat")}
+          f"{ans['new_tokens']} tokens, {_think_note(ans)}, {_f(ans['decode_tok_s'])} tok/s decode]", file=sys.stderr)
+    config = {k: getattr(args, k) for k in ("model", "budget", "max_new_tokens", "dtype", "threads", "chat",
+                                            "thinking_token_budget")}
     _emit(run_record("generate", config, {"prompt": args.prompt, **ans}), args.out)
     return 0
 
@@ -228,8 +243,8 @@ def cmd_demo(args) -> int:
         else:
             text = ans["text"].strip().replace("\n", " ")
             print(text[:300] + (" ..." if len(text) > 300 else ""))
-        print(f"[{ans['layers_kept']}/{ans['n_layers']} layers ({ans['decided_by']}), {ans['new_tokens']} tokens, "
-              f"TTFT {_f(ans['ttft_ms'])} ms, decode {_f(ans['decode_tok_s'])} tok/s measured]\n")
+        print(f"[{ans['layers_kept']}/{ans['n_layers']} layers ({ans['decided_by']}), {ans['new_tokens']} tokens "
+              f"({_think_note(ans)}), TTFT {_f(ans['ttft_ms'])} ms, decode {_f(ans['decode_tok_s'])} tok/s measured]\n")
         answers.append(ans)
     if gm.policy is None:
         print("note: without trained gates the budgets use static even-spaced skipping.\n")
@@ -463,12 +478,13 @@ def _parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser(
         "generate", help="one-off generation at a budget",
-        description="One-off generation. The budget keeps an even-spaced fraction of decoder layers: a static "
-        "baseline, not input-aware, until trained gates ship.",
+        description="One-off generation at a scalar budget: the loaded gates choose layers, KV-head groups and the "
+        "think allowance (even-spaced layers and no cap when no gates are loaded).",
     )
     common(g, threads=None)
     g.add_argument("--prompt", required=True)
-    g.add_argument("--budget", type=_fraction, default=1.0, help="fraction of decoder layers in (0, 1] (default: 1.0)")
+    g.add_argument("--budget", type=_fraction, default=1.0, help="scalar budget in (0, 1] (default: 1.0)")
+    g.add_argument("--thinking-token-budget", type=int, help="explicit think allowance (tokens): wins over the learned one")
     g.add_argument("--max-new-tokens", type=_positive, default=64)
     g.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True, help="apply the chat template")
     g.set_defaults(func=cmd_generate)

@@ -79,6 +79,24 @@ def sparsity_within(lines: list[dict], tolerance: float = TOLERANCE) -> dict:
     return out
 
 
+def rank_schedules(lines: list[dict], y_key: str = "agreement") -> list[tuple[str, int, float]]:
+    """[(schedule, points on the frontier, mean y)] best first, over points swept with `--axes all:NAME`:
+    the frontier is of `y_key` (answer agreement with dense; accuracy when absent) vs measured seconds
+    per item, over every schedule's points and dense."""
+    pts = [r for r in lines if (str(r.get("axis", "")).startswith("all:") or r["method"] == "dense")]
+    y = y_key if all(r.get(y_key) is not None for r in pts) else "accuracy"
+    pts = [r for r in pts if _finite(r.get("seconds_per_item"), r.get(y))]
+    front = set(pareto_front([(r["seconds_per_item"], r[y]) for r in pts]))
+    out = {}
+    for i, r in enumerate(pts):
+        if r["method"] == "dense":
+            continue
+        name = r["axis"][4:]
+        n, ys = out.get(name, (0, []))
+        out[name] = (n + (i in front), ys + [r[y]])
+    return sorted(((k, n, sum(v) / len(v)) for k, (n, v) in out.items()), key=lambda t: (-t[1], -t[2]))
+
+
 def markdown_table(lines: list[dict]) -> str:
     """One row per (method, budget): accuracy +- CI and cost columns."""
     norm = any("acc_norm" in r for r in lines)
@@ -188,6 +206,11 @@ def report(results_path, out_dir=None, plots: bool = True) -> dict:
         for method, s in sp.items():
             md.append(f"- {method}: " + ("none" if s is None else f"{100 * s:.1f}% of layers skipped"))
         md.append("")
+        ranked = rank_schedules(rs)
+        if ranked:
+            md.append("Scalar schedules, best first (points on the agreement-vs-seconds frontier, mean agreement):\n")
+            md += [f"- {name}: {n} on the frontier, mean {100 * y:.1f}" for name, n, y in ranked]
+            md.append("")
         if plots:
             stem = _slug(f"{task}_{name}")
             title = f"{task} {name}" + (f" ({model})" if model else "")
