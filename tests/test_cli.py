@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from l2a import cli
+from l2a import cli, demo
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -64,13 +64,13 @@ def test_unknown_model_is_a_clean_user_error(capsys):
 def test_demo_question_source(tmp_path, monkeypatch):
     f = tmp_path / "gsm.jsonl"
     f.write_text(json.dumps({"question": "What is 2+2?", "answer": "2+2=4\n#### 4"}) + "\n")
-    q, ref, source = cli._question(str(f))
+    q, ref, source = demo._question(str(f))
     assert (q, ref) == ("What is 2+2?", "4") and str(f.resolve()) in source
-    monkeypatch.setenv(cli.DATA_ENV, str(f))
-    assert cli._question(None)[0] == "What is 2+2?"
-    monkeypatch.setenv(cli.DATA_ENV, str(tmp_path / "missing.jsonl"))
+    monkeypatch.setenv(demo.DATA_ENV, str(f))
+    assert demo._question(None)[0] == "What is 2+2?"
+    monkeypatch.setenv(demo.DATA_ENV, str(tmp_path / "missing.jsonl"))
     with pytest.raises(ValueError, match="no GSM8K file"):
-        cli._question(None)
-    monkeypatch.delenv(cli.DATA_ENV)
-    monkeypatch.setattr(cli, "_REPO_DATA", tmp_path / "absent.jsonl")
-    assert cli._question(None) == (*cli.BUILTIN_QUESTION, "built-in question")
+        demo._question(None)
+    monkeypatch.delenv(demo.DATA_ENV)
+    monkeypatch.setattr(demo, "_REPO_DATA", tmp_path / "absent.jsonl")
+    assert demo._question(None) == (*demo.BUILTIN_QUESTION, "built-in question")
