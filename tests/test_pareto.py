@@ -86,3 +86,19 @@ def test_rank_schedules_counts_frontier_points():
     lines[3]["agreement"] = 0.6  # b now dominates a at 1.0 s as well
     assert [name for name, *_ in rank_schedules(lines)] == ["b", "a"]
     assert rank_schedules(lines)[0][1] == 2 and rank_schedules(lines)[1][1] == 0
+
+
+def test_at_equal_think_interpolates_the_fixed_cap():
+    from l2a.pareto import at_equal_think, interpolate
+
+    assert interpolate([(0, 0.0), (10, 1.0)], 2.5) == 0.25 and interpolate([(0, 0.0), (10, 1.0)], 11) is None
+
+    def line(method, tokens, agree, axis="think"):
+        return {"method": method, "axis": axis, "think_tokens": tokens, "agreement": agree}
+
+    lines = [line("think-cap", 50, 0.2), line("think-cap", 150, 0.6), line("l2a", 100, 0.5), line("l2a", 200, 0.9),
+             line("l2a", 120, 0.0, axis="layers")]  # another axis: not compared
+    rows = at_equal_think(lines, "agreement")
+    assert [r["think_tokens"] for r in rows] == [100, 200]
+    assert rows[0]["think-cap"] == pytest.approx(0.4) and rows[0]["gain"] == pytest.approx(0.1)
+    assert rows[1]["think-cap"] is None and rows[1]["gain"] is None  # beyond the caps' range: no claim

@@ -97,6 +97,28 @@ def rank_schedules(lines: list[dict], y_key: str = "agreement") -> list[tuple[st
     return sorted(((k, n, sum(v) / len(v)) for k, (n, v) in out.items()), key=lambda t: (-t[1], -t[2]))
 
 
+def interpolate(points: list[tuple[float, float]], x: float) -> float | None:
+    """y at x on the piecewise-linear curve through (x, y) points; None outside their x range."""
+    pts = sorted(points)
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return pts[0][1] if len(pts) == 1 and pts[0][0] == x else None
+
+
+def at_equal_think(lines: list[dict], y_key: str) -> list[dict]:
+    """For each learned-allowance point on the think axis, the fixed cap's `y_key` interpolated at the
+    same mean think tokens (the comparison the reasoning axis is judged by)."""
+    curve = lambda m: [(r["think_tokens"], r[y_key]) for r in lines  # noqa: E731
+                       if r["method"] == m and r.get("axis") == "think" and _finite(r.get("think_tokens"), r.get(y_key))]
+    caps = curve("think-cap")
+    out = []
+    for x, y in sorted(curve("l2a")):
+        other = interpolate(caps, x)
+        out.append({"think_tokens": x, "l2a": y, "think-cap": other, "gain": None if other is None else y - other})
+    return out
+
+
 def markdown_table(lines: list[dict]) -> str:
     """One row per (method, budget): accuracy +- CI and cost columns."""
     norm = any("acc_norm" in r for r in lines)
@@ -206,6 +228,15 @@ def report(results_path, out_dir=None, plots: bool = True) -> dict:
         for method, s in sp.items():
             md.append(f"- {method}: " + ("none" if s is None else f"{100 * s:.1f}% of layers skipped"))
         md.append("")
+        for y_key in ("agreement", "accuracy"):
+            rows = at_equal_think(rs, y_key)
+            if rows and any(r["gain"] is not None for r in rows):
+                md.append(f"Learned allowance vs a fixed cap at equal mean think tokens ({y_key}, %):\n")
+                md.append("| think tokens | l2a | think-cap (interpolated) | gain |\n|---|---|---|---|")
+                md += [f"| {r['think_tokens']:.1f} | {100 * r['l2a']:.1f} | " + ("–" if r["gain"] is None else
+                       f"{100 * r['think-cap']:.1f} | {100 * r['gain']:+.1f}") + (" | – |" if r["gain"] is None else " |")
+                       for r in rows]
+                md.append("")
         ranked = rank_schedules(rs)
         if ranked:
             md.append("Scalar schedules, best first (points on the agreement-vs-seconds frontier, mean agreement):\n")
