@@ -73,19 +73,22 @@ def test_report_errors(tmp_path):
         report(tmp_path / "empty.jsonl")
 
 
-def test_rank_schedules_counts_frontier_points():
-    from l2a.pareto import rank_schedules
+def test_hypervolume_and_schedule_ranking():
+    from l2a.pareto import hypervolume, rank_schedules
+
+    assert hypervolume([(1.0, 0.5)], 3.0) == pytest.approx(1.0)
+    assert hypervolume([(1.0, 0.5), (2.0, 0.8)], 3.0) == pytest.approx(0.5 + 0.8)  # [1,2)x0.5 + [2,3)x0.8
+    assert hypervolume([(1.0, 0.5), (2.0, 0.4)], 3.0) == pytest.approx(1.0)  # a dominated point adds nothing
+    assert hypervolume([(4.0, 0.9)], 3.0) == 0.0  # slower than the reference: nothing
 
     def line(method, axis, s, agree):
         return {"method": method, "axis": axis, "seconds_per_item": s, "agreement": agree, "accuracy": 0.0}
 
     lines = [line("dense", "all", 3.0, 1.0), line("l2a", "all:a", 1.0, 0.5), line("l2a", "all:a", 2.0, 0.8),
-             line("l2a", "all:b", 1.0, 0.4), line("l2a", "all:b", 2.0, 0.9), line("l2a", "think", 0.5, 0.99)]
-    ranked = rank_schedules(lines)  # frontier: a at 1.0 s, b at 2.0 s, dense; the think-axis point is not a schedule
-    assert [(name, n) for name, n, _ in ranked] == [("a", 1), ("b", 1)] and ranked[0][2] == pytest.approx(0.65)
-    lines[3]["agreement"] = 0.6  # b now dominates a at 1.0 s as well
-    assert [name for name, *_ in rank_schedules(lines)] == ["b", "a"]
-    assert rank_schedules(lines)[0][1] == 2 and rank_schedules(lines)[1][1] == 0
+             line("l2a", "all:b", 1.0, 0.4), line("l2a", "all:b", 3.5, 0.99), line("l2a", "think", 0.5, 0.99)]
+    ranked = rank_schedules(lines)  # a: 1.3; b: 0.8 (its 3.5 s point is slower than dense); "think" is no schedule
+    assert [name for name, *_ in ranked] == ["a", "b"]
+    assert ranked[0][1] == pytest.approx(1.3) and ranked[1][1] == pytest.approx(0.8)
 
 
 def test_at_equal_think_interpolates_the_fixed_cap():

@@ -79,22 +79,32 @@ def sparsity_within(lines: list[dict], tolerance: float = TOLERANCE) -> dict:
     return out
 
 
-def rank_schedules(lines: list[dict], y_key: str = "agreement") -> list[tuple[str, int, float]]:
-    """[(schedule, points on the frontier, mean y)] best first, over points swept with `--axes all:NAME`:
-    the frontier is of `y_key` (answer agreement with dense; accuracy when absent) vs measured seconds
-    per item, over every schedule's points and dense."""
-    pts = [r for r in lines if (str(r.get("axis", "")).startswith("all:") or r["method"] == "dense")]
-    y = y_key if all(r.get(y_key) is not None for r in pts) else "accuracy"
-    pts = [r for r in pts if _finite(r.get("seconds_per_item"), r.get(y))]
-    front = set(pareto_front([(r["seconds_per_item"], r[y]) for r in pts]))
-    out = {}
-    for i, r in enumerate(pts):
-        if r["method"] == "dense":
-            continue
-        name = r["axis"][4:]
-        n, ys = out.get(name, (0, []))
-        out[name] = (n + (i in front), ys + [r[y]])
-    return sorted(((k, n, sum(v) / len(v)) for k, (n, v) in out.items()), key=lambda t: (-t[1], -t[2]))
+def hypervolume(points: Sequence[tuple[float, float]], x_ref: float) -> float:
+    """Area dominated by (cost, value) points between cost x_ref and value 0: the union of the rectangles
+    [x, x_ref] x [0, y]. One number for a whole frontier: larger is better."""
+    area = 0.0
+    xs = sorted({x for x, _ in points if x < x_ref} | {x_ref})
+    for x0, x1 in zip(xs, xs[1:]):  # strip [x0, x1): height = best value among points with cost <= x0
+        h = max((y for x, y in points if x <= x0), default=0.0)
+        area += (x1 - x0) * max(0.0, h)
+    return area
+
+
+def rank_schedules(lines: list[dict], y_key: str = "agreement") -> list[tuple[str, float, float]]:
+    """[(schedule, hypervolume, mean y)] best first, over points swept with `--axes all:NAME`: the area each
+    schedule's points dominate in (measured seconds per item, `y_key`) up to the dense point's seconds
+    (answer agreement with dense; accuracy when absent). A schedule slower than dense adds nothing."""
+    y = y_key if all(r.get(y_key) is not None for r in lines if str(r.get("axis", "")).startswith("all:")) else "accuracy"
+    dense = [r for r in lines if r["method"] == "dense" and _finite(r.get("seconds_per_item"))]
+    if not dense:
+        return []
+    x_ref = dense[0]["seconds_per_item"]
+    curves: dict = {}
+    for r in lines:
+        if str(r.get("axis", "")).startswith("all:") and _finite(r.get("seconds_per_item"), r.get(y)):
+            curves.setdefault(r["axis"][4:], []).append((r["seconds_per_item"], r[y]))
+    out = [(name, hypervolume(pts, x_ref), sum(v for _, v in pts) / len(pts)) for name, pts in curves.items()]
+    return sorted(out, key=lambda t: (-t[1], -t[2]))
 
 
 def interpolate(points: list[tuple[float, float]], x: float) -> float | None:
@@ -239,8 +249,9 @@ def report(results_path, out_dir=None, plots: bool = True) -> dict:
                 md.append("")
         ranked = rank_schedules(rs)
         if ranked:
-            md.append("Scalar schedules, best first (points on the agreement-vs-seconds frontier, mean agreement):\n")
-            md += [f"- {name}: {n} on the frontier, mean {100 * y:.1f}" for name, n, y in ranked]
+            md.append("Scalar schedules, best first by the area their points dominate in (measured s/item, agreement) "
+                      "up to dense's s/item:\n")
+            md += [f"- {name}: area {hv:.4f}, mean agreement {100 * y:.1f}%" for name, hv, y in ranked]
             md.append("")
         if plots:
             stem = _slug(f"{task}_{name}")

@@ -122,15 +122,6 @@ def think_length(tok, generated: Sequence[int], eos_ids, fmt: AnswerFormat | Non
     return lo
 
 
-def _find(seq: list[int], pattern: list[int]) -> int:
-    """Index of the first occurrence of `pattern` in `seq`, or -1."""
-    n = len(pattern)
-    for i in range(len(seq) - n + 1):
-        if seq[i : i + n] == pattern:
-            return i
-    return -1
-
-
 class ThinkBudgetProcessor(LogitsProcessor):
     """Per-row think allowances for one `generate` call over prompts of `prompt_len` tokens."""
 
@@ -150,6 +141,7 @@ class ThinkBudgetProcessor(LogitsProcessor):
         self.answer_tokens = answer_tokens  # answer tokens allowed after a forced marker
         self.numeric = None if numeric_ids is None else torch.tensor(sorted(set(numeric_ids)))
         self.forced_at: list[int | None] = [None] * len(allowances)  # where forcing began, per row
+        self._done = [False] * len(allowances)  # answered by itself or finished: never touched again
 
     def _force(self, scores: torch.Tensor, row: int, token: int) -> None:
         keep = scores[row, token].clone()
@@ -157,26 +149,33 @@ class ThinkBudgetProcessor(LogitsProcessor):
         scores[row, token] = keep if torch.isfinite(keep) else 0.0
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        gen = input_ids[:, self.prompt_len :].tolist()  # (B, n) generated so far
+        # Called once per step, so each row's state is updated from the newest tokens only: O(1) per row
+        # per step (scanning whole sequences cost ~10% of decode time at batch 16).
+        n = input_ids.shape[1] - self.prompt_len  # tokens generated so far (same for every row)
+        k = min(n, len(self.detect))
+        tail = input_ids[:, input_ids.shape[1] - k :].tolist() if k else [[] for _ in self.allowances]  # (B, k)
         for row, allowance in enumerate(self.allowances):
-            if allowance is None:
+            if allowance is None or self._done[row]:
                 continue
-            n = len(gen[row])
+            if n and tail[row][-1] == self.eos_id:  # finished (HF pads it from here)
+                self._done[row] = True
+                continue
             start = self.forced_at[row]
             if start is None:
-                if n < allowance or _find(gen[row], self.detect) >= 0 or self.eos_id in gen[row]:
-                    continue  # still thinking, reached its answer by itself, or finished (HF pads it)
+                if k == len(self.detect) and tail[row] == self.detect:  # reached its answer by itself
+                    self._done[row] = True
+                    continue
+                if n < allowance:
+                    continue  # still thinking
                 self.forced_at[row] = start = n
             j = n - start  # tokens since forcing began
             if j < len(self.marker):
                 self._force(scores, row, self.marker[j])
                 continue
-            answer = gen[row][start + len(self.marker) :]
-            if self.eos_id in answer:
-                continue
-            if len(answer) >= self.answer_tokens:
+            answered = j - len(self.marker)  # answer tokens written after the forced marker
+            if answered >= self.answer_tokens:
                 self._force(scores, row, self.eos_id)
-            elif self.numeric is not None and not answer:
+            elif self.numeric is not None and answered == 0:
                 # the first answer token must be a number token: the answer always parses
                 mask = torch.full_like(scores[row], float("-inf"))
                 mask[self.numeric] = 0.0
