@@ -4,6 +4,7 @@
 # 1. tuned-static: one budget-only gate set trained per budget (0.85, 0.7; 150 steps each, ~10 min each here).
 # 2. MC sets by log-likelihood (n=500 each) and the full GSM8K test split (1,319) by teacher-forced
 #    log-likelihood of the reference solution, on the embedded default with its shipped gates, bf16, 2 threads.
+#    Scoring tasks have no thinking to cut, so the layer axis alone is swept (`--axes layers`).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/venv.sh"
 DATA="${L2A_DATA_ROOT:-$L2A_ROOT/../shared/data}"
@@ -16,9 +17,9 @@ done
 METHODS="dense,l2a,block-influence,angular,tuned-static"
 BUDGETS="1.0,0.85,0.7"
 l2a eval --dtype bfloat16 --task mc --data "$DATA/mc/arc_easy.jsonl" --data "$DATA/mc/piqa.jsonl" \
-    --data "$DATA/mc/winogrande.jsonl" --limit 500 --budgets "$BUDGETS" --methods "$METHODS" --seeds 1 \
+    --data "$DATA/mc/winogrande.jsonl" --limit 500 --budgets "$BUDGETS" --axes layers --methods "$METHODS" --seeds 1 \
     --tuned-gates "$TUNED" --results "$OUT/mc.jsonl" "$@"
 l2a eval --dtype bfloat16 --task gsm8k-loglik --data "$DATA/gsm8k/test.jsonl" --limit "${L2A_GSM8K_LIMIT:-1319}" \
-    --budgets "$BUDGETS" --methods "$METHODS" --seeds 1 --tuned-gates "$TUNED" --results "$OUT/gsm8k_full.jsonl" "$@"
+    --budgets "$BUDGETS" --axes layers --methods "$METHODS" --seeds 1 --tuned-gates "$TUNED" --results "$OUT/gsm8k_full.jsonl" "$@"
 l2a report "$OUT/mc.jsonl" --out-dir "$OUT/mc_report"
 l2a report "$OUT/gsm8k_full.jsonl" --out-dir "$OUT/gsm8k_report"

@@ -51,7 +51,7 @@ def test_lines_resume_and_reuse(gm, files, tmp_path, monkeypatch):
         assert 0 <= r["ci_low"] <= r["accuracy"] <= r["ci_high"] <= 1 and 0 <= r["acc_norm"] <= 1
         assert r["think_tokens"] == 0 and r["kv_bytes_source"] == "modeled" and r["config"]["limit"] == 4
     half = res[2]
-    assert half["realized_layers"] == 0.5 and half["realized_groups"] == 0.75  # Budget(0.5): heads 0.5/0.7 -> 3 of 4
+    assert half["realized_layers"] == 0.75 and half["realized_groups"] == 1.0  # Budget(0.5), think-first: layers 0.5/0.7 -> 3 of 4
     assert half["flops_per_token"] < res[0]["flops_per_token"] and half["kv_bytes"] < res[0]["kv_bytes"]
     assert res[1]["reused_from"] == "dense" and res[1]["accuracy"] == res[0]["accuracy"]
     assert len(out.read_text().splitlines()) == 5
@@ -72,7 +72,10 @@ def test_random_averages_over_seeds(gm, files, tmp_path):
     (r,) = run(gm, files, None, methods=["random"], budgets=[0.5], seeds=3)
     assert r["seeds"] == 3 and len(r["accuracy_per_seed"]) == 3
     assert r["accuracy"] == pytest.approx(sum(r["accuracy_per_seed"]) / 3)
-    assert r["realized_layers"] == 0.5
+    from l2a.baselines import kept_count
+    from l2a.budget import Budget
+
+    assert r["realized_layers"] == kept_count(4, Budget(0.5).layers) / 4
 
 
 def test_gsm8k_generation_fields(gm, files, tmp_path):

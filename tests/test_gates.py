@@ -76,7 +76,7 @@ def test_strict_never_exceeds_and_sets_are_nested():
                     ds = m.decide(ids, axes, attention_mask=mask, mode=mode)
                     if mode == "strict":
                         for d in ds:
-                            limit = max(2, int(b * L + 1e-9))  # router + last layer are always on
+                            limit = max(2, int(axes.layers * L + 1e-9))  # router + last layer are always on
                             assert sum(d.layers) <= limit
                             assert all(sum(r) <= max(1, int(axes.heads * G + 1e-9))
                                        for i, r in enumerate(d.kv_groups or []) if d.layers[i] and i > 0)

@@ -163,10 +163,10 @@ def demo(args) -> int:
         methods = ["dense"] + (["l2a"] if gm.policy is not None else []) + ["block-influence", "angular", "even-spaced"]
         out = Path(args.sweep_out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        print(f"--- Pareto sweep: gsm8k-loglik, first {args.sweep_limit} items, budgets {args.sweep_budgets}, "
+        print(f"--- Pareto sweep: gsm8k-loglik, first {args.sweep_limit} items, layer budgets {args.sweep_budgets}, "
               f"methods {','.join(methods)} -> {out}")
         evaluate(gm, "gsm8k-loglik", [args.data], args.sweep_budgets, methods, limit=args.sweep_limit,
-                 batch_size=8, seeds=1, out=out, model_name=args.model)
+                 batch_size=8, seeds=1, out=out, model_name=args.model, axes=("layers",))  # scoring: no thinking to cut
         rep = report(out)
         print(Path(rep["markdown"]).read_text())
         results["sweep"] = {"results": str(out), "report": rep["markdown"], "plots": rep["plots"]}
