@@ -288,7 +288,8 @@ class GatedModel:
             return self.policy.decide(self, input_ids, attention_mask, budgets), None
         hidden, replay = self._router_pass(input_ids, attention_mask, position_ids)
         pooled = self.policy.pool(hidden, attention_mask)  # (B, H)
-        lengths = attention_mask.sum(1) if attention_mask is not None else torch.full((len(budgets),), input_ids.shape[1])
+        mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+        lengths = mask.sum(1)  # (B,) prompt tokens: the think head reads them
         return self.policy.decisions(pooled, budgets, mode=mode, lengths=lengths), replay
 
     def decide(self, input_ids, budget, attention_mask=None, mode: str = "threshold") -> list[GateDecision]:

@@ -61,12 +61,13 @@ class ThinkConfig:
 
 def _answers_after(m, seqs: list[list[int]], pad_id: int) -> list[str | None]:
     """Answer of each sequence when the marker is forced right after it (allowance 0)."""
+    from .reasoning import AnswerFormat
     from .tasks import extract_answer, left_pad
 
     ids, mask = left_pad(seqs, pad_id, m.device)
-    fmt = m.answer_format
-    n_marker = len(m.tokenizer(fmt.marker, add_special_tokens=False)["input_ids"]) if fmt else 3
-    out = m.generate(ids, attention_mask=mask, max_new_tokens=n_marker + 10, thinking_token_budget=0)
+    fmt = m.answer_format or AnswerFormat.for_tokenizer(m.tokenizer)
+    n_marker = len(m.tokenizer(fmt.marker, add_special_tokens=False)["input_ids"])
+    out = m.generate(ids, attention_mask=mask, max_new_tokens=n_marker + 10, thinking_token_budget=0)  # answer <= 10 tokens
     texts = m.tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
     return [extract_answer(t) for t in texts]
 
