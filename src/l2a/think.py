@@ -141,19 +141,6 @@ def _read(path: Path) -> list[dict]:
     return out
 
 
-@torch.no_grad()
-def pooled_prompts(m, policy: GatePolicy, prompts: list[list[int]], pad_id: int, batch: int = 16) -> torch.Tensor:
-    """(N, H) router inputs of prompts exactly as `generate(budget=...)` computes them."""
-    from .tasks import left_pad
-    from .train import m_router
-
-    out = []
-    for i in range(0, len(prompts), batch):
-        ids, mask = left_pad(prompts[i : i + batch], pad_id, m.device)
-        out.append(GatePolicy.pool(m_router(m, policy, ids, mask)[0], mask))
-    return torch.cat(out)
-
-
 # ---- fitting ------------------------------------------------------------------------------------------
 
 
@@ -243,6 +230,7 @@ def train_think(cfg: ThinkConfig, model=None, progress: bool = True) -> dict:
     from .data import load_math
     from .loading import SHIPPED_GATES, load
     from .tasks import math_prompt
+    from .train import pooled_prompts
 
     t0 = time.time()
     m = model if model is not None else load(cfg.model, dtype=cfg.dtype, gates=False)

@@ -195,7 +195,7 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
         budget_only=cfg.ablation or cfg.fixed_budget is not None,
     )
     policy = GatePolicy(gcfg)
-    policy.fit_input(_pooled_prompts(m, [examples[i][0] for i in train_idx[:256]], pad_id, cfg.router_layers))
+    policy.fit_input(pooled_prompts(m, policy, [examples[i][0] for i in train_idx[:256]], pad_id))
     if cfg.warm_start:
         _warm_start(m, policy, cfg)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
@@ -263,15 +263,14 @@ def _warm_start(m, policy: GatePolicy, cfg: TrainConfig) -> None:
 
 
 @torch.no_grad()
-def _pooled_prompts(m, prompts: list[list[int]], pad_id: int, router_layers: int, batch: int = 16) -> torch.Tensor:
-    """(N, H) router inputs of prompts: their states after the router layers, pooled."""
+def pooled_prompts(m, policy: GatePolicy, prompts: list[list[int]], pad_id: int, batch: int = 16) -> torch.Tensor:
+    """(N, H) router inputs of prompts exactly as `generate(budget=...)` computes them (its positions)."""
     from .tasks import left_pad
 
     out = []
     for i in range(0, len(prompts), batch):
-        ids, mask = left_pad(prompts[i : i + batch], pad_id)
-        _, hidden = m.forward_with_hidden(ids, mask, layer=router_layers - 1)
-        out.append(GatePolicy.pool(hidden, mask))
+        ids, mask = left_pad(prompts[i : i + batch], pad_id, m.device)
+        out.append(GatePolicy.pool(m_router(m, policy, ids, mask)[0], mask))
     return torch.cat(out)
 
 
