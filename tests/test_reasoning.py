@@ -175,3 +175,29 @@ def test_train_think_end_to_end_on_a_tiny_model(tmp_path):
     # resumes: a second run probes nothing new
     again = train_think(cfg, model=m, progress=False)
     assert again["probed"] == 12 and len((tmp_path / "out" / "probes.jsonl").read_text().splitlines()) == 12
+
+
+def test_train_think_without_gates_writes_a_think_only_artifact(tmp_path):
+    """A model with no trained gates gets a think head whose untrained layer/group axes refuse budgets < 1."""
+    from conftest import write_math
+
+    from l2a import Budget
+    from l2a.checkpoint import load_gates
+    from l2a.think import ThinkConfig, train_think
+
+    m, tok = _gm(n_layers=6)
+    data = tmp_path / "train.jsonl"
+    write_math(data, n=24)
+    cfg = ThinkConfig(model="tiny-without-gates", out=str(tmp_path / "out"), data=str(data), problems=12,
+                      max_new_tokens=20, batch_size=4, dtype="float32")
+    train_think(cfg, model=m, progress=False)
+    policy = load_gates(tmp_path / "out", m.hf)
+    assert policy.config.untrained == ["layers", "heads"]
+    assert float(policy.input_std.min()) > 0 and not torch.all(policy.input_mean == 0)  # input standardisation fit
+    m.policy = policy
+    ids = torch.tensor([[5, 6, 7, 8]])
+    (d,) = m.decide(ids, Budget(layers=1.0, heads=1.0, think=0.5))
+    assert all(d.layers) and d.think_tokens is not None
+    for bad in (Budget(layers=0.5, heads=1.0, think=1.0), Budget(layers=1.0, heads=0.5, think=1.0), Budget(0.6)):
+        with pytest.raises(ValueError, match="no trained"):
+            m.decide(ids, bad)

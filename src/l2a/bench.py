@@ -24,12 +24,12 @@ token. This module does not model cost and does not decide anything: decisions c
 from __future__ import annotations
 
 import gc
-import resource
 import statistics
 import sys
 import time
 from dataclasses import dataclass, field
 
+from . import memory
 from .baselines import even_spaced
 from .cost import CostModel
 from .decision import GateDecision
@@ -84,45 +84,6 @@ def load_decisions(path) -> list[GateDecision]:
     if not isinstance(data, list) or not data:
         raise ValueError(f"{path}: expected a non-empty JSON list of GateDecision dicts")
     return [GateDecision.from_dict(d) for d in data]
-
-
-# -- memory ------------------------------------------------------------------------------------------------
-
-
-def _status_kib(key: str) -> int | None:
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    """Reset VmHWM to the current RSS (Linux >= 4.0); False where not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-            f.write("5")
-        return _status_kib("VmHWM") is not None
-    except OSError:
-        return False
-
-
-def _max_rss_kib() -> int:
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r // 1024 if sys.platform == "darwin" else r  # bytes on macOS, KiB on Linux
-
-
-def _cache_bytes(cache) -> int:
-    if cache is None:
-        return 0
-    if hasattr(cache, "kv_bytes"):  # RowCache
-        return cache.kv_bytes()
-    return sum(
-        x.numel() * x.element_size() for layer in cache.layers if layer.is_initialized for x in (layer.keys, layer.values)
-    )
 
 
 # -- running -----------------------------------------------------------------------------------------------
@@ -182,20 +143,20 @@ class _Runner:
         if self.gm is not None:
             self.gm.last_cache = None  # the previous config's KV must not count in this one's RSS
         gc.collect()
-        reset = _reset_peak_rss()
-        rss0 = _status_kib("VmRSS") if reset else None
+        reset = memory.reset_peak_rss()
+        rss0 = memory.status_kib("VmRSS") if reset else None
         for rows in groups:
             sub = cfg if cfg.kind != "bucketed" else _Config(cfg.name, "gated", len(rows), [cfg.decisions[r] for r in rows])
             t, _ = self.generate(sub, ids[rows], 1)
             ttft += t
             t, cache = self.generate(sub, ids[rows], new_tokens)
             total += t
-            kv += _cache_bytes(cache)
+            kv += memory.cache_bytes(cache)
             kv_tokens = cache.get_seq_length()
             if cfg.kind == "gated":
                 rows_kv = cache.row_kv_bytes()
             del cache
-        peak = _status_kib("VmHWM") if reset else _max_rss_kib()
+        peak = memory.status_kib("VmHWM") if reset else memory.max_rss_kib()
         return {
             "ttft_s": ttft, "total_s": total, "kv_bytes": kv, "kv_tokens": kv_tokens, "row_kv_bytes": rows_kv,
             "rss_peak_kib": peak, "rss_delta_kib": (peak - rss0) if reset else None,
@@ -318,7 +279,7 @@ def _bench(model_spec, prompt_len, new_tokens, batch_sizes, fractions, mixed_bud
         "configs": entries,
         "ratios": _ratios(entries, named, batch_sizes),
         "wall_s": round(time.perf_counter() - t_start, 1),
-        "rss_method": "per-run VmHWM after clear_refs" if _reset_peak_rss() else "process ru_maxrss (monotone)",
+        "rss_method": "per-run VmHWM after clear_refs" if memory.reset_peak_rss() else "process ru_maxrss (monotone)",
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "notes": {
             "decode_tok_s": "batch * (new_tokens - 1) / (total_s - ttft_s), per repeat, then the median",

@@ -54,6 +54,7 @@ class GateConfig:
     max_think: int = 512  # largest think allowance below b_think = 1 (1 = uncapped)
     budget_only: bool = False  # ablation: the router input is zeroed, decisions depend on the budget only
     calibration: list = field(default_factory=list)  # [[requested, effective], ...] layer-axis map, monotone
+    untrained: list = field(default_factory=list)  # axes ("layers", "heads") never trained: budgets < 1 refused
 
     def __post_init__(self):
         if self.router_layers < 1 or self.protect_last < 0:
@@ -227,6 +228,10 @@ class GatePolicy(nn.Module):
         if mode not in ("threshold", "strict"):
             raise ValueError(f"mode must be 'threshold' or 'strict', got {mode!r}")
         c = self.config
+        for axis in c.untrained:
+            if any(getattr(b, axis) < 1.0 for b in budgets):
+                raise ValueError(f"this gate artifact has no trained {axis} gates (think head only): give "
+                                 f"Budget({axis}=1.0, ...) and vary the other axes, or load gates trained by `l2a train`")
         feats = self.features(pooled)  # (B, W)
         anchor = self.gate_logits(feats, torch.ones(len(budgets), 2, device=feats.device))[1].argmax(-1)  # (B, L)
         mu, sigma = self.think_params(pooled, lengths)  # (B,), (B,)

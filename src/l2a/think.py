@@ -224,6 +224,18 @@ def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((ra * rb).sum() / (ra.norm() * rb.norm()).clamp_min(1e-9))
 
 
+def _fresh_policy(m) -> GatePolicy:
+    """A GatePolicy with the default shape for `m` whose layer and group gates are marked untrained."""
+    from .gates import GateConfig
+    from .train import TrainConfig
+
+    t = TrainConfig()
+    geo = m.geometry
+    return GatePolicy(GateConfig(n_layers=geo.n_layers, n_groups=geo.n_kv, hidden=m.hf.config.hidden_size,
+                                 width=t.width, router_layers=t.router_layers, protect_last=t.protect_last,
+                                 untrained=["layers", "heads"])).eval()
+
+
 def train_think(cfg: ThinkConfig, model=None, progress: bool = True) -> dict:
     """Probe, fit, save the artifact with the fitted think head; returns the summary."""
     from .checkpoint import load_gates, save_gates
@@ -235,12 +247,13 @@ def train_think(cfg: ThinkConfig, model=None, progress: bool = True) -> dict:
     t0 = time.time()
     m = model if model is not None else load(cfg.model, dtype=cfg.dtype, gates=False)
     src = cfg.gates
-    if src is None:
-        src = SHIPPED_GATES / cfg.model if isinstance(cfg.model, str) else None
-        if src is None or not Path(src).is_dir():
-            raise ValueError("give --gates DIR: the artifact whose think head is fitted")
-    policy = load_gates(src, m.hf)
-    meta = json.loads((Path(src) / "l2a_config.json").read_text())
+    if src is None and isinstance(cfg.model, str) and (SHIPPED_GATES / cfg.model).is_dir():
+        src = SHIPPED_GATES / cfg.model
+    if src is not None:
+        policy = load_gates(src, m.hf)
+        meta = json.loads((Path(src) / "l2a_config.json").read_text())
+    else:  # no gates for this model yet: a think-head-only artifact, layer and group axes refused below 1
+        policy, meta = _fresh_policy(m), {}
     rows, source = load_math(cfg.data, split="train")
     order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
     rows = [rows[i] for i in order[: cfg.problems]]
@@ -254,6 +267,8 @@ def train_think(cfg: ThinkConfig, model=None, progress: bool = True) -> dict:
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     prompts = [math_prompt(tok, rows[r["index"]]["question"]) for r in usable]
     pooled = pooled_prompts(m, policy, prompts, pad)  # (N, H)
+    if not meta:
+        policy.fit_input(pooled)  # a fresh policy: the input standardisation, from the same prompts
     lengths = torch.tensor([len(p) for p in prompts])  # (N,)
     targets = torch.tensor([r["target"] for r in usable])  # (N,)
     train = torch.rand(len(usable), generator=torch.Generator().manual_seed(cfg.seed + 1)) >= cfg.holdout
