@@ -6,24 +6,26 @@
 #    into the shipped gates (what src/l2a/shipped/smollm2-135m holds); a model without trained gates gets
 #    a think-head-only artifact (its layer/group axes refuse budgets below 1).
 # 2. GSM8K test generation on the think axis alone: the learned allowance (l2a) vs a fixed cap for every
-#    prompt (think-cap, s1-style), accuracy and answer agreement with dense; one budget at a time over all
-#    methods, so an interrupted run still holds comparable points.
+#    prompt (think-cap, s1-style), accuracy and answer agreement with dense; one (methods, budget) point
+#    at a time, in an order that keeps an interrupted run's points comparable (L2A_THINK_POINTS overrides).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/venv.sh"
 DATA="${L2A_DATA_ROOT:-$L2A_ROOT/../shared/data}"
 MODEL="${L2A_THINK_MODEL:-smollm2-135m}"
 if [ "$MODEL" = smollm2-135m ]; then
-    OUT="${L2A_THINK_OUT:-$L2A_ROOT/runs/think}"; PROBLEMS=512; LIMIT=128; TOKENS=256; BUDGETS="0.2 0.4 0.6 0.8 0.95"
-else
-    OUT="${L2A_THINK_OUT:-$L2A_ROOT/runs/think-$MODEL}"; PROBLEMS=128; LIMIT=200; TOKENS=320; BUDGETS="0.6 0.4 0.8"
+    OUT="${L2A_THINK_OUT:-$L2A_ROOT/runs/think}"; PROBLEMS=512; LIMIT=128; TOKENS=256
+    POINTS="dense,l2a,think-cap:0.2 dense,l2a,think-cap:0.4 dense,l2a,think-cap:0.6 dense,l2a,think-cap:0.8 dense,l2a,think-cap:0.95"
+else  # pairs of similar mean think tokens first (caps are round(b * 256) tokens; this model thinks ~270)
+    OUT="${L2A_THINK_OUT:-$L2A_ROOT/runs/think-$MODEL}"; PROBLEMS=128; LIMIT=200; TOKENS=320
+    POINTS="dense,l2a:0.5 think-cap:0.9 l2a:0.3 think-cap:0.8 l2a:0.7 think-cap:0.95"
 fi
-PROBLEMS="${L2A_THINK_PROBLEMS:-$PROBLEMS}"; LIMIT="${L2A_THINK_LIMIT:-$LIMIT}"; BUDGETS="${L2A_THINK_BUDGETS:-$BUDGETS}"
+PROBLEMS="${L2A_THINK_PROBLEMS:-$PROBLEMS}"; LIMIT="${L2A_THINK_LIMIT:-$LIMIT}"; POINTS="${L2A_THINK_POINTS:-$POINTS}"
 mkdir -p "$OUT"
 [ -f "$OUT/gates/l2a_gates.safetensors" ] || l2a train-think --model "$MODEL" --problems "$PROBLEMS" \
     --max-new-tokens "$TOKENS" --gates-out "$OUT/gates" --out "$OUT/train_think.jsonl"
-for b in $BUDGETS; do
+for point in $POINTS; do  # METHODS:BUDGET
     l2a eval --model "$MODEL" --dtype bfloat16 --gates "$OUT/gates" --task gsm8k --data "$DATA/gsm8k/test.jsonl" \
-        --limit "$LIMIT" --batch-size 16 --max-new-tokens "$TOKENS" --axes think --budgets "$b" \
-        --methods dense,l2a,think-cap --seeds 1 --results "$OUT/gsm8k_think.jsonl" "$@"
+        --limit "$LIMIT" --batch-size 16 --max-new-tokens "$TOKENS" --axes think --budgets "${point#*:}" \
+        --methods "${point%%:*}" --seeds 1 --results "$OUT/gsm8k_think.jsonl" "$@"
 done
 l2a report "$OUT/gsm8k_think.jsonl" --out-dir "$OUT/gsm8k_think_report"

@@ -105,3 +105,6 @@ def test_at_equal_think_interpolates_the_fixed_cap():
     assert [r["think_tokens"] for r in rows] == [100, 200]
     assert rows[0]["think-cap"] == pytest.approx(0.4) and rows[0]["gain"] == pytest.approx(0.1)
     assert rows[1]["think-cap"] is None and rows[1]["gain"] is None  # beyond the caps' range: no claim
+    dense = {"method": "dense", "axis": "all", "think_tokens": 250, "agreement": 1.0}  # the cap curve's end
+    rows = at_equal_think(lines + [dense], "agreement")
+    assert rows[1]["think-cap"] == pytest.approx(0.6 + 0.4 * 50 / 100) and rows[1]["gain"] == pytest.approx(0.9 - 0.8)

@@ -118,10 +118,11 @@ def interpolate(points: list[tuple[float, float]], x: float) -> float | None:
 
 def at_equal_think(lines: list[dict], y_key: str) -> list[dict]:
     """For each learned-allowance point on the think axis, the fixed cap's `y_key` interpolated at the
-    same mean think tokens (the comparison the reasoning axis is judged by)."""
-    curve = lambda m: [(r["think_tokens"], r[y_key]) for r in lines  # noqa: E731
-                       if r["method"] == m and r.get("axis") == "think" and _finite(r.get("think_tokens"), r.get(y_key))]
-    caps = curve("think-cap")
+    same mean think tokens (the comparison the reasoning axis is judged by). The uncapped dense run is
+    the fixed-cap curve's end (a cap no chain reaches)."""
+    curve = lambda m, axis="think": [(r["think_tokens"], r[y_key]) for r in lines  # noqa: E731
+                                     if r["method"] == m and r.get("axis", "all") == axis and _finite(r.get("think_tokens"), r.get(y_key))]
+    caps = curve("think-cap") + curve("dense", "all")
     out = []
     for x, y in sorted(curve("l2a")):
         other = interpolate(caps, x)
