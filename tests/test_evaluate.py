@@ -170,6 +170,11 @@ def test_think_axis_points_agreement_and_forced_answers(gm, files, tmp_path):
     # at 1.0 on any axis think-cap is dense: its line is reused
     full = [r for r in res if r["method"] == "think-cap" and r["budget_axes"] == {"layers": 1.0, "heads": 1.0, "think": 1.0}]
     assert full and all(r.get("reused_from") == "dense" for r in full)
+    # a later run without dense still compares with the file's dense line
+    (later,) = E.evaluate(gm, task="gsm8k", data_files=[str(files[1])], budgets=[0.1], methods=["think-cap"], limit=4,
+                          batch_size=2, seeds=1, out=out, max_new_tokens=40, axes=("think",), progress=False)
+    pairs = list(zip(later["predictions"], dense["predictions"]))
+    assert later["agreement"] == sum(p == q for p, q in pairs) / 4
     with pytest.raises(ValueError, match="unknown budget axis 'depth'"):
         E.axis_budget(0.5, "depth")
     with pytest.raises(ValueError, match="unknown budget schedule"):

@@ -224,7 +224,8 @@ def evaluate(
                     continue
                 if policies is None:  # built once per method and data file: memo and calibration are reused
                     policies = _policies(m, seeds, calibration, tuned_gates)
-                dense = next((r for r in results if r["method"] == "dense" and r.get("data") == data_label), None)
+                dense = next((r for r in results if r["method"] == "dense" and r.get("data") == data_label),
+                             done.get(_key(task_name, "dense", data_label, 1.0, limit)))  # or an earlier run's
                 if dense is not None and all(_static_dense(p, model, b) for p in policies):
                     # A static method at a budget that keeps everything runs exactly dense: reuse its line.
                     record = dict(dense, method=name, budget=budget_field(b), reused_from="dense",
