@@ -249,11 +249,9 @@ def train_think(cfg: ThinkConfig, model=None, progress: bool = True) -> dict:
     src = cfg.gates
     if src is None and isinstance(cfg.model, str) and (SHIPPED_GATES / cfg.model).is_dir():
         src = SHIPPED_GATES / cfg.model
-    if src is not None:
-        policy = load_gates(src, m.hf)
-        meta = json.loads((Path(src) / "l2a_config.json").read_text())
-    else:  # no gates for this model yet: a think-head-only artifact, layer and group axes refused below 1
-        policy, meta = _fresh_policy(m), {}
+    fresh = src is None  # no gates for this model yet: a think-head-only artifact, layer/group axes refused below 1
+    policy = _fresh_policy(m) if fresh else load_gates(src, m.hf)
+    meta = {} if fresh else json.loads((Path(src) / "l2a_config.json").read_text())
     rows, source = load_math(cfg.data, split="train")
     order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
     rows = [rows[i] for i in order[: cfg.problems]]
@@ -267,7 +265,7 @@ def train_think(cfg: ThinkConfig, model=None, progress: bool = True) -> dict:
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     prompts = [math_prompt(tok, rows[r["index"]]["question"]) for r in usable]
     pooled = pooled_prompts(m, policy, prompts, pad)  # (N, H)
-    if not meta:
+    if fresh:
         policy.fit_input(pooled)  # a fresh policy: the input standardisation, from the same prompts
     lengths = torch.tensor([len(p) for p in prompts])  # (N,)
     targets = torch.tensor([r["target"] for r in usable])  # (N,)
