@@ -226,14 +226,9 @@ def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def _fresh_policy(m) -> GatePolicy:
     """A GatePolicy with the default shape for `m` whose layer and group gates are marked untrained."""
-    from .gates import GateConfig
-    from .train import TrainConfig
+    from .train import TrainConfig, gate_config
 
-    t = TrainConfig()
-    geo = m.geometry
-    return GatePolicy(GateConfig(n_layers=geo.n_layers, n_groups=geo.n_kv, hidden=m.hf.config.hidden_size,
-                                 width=t.width, router_layers=t.router_layers, protect_last=t.protect_last,
-                                 untrained=["layers", "heads"])).eval()
+    return GatePolicy(gate_config(m, TrainConfig(), untrained=["layers", "heads"])).eval()
 
 
 def train_think(cfg: ThinkConfig, model=None, progress: bool = True) -> dict:

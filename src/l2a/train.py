@@ -188,12 +188,7 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     train_idx = order[cfg.calib_prompts :]
 
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-    geo = m.geometry
-    gcfg = GateConfig(
-        n_layers=geo.n_layers, n_groups=geo.n_kv, hidden=m.hf.config.hidden_size, width=cfg.width,
-        router_layers=cfg.router_layers, protect_last=cfg.protect_last,
-        budget_only=cfg.ablation or cfg.fixed_budget is not None,
-    )
+    gcfg = gate_config(m, cfg, budget_only=cfg.ablation or cfg.fixed_budget is not None)
     policy = GatePolicy(gcfg)
     policy.fit_input(pooled_prompts(m, policy, [examples[i][0] for i in train_idx[:256]], pad_id))
     if cfg.warm_start:
@@ -247,6 +242,13 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
                "gate_params": policy.n_params()}
     save_gates(policy, out, m.hf, extra=summary)
     return summary
+
+
+def gate_config(m, cfg: TrainConfig, **extra) -> GateConfig:
+    """The GateConfig of gates trained by `cfg` on model `m` (`extra`: budget_only, untrained, ...)."""
+    geo = m.geometry
+    return GateConfig(n_layers=geo.n_layers, n_groups=geo.n_kv, hidden=m.hf.config.hidden_size, width=cfg.width,
+                      router_layers=cfg.router_layers, protect_last=cfg.protect_last, **extra)
 
 
 @torch.no_grad()
