@@ -175,6 +175,14 @@ def test_think_axis_points_agreement_and_forced_answers(gm, files, tmp_path):
                           batch_size=2, seeds=1, out=out, max_new_tokens=40, axes=("think",), progress=False)
     pairs = list(zip(later["predictions"], dense["predictions"]))
     assert later["agreement"] == sum(p == q for p, q in pairs) / 4
+    # gsm8k-budget prompts uncapped rows as gsm8k does: its dense line is gsm8k's, labelled, and compared with
+    (twin, cap) = E.evaluate(gm, task="gsm8k-budget", data_files=[str(files[1])], budgets=[0.1], methods=["dense", "think-cap"],
+                             limit=4, batch_size=2, seeds=1, out=out, max_new_tokens=40, axes=("think",), progress=False)
+    assert twin["task"] == "gsm8k-budget" and twin["reused_from"] == "gsm8k dense"
+    assert twin["predictions"] == dense["predictions"] and twin["accuracy"] == dense["accuracy"]
+    assert cap["task"] == "gsm8k-budget" and "reused_from" not in cap and cap["think_tokens"] <= round(0.1 * 256)
+    pairs = list(zip(cap["predictions"], dense["predictions"]))
+    assert cap["agreement"] == sum(p == q for p, q in pairs) / 4
     with pytest.raises(ValueError, match="unknown budget axis 'depth'"):
         E.axis_budget(0.5, "depth")
     with pytest.raises(ValueError, match="unknown budget schedule"):

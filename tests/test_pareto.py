@@ -108,3 +108,7 @@ def test_at_equal_think_interpolates_the_fixed_cap():
     dense = {"method": "dense", "axis": "all", "think_tokens": 250, "agreement": 1.0}  # the cap curve's end
     rows = at_equal_think(lines + [dense], "agreement")
     assert rows[1]["think-cap"] == pytest.approx(0.6 + 0.4 * 50 / 100) and rows[1]["gain"] == pytest.approx(0.9 - 0.8)
+    # another task's caps (s1-style on gsm8k for gsm8k-budget's allowances): only the baseline's curve is read
+    other = [line("think-cap", 50, 0.0), line("think-cap", 150, 0.2), line("l2a", 100, 0.99)]
+    rows = at_equal_think(lines, "agreement", baseline=other)
+    assert rows[0]["think-cap"] == pytest.approx(0.1) and rows[0]["gain"] == pytest.approx(0.4)

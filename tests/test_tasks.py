@@ -12,8 +12,8 @@ from conftest import tiny_model
 from l2a import data
 from l2a.decision import GateDecision
 from l2a.gated import GatedModel
-from l2a.tasks import (GSM8K, GSM8KLoglik, MultipleChoice, continuation_logprobs, extract_answer, get_task,
-                       normalize_number)
+from l2a.tasks import (GSM8K, GSM8KBudget, GSM8KConcise, GSM8KLoglik, MultipleChoice, continuation_logprobs,
+                       extract_answer, get_task, math_prompt, normalize_number)
 
 
 def write_jsonl(path, rows):
@@ -208,5 +208,42 @@ def test_loglik_task(gm):
 
 
 def test_unknown_task_lists_names():
-    with pytest.raises(ValueError, match="gsm8k, gsm8k-loglik, mc"):
+    with pytest.raises(ValueError, match="gsm8k, gsm8k-budget, gsm8k-concise, gsm8k-loglik, mc"):
         get_task("arc")
+    with pytest.raises(ValueError, match="unknown prompt style 'terse'; valid: steps, concise"):
+        math_prompt(char_tokenizer(chat=True), "1+1?", "terse")
+
+
+class Recording(FakeGen):
+    """FakeGen that keeps the prompts it was asked to continue."""
+
+    def generate(self, ids, attention_mask=None, decisions=None, max_new_tokens=8, **kw):
+        self.prompts = [self.tokenizer.decode(r[m.bool()]) for r, m in zip(ids, attention_mask)]
+        self.decisions = decisions
+        return super().generate(ids, attention_mask, decisions, max_new_tokens, **kw)
+
+
+def test_budget_aware_prompting_reprompts_and_redecides_only_capped_rows():
+    tok = char_tokenizer(chat=True)
+    rows = [{"question": "capme 1+1?", "answer": "#### 2"}, {"question": "2+3?", "answer": "#### 5"}]
+    seen = []
+
+    def decide(ids, mask):  # rows asking "capme" get an allowance; the allowance tells which prompt it saw
+        texts = [tok.decode(r[m.bool()]) for r, m in zip(ids, mask)]
+        seen.append(texts)
+        return [GateDecision.dense(2) if "capme" not in t else
+                GateDecision(layers=(True, True), think_tokens=7 if "plain words" in t else 3) for t in texts]
+
+    fake = Recording(tok, ["#### 2", "#### 5"])
+    items = next(GSM8KBudget().run(fake, rows, decide, batch_size=2, max_new_tokens=64))
+    assert len(seen) == 2 and len(seen[1]) == 1 and "plain words" in seen[1][0]  # capped row decided again
+    assert "plain words" in fake.prompts[0] and "capme" in fake.prompts[0]
+    assert fake.prompts[1] == tok.decode(math_prompt(tok, rows[1]["question"]))  # uncapped: the gsm8k prompt
+    assert items[0].decision.think_tokens == 7 and items[1].decision.think_tokens is None
+    # gsm8k-concise asks every row; plain gsm8k none
+    fake = Recording(tok, ["#### 2", "#### 5"])
+    next(GSM8KConcise().run(fake, rows, decide, batch_size=2))
+    assert all("plain words" in p for p in fake.prompts)
+    fake = Recording(tok, ["#### 2", "#### 5"])
+    next(GSM8K().run(fake, rows, decide, batch_size=2))
+    assert not any("plain words" in p for p in fake.prompts)

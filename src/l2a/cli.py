@@ -158,7 +158,7 @@ def cmd_train_think(args) -> int:
         torch.set_num_threads(args.threads)
     cfg = ThinkConfig(model=args.model, gates=args.gates, out=args.gates_out, data=args.data, problems=args.problems,
                       max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed,
-                      dtype=args.dtype)
+                      dtype=args.dtype, prompt=args.prompt)
     summary = train_think(cfg)
     print(f"gates with a fitted think head written to {cfg.out}: held-out NLL {summary['nll_test']:.3f} "
           f"(input-blind {summary['nll_test_input_blind']:.3f}), coverage {summary['coverage']}", file=sys.stderr)
@@ -282,6 +282,8 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--max-new-tokens", type=_positive, default=256, help="dense chain-of-thought cap")
     k.add_argument("--batch-size", type=_positive, default=16)
     k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--prompt", default="steps", choices=("steps", "concise"),
+                   help="instruction of the probed chains: the style the allowance will run with (default: %(default)s)")
     k.set_defaults(func=cmd_train_think)
 
     e = sub.add_parser("eval", help="accuracy x realized compute x measured latency, per method and budget")

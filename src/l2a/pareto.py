@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import re
@@ -116,15 +117,17 @@ def interpolate(points: list[tuple[float, float]], x: float) -> float | None:
     return pts[0][1] if len(pts) == 1 and pts[0][0] == x else None
 
 
-def at_equal_think(lines: list[dict], y_key: str) -> list[dict]:
+def at_equal_think(lines: list[dict], y_key: str, baseline: list[dict] | None = None) -> list[dict]:
     """For each learned-allowance point on the think axis, the fixed cap's `y_key` interpolated at the
     same mean think tokens (the comparison the reasoning axis is judged by). The uncapped dense run is
-    the fixed-cap curve's end (a cap no chain reaches)."""
-    curve = lambda m, axis="think": [(r["think_tokens"], r[y_key]) for r in lines  # noqa: E731
-                                     if r["method"] == m and r.get("axis", "all") == axis and _finite(r.get("think_tokens"), r.get(y_key))]
-    caps = curve("think-cap") + curve("dense", "all")
+    the fixed-cap curve's end (a cap no chain reaches). `baseline`: lines holding the fixed-cap curve
+    when it is another task's (e.g. s1-style caps on `gsm8k` for the l2a points of `gsm8k-budget`)."""
+    curve = lambda rs, m, axis="think": [(r["think_tokens"], r[y_key]) for r in rs  # noqa: E731
+                                         if r["method"] == m and r.get("axis", "all") == axis and _finite(r.get("think_tokens"), r.get(y_key))]
+    ref = lines if baseline is None else baseline
+    caps = curve(ref, "think-cap") + curve(ref, "dense", "all")
     out = []
-    for x, y in sorted(curve("l2a")):
+    for x, y in sorted(curve(lines, "l2a")):
         other = interpolate(caps, x)
         out.append({"think_tokens": x, "l2a": y, "think-cap": other, "gain": None if other is None else y - other})
     return out
@@ -205,6 +208,13 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "data"
 
 
+def _dense_task(task: str | None) -> str | None:
+    """The task whose prompts this one's uncapped rows share (tasks.GSM8KBudget -> gsm8k); else itself."""
+    from .tasks import TASKS
+
+    return getattr(TASKS.get(task), "dense_task", task)
+
+
 def report(results_path, out_dir=None, plots: bool = True) -> dict:
     """Write `report.md` (and the plots) for `results_path` into `out_dir`; return what was written.
 
@@ -239,10 +249,13 @@ def report(results_path, out_dir=None, plots: bool = True) -> dict:
         for method, s in sp.items():
             md.append(f"- {method}: " + ("none" if s is None else f"{100 * s:.1f}% of layers skipped"))
         md.append("")
-        for y_key in ("agreement", "accuracy"):
-            rows = at_equal_think(rs, y_key)
+        twin = _dense_task(task)
+        baselines = [(rs, "a fixed cap")] + ([(groups[(twin, data)], f"`{twin}`'s fixed cap (its prompt, s1-style)")]
+                                             if (twin, data) in groups else [])
+        for (base, what), y_key in itertools.product(baselines, ("agreement", "accuracy")):
+            rows = at_equal_think(rs, y_key, base)
             if rows and any(r["gain"] is not None for r in rows):
-                md.append(f"Learned allowance vs a fixed cap at equal mean think tokens ({y_key}, %):\n")
+                md.append(f"Learned allowance vs {what} at equal mean think tokens ({y_key}, %):\n")
                 md.append("| think tokens | l2a | think-cap (interpolated) | gain |\n|---|---|---|---|")
                 md += [f"| {r['think_tokens']:.1f} | {100 * r['l2a']:.1f} | " + ("–" if r["gain"] is None else
                        f"{100 * r['think-cap']:.1f} | {100 * r['gain']:+.1f}") + (" | – |" if r["gain"] is None else " |")

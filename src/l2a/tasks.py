@@ -1,10 +1,12 @@
 """tasks: how one benchmark item is prompted, run on a GatedModel and scored.
 
-Three tasks, in the registry `TASKS` (errors list the names):
+The tasks, in the registry `TASKS` (errors list the names):
 
 - ``gsm8k``: generative math. Chat prompt through the tokenizer's chat template (plain
   ``"Question: ...\\nAnswer:"`` when it has none), greedy chain of thought, answer extraction (`#### N`,
-  else ``\\boxed{N}``, else the last number), normalised exact match.
+  else ``\\boxed{N}``, else the last number), normalised exact match. ``gsm8k-budget`` is the same with
+  budget-aware prompting: rows with a think allowance are asked for a concise chain (`INSTRUCTIONS`) and
+  decided again on that prompt; ``gsm8k-concise`` asks every row for it (the uncapped reference).
 - ``gsm8k-loglik``: the prefill-only way to score math at scale: teacher-forced log-likelihood of the
   reference solution given the same prompt. Per item: total logprob and token count (``nll`` in the
   record is total NLL / total tokens); its ``accuracy`` is *teacher-forced answer match*: every token of the
@@ -120,10 +122,23 @@ def positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def math_prompt(tok, question: str) -> list[int]:
-    """Token ids of the math prompt: chat template when the tokenizer has one, else plain."""
+# The instruction after the question (chat prompts). `concise` is the reasoning axis's shorter style: measured
+# on Qwen2.5-Coder-1.5B, the `steps` prompt draws long Python-code chains and a numeric limit in the prompt
+# ("at most 100 tokens") is ignored, while this instruction halves the chain (README, reasoning axis).
+INSTRUCTIONS = {
+    "steps": "Solve it step by step, then give the final number on the last line as '#### N'.",
+    "concise": "Solve it step by step in a few short sentences of plain words (no code), "
+               "then give the final number on the last line as '#### N'.",
+}
+
+
+def math_prompt(tok, question: str, style: str = "steps") -> list[int]:
+    """Token ids of the math prompt: chat template when the tokenizer has one, else plain (`style` is the
+    instruction, a key of INSTRUCTIONS; plain prompts have none)."""
+    if style not in INSTRUCTIONS:
+        raise ValueError(f"unknown prompt style {style!r}; valid: {', '.join(INSTRUCTIONS)}")
     if getattr(tok, "chat_template", None):
-        content = f"{question}\nSolve it step by step, then give the final number on the last line as '#### N'."
+        content = f"{question}\n{INSTRUCTIONS[style]}"
         text = tok.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False)
         return _encode(tok, text)
     return _encode(tok, f"Question: {question}\nAnswer:", special=True)
@@ -180,6 +195,9 @@ class GSM8K(_MathTask):
     """Generative math: greedy chain of thought, extracted final number, exact match."""
 
     name = "gsm8k"
+    style = "steps"  # prompt style of every row
+    capped_style = None  # budget-aware prompting: the style of rows with a think allowance (None: `style`)
+    dense_task = "gsm8k"  # the task whose dense line this one's equals (uncapped rows are prompted alike)
 
     def run(self, model, rows, decide: Decide, batch_size: int = 8, max_new_tokens: int = 256) -> Iterator[list[ItemResult]]:
         """Rows whose decision carries a think allowance are budget-forced (reasoning.py): the allowance is
@@ -193,9 +211,15 @@ class GSM8K(_MathTask):
         fmt = model.answer_format or AnswerFormat.for_tokenizer(tok)
         reserve = len(_encode(tok, fmt.marker)) + fmt.answer_tokens
         for idx in _batches(len(rows), batch_size):
-            prompts = [math_prompt(tok, rows[i]["question"]) for i in idx]
+            prompts = [math_prompt(tok, rows[i]["question"], self.style) for i in idx]
+            ds = _decide_on(model, decide, prompts, pad)
+            capped = [j for j, d in enumerate(ds) if d.think_tokens is not None]
+            if self.capped_style is not None and capped:  # re-prompt capped rows, decide on what they run
+                for j in capped:
+                    prompts[j] = math_prompt(tok, rows[idx[j]]["question"], self.capped_style)
+                for j, d in zip(capped, _decide_on(model, decide, [prompts[j] for j in capped], pad)):
+                    ds[j] = d
             ids, mask = left_pad(prompts, pad, model.device)  # (B, T)
-            ds = decide(ids, mask)
             allow = [None if d.think_tokens is None else max(0, min(d.think_tokens, max_new_tokens - reserve)) for d in ds]
             out = model.generate(ids, attention_mask=mask, decisions=ds, max_new_tokens=max_new_tokens,
                                  thinking_token_budget=allow)
@@ -219,6 +243,22 @@ class GSM8K(_MathTask):
 
     def aggregate(self, items: list[ItemResult]) -> dict:
         return {"forced": sum(r.metrics["forced"] for r in items) / max(1, len(items))}
+
+
+class GSM8KConcise(GSM8K):
+    """`gsm8k` with the concise instruction for every row (the reference for budget-aware prompting)."""
+
+    name = "gsm8k-concise"
+    style = "concise"
+    dense_task = "gsm8k-concise"
+
+
+class GSM8KBudget(GSM8K):
+    """`gsm8k` with budget-aware prompting: rows with a think allowance get the concise instruction (and are
+    forced at their allowance); uncapped rows, hence the dense line, are prompted exactly as in `gsm8k`."""
+
+    name = "gsm8k-budget"
+    capped_style = "concise"
 
 
 class GSM8KLoglik(_MathTask):
@@ -325,7 +365,8 @@ def _common_words(texts: list[str]) -> str:
     return " ".join(out)
 
 
-TASKS = {"gsm8k": GSM8K, "gsm8k-loglik": GSM8KLoglik, "mc": MultipleChoice}
+TASKS = {"gsm8k": GSM8K, "gsm8k-budget": GSM8KBudget, "gsm8k-concise": GSM8KConcise, "gsm8k-loglik": GSM8KLoglik,
+         "mc": MultipleChoice}
 
 
 def get_task(name):

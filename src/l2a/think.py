@@ -48,8 +48,13 @@ class ThinkConfig:
     holdout: float = 0.2  # share of probed problems held out for the report
     seed: int = 0
     dtype: str = "bfloat16"
+    prompt: str = "steps"  # instruction style (tasks.INSTRUCTIONS) of the probed chains and the head's input
 
     def __post_init__(self):
+        from .tasks import INSTRUCTIONS
+
+        if self.prompt not in INSTRUCTIONS:
+            raise ValueError(f"unknown prompt style {self.prompt!r}; valid: {', '.join(INSTRUCTIONS)}")
         if self.problems < 10 or self.max_new_tokens < 8 or self.batch_size < 1:
             raise ValueError("problems must be >= 10, max_new_tokens >= 8 and batch_size >= 1")
         if not 0.0 < self.holdout < 0.9:
@@ -91,7 +96,7 @@ def probe(m, rows: list[dict], cfg: ThinkConfig, path: Path, progress: bool = Tr
         round_size = 4 * cfg.batch_size  # problems per round: later cuts keep few rows, batch them together
         for s in range(0, len(todo), round_size):
             idx = todo[s : s + round_size]
-            prompts = [math_prompt(tok, rows[i]["question"]) for i in idx]
+            prompts = [math_prompt(tok, rows[i]["question"], cfg.prompt) for i in idx]
             gen = []
             for c in range(0, len(prompts), cfg.batch_size):
                 ids, mask = left_pad(prompts[c : c + cfg.batch_size], pad, m.device)
@@ -258,7 +263,7 @@ def train_think(cfg: ThinkConfig, model=None, progress: bool = True) -> dict:
         raise ValueError(f"only {len(usable)} probed problems have a dense answer; need at least 10")
     tok = m.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    prompts = [math_prompt(tok, rows[r["index"]]["question"]) for r in usable]
+    prompts = [math_prompt(tok, rows[r["index"]]["question"], cfg.prompt) for r in usable]
     pooled = pooled_prompts(m, policy, prompts, pad)  # (N, H)
     if fresh:
         policy.fit_input(pooled)  # a fresh policy: the input standardisation, from the same prompts
