@@ -112,3 +112,22 @@ def test_at_equal_think_interpolates_the_fixed_cap():
     other = [line("think-cap", 50, 0.0), line("think-cap", 150, 0.2), line("l2a", 100, 0.99)]
     rows = at_equal_think(lines, "agreement", baseline=other)
     assert rows[0]["think-cap"] == pytest.approx(0.1) and rows[0]["gain"] == pytest.approx(0.4)
+
+
+def test_report_compares_budget_aware_prompting_with_the_plain_tasks_caps(tmp_path):
+    def line(task, method, tokens, acc, axis="think", budget=0.5):
+        return {"task": task, "data": "t.jsonl", "method": method, "budget": budget, "axis": axis, "n": 10,
+                "think_tokens": tokens, "accuracy": acc, "ci_low": acc, "ci_high": acc}
+
+    lines = [line("gsm8k", "dense", 300, 0.55, "all", 1.0), line("gsm8k", "think-cap", 100, 0.1),
+             line("gsm8k", "think-cap", 200, 0.3), line("gsm8k-budget", "dense", 300, 0.55, "all", 1.0),
+             line("gsm8k-budget", "think-cap", 100, 0.35), line("gsm8k-budget", "l2a", 200, 0.5)]
+    results = tmp_path / "r.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    md = report(results, plots=False)["markdown"].read_text()
+    budget = md.split("## gsm8k-budget")[1]
+    assert "Learned allowance vs a fixed cap at equal mean think tokens (accuracy, %)" in budget
+    assert "| 200.0 | 50.0 | 45.0 | +5.0 |" in budget  # its own caps: 35 at 100 .. dense 55 at 300
+    assert "Learned allowance vs `gsm8k`'s fixed cap (its prompt, s1-style) at equal mean think tokens (accuracy, %)" in budget
+    assert "| 200.0 | 50.0 | 30.0 | +20.0 |" in budget  # gsm8k's caps: 10 at 100, 30 at 200
+    assert "s1-style" not in md.split("## gsm8k-budget")[0]

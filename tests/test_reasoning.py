@@ -201,3 +201,5 @@ def test_train_think_without_gates_writes_a_think_only_artifact(tmp_path):
     for bad in (Budget(layers=0.5, heads=1.0, think=1.0), Budget(layers=1.0, heads=0.5, think=1.0), Budget(0.6)):
         with pytest.raises(ValueError, match="no trained"):
             m.decide(ids, bad)
+    with pytest.raises(ValueError, match="unknown prompt style 'terse'; valid: steps, concise"):
+        ThinkConfig(prompt="terse")
