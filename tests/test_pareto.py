@@ -131,3 +131,7 @@ def test_report_compares_budget_aware_prompting_with_the_plain_tasks_caps(tmp_pa
     assert "Learned allowance vs `gsm8k`'s fixed cap (its prompt, s1-style) at equal mean think tokens (accuracy, %)" in budget
     assert "| 200.0 | 50.0 | 30.0 | +20.0 |" in budget  # gsm8k's caps: 10 at 100, 30 at 200
     assert "s1-style" not in md.split("## gsm8k-budget")[0]
+    got = report(results, tmp_path / "plots")  # one plot across the family: gsm8k's curves beside gsm8k-budget's
+    family = [p for p in got["plots"] if p.name == "gsm8k_family_t_think.png"]
+    assert family and family[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "## gsm8k family — t.jsonl" in got["markdown"].read_text()

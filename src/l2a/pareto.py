@@ -215,6 +215,26 @@ def _dense_task(task: str | None) -> str | None:
     return getattr(TASKS.get(task), "dense_task", task)
 
 
+def _families(groups: dict) -> list[tuple[str, str | None, list[dict]]]:
+    """(family, data, lines) where several tasks of one family (tasks.GSM8K.family) ran on the same data;
+    curves are named `method (task)` outside the family's own task, reused dense lines dropped."""
+    from .tasks import TASKS
+
+    fams: dict = {}
+    for (task, data), rs in groups.items():
+        fam = getattr(TASKS.get(task), "family", None)
+        if fam is not None and any(r.get("think_tokens") for r in rs):
+            fams.setdefault((fam, data), []).append((task, rs))
+    out = []
+    for (fam, data), members in fams.items():
+        if len(members) > 1:
+            lines = [r if task == fam else dict(r, method=f"{r['method']} ({task})")
+                     for task, rs in members for r in rs if not (task != fam and r.get("reused_from"))
+                     and (r.get("axis") == "think" or r["method"] == "dense")]  # the think axis alone
+            out.append((fam, data, lines))
+    return out
+
+
 def report(results_path, out_dir=None, plots: bool = True) -> dict:
     """Write `report.md` (and the plots) for `results_path` into `out_dir`; return what was written.
 
@@ -277,10 +297,19 @@ def report(results_path, out_dir=None, plots: bool = True) -> dict:
             if any(r.get("agreement") is not None for r in rs):
                 views.append(("think_tokens", "mean think tokens", 1.0, "think_agreement", "agreement"))
             for key, label, scale, suffix, y in views:
+                if not any(_finite(r.get(key), r.get(y)) for r in rs):
+                    continue  # nothing measured on this axis (e.g. lines without timings)
                 p = plot(rs, key, label, title, out / f"{stem}_{suffix}.png", scale, y_key=y,
                          y_label="answer agreement with dense (%)" if y == "agreement" else "accuracy (%)")
                 written.append(p)
                 md.append(f"![{title}: {y} vs {label}]({p.name})\n")
+    for fam, data, rs in _families(groups):
+        if plots:  # one plot across the family's prompts (e.g. gsm8k's s1-style caps beside gsm8k-budget)
+            name = Path(data).stem if data else "default"
+            title = f"{fam} family {name}"
+            p = plot(rs, "think_tokens", "mean think tokens", title, out / _slug(f"{fam}_family_{name}_think.png"))
+            written.append(p)
+            md.append(f"## {fam} family — {data or 'default data'}\n\n![{title}: accuracy vs mean think tokens]({p.name})\n")
     md_path = out / "report.md"
     md_path.write_text("\n".join(md) + "\n", encoding="utf-8")
     return {"markdown": md_path, "plots": written, "sparsity": sparsity}

@@ -198,6 +198,7 @@ class GSM8K(_MathTask):
     style = "steps"  # prompt style of every row
     capped_style = None  # budget-aware prompting: the style of rows with a think allowance (None: `style`)
     dense_task = "gsm8k"  # the task whose dense line this one's equals (uncapped rows are prompted alike)
+    family = "gsm8k"  # tasks of one family score the same items alike: the report plots them together
 
     def run(self, model, rows, decide: Decide, batch_size: int = 8, max_new_tokens: int = 256) -> Iterator[list[ItemResult]]:
         """Rows whose decision carries a think allowance are budget-forced (reasoning.py): the allowance is
