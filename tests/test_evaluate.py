@@ -188,3 +188,21 @@ def test_think_axis_points_agreement_and_forced_answers(gm, files, tmp_path):
     with pytest.raises(ValueError, match="unknown budget schedule"):
         E.axis_budget(0.5, "all:nope")
     assert E.axis_budget(0.5, "all:think-first").axes == (0.5 / 0.7, 1.0, 0.5)
+
+
+def test_l2a_lines_resume_only_for_the_gates_that_wrote_them(gm, files, tmp_path):
+    import torch
+
+    from l2a.gates import GateConfig, GatePolicy
+
+    torch.manual_seed(0)
+    gm.policy = GatePolicy(GateConfig(n_layers=4, n_groups=gm.n_groups, hidden=gm.hf.config.hidden_size, width=16))
+    out = tmp_path / "r.jsonl"
+    (line,) = run(gm, files, out, methods=["l2a"], budgets=[0.5])
+    assert len(line["gates_digest"]) == 16
+    (again,) = run(gm, files, out, methods=["l2a"], budgets=[0.5])  # same gates: reused
+    assert again == line
+    with torch.no_grad():
+        gm.policy.think_mu.bias.add_(1.0)  # other gates, same shape
+    with pytest.raises(ValueError, match="written with other gates"):
+        run(gm, files, out, methods=["l2a"], budgets=[0.5])

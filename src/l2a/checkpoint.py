@@ -8,6 +8,7 @@ that names both. No pickle: tensors go to safetensors, everything else to JSON.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -44,6 +45,15 @@ def base_identity(hf_model) -> dict:
         "weights_hash": weights_hash,
         "fields": fields,
     }
+
+
+def policy_digest(policy: GatePolicy) -> str:
+    """16 hex digits identifying a policy: its gate config and every parameter and buffer, bit for bit."""
+    h = hashlib.sha256(json.dumps(dataclasses.asdict(policy.config), sort_keys=True, default=str).encode())
+    for name, t in sorted(policy.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def save_gates(policy: GatePolicy, directory: str | os.PathLike, hf_model, extra: dict | None = None) -> Path:

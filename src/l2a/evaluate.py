@@ -41,6 +41,7 @@ import torch
 
 from .baselines import _StaticPolicy, kept_count, make_method
 from .budget import Budget
+from .checkpoint import policy_digest
 from .cost import CostModel
 from .static import Calibration
 from .tasks import get_task
@@ -210,6 +211,7 @@ def evaluate(
             for r in read_results(out)}
     provenance = _provenance()
     dense_task = getattr(task_obj, "dense_task", task_name)  # a task whose dense line equals this one's
+    digest = None if getattr(model, "policy", None) is None else policy_digest(model.policy)
     results = []
     for data_file in data_files:
         rows, source = task_obj.load(data_file)
@@ -221,6 +223,7 @@ def evaluate(
             for axis, b in points:
                 key = _key(task_name, name, data_label, budget_field(b), limit)
                 if key in done:
+                    _check_gates(done[key], name, digest, out)
                     results.append(done[key])
                     continue
                 twin = done.get(_key(dense_task, "dense", data_label, 1.0, limit))
@@ -246,10 +249,21 @@ def evaluate(
                         pairs = list(zip(record["predictions"], dense["predictions"]))
                         record["agreement"] = sum(p == q for p, q in pairs) / len(pairs)
                 record["axis"] = axis
+                if name.startswith("l2a") and "reused_from" not in record:
+                    record["gates_digest"] = digest  # which gates made the line (resume checks it)
                 if out is not None:
                     _append(out, record)
                 results.append(record)
     return results
+
+
+def _check_gates(line: dict, name: str, digest: str | None, out) -> None:
+    """A finished learned-gates line is reused only for the gates that wrote it (lines written before
+    digests were recorded carry none and are trusted)."""
+    have = line.get("gates_digest")
+    if name.startswith("l2a") and have is not None and have != digest:
+        raise ValueError(f"{out}: its {name!r} line at budget {line.get('budget')} was written with other gates "
+                         f"(digest {have}, now {digest}); pass another --results file, or remove those lines")
 
 
 def _static_dense(policy, model, b: Budget) -> bool:
