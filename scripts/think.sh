@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The reasoning-axis measurements behind the README (resumable: rerun to continue).
 #   bash scripts/think.sh [extra l2a eval flags]                       # embedded default (~25 min + eval)
-#   L2A_THINK_MODEL=qwen2.5-coder-1.5b bash scripts/think.sh           # the largest real model (~2 h here)
+#   L2A_THINK_MODEL=qwen2.5-coder-1.5b bash scripts/think.sh           # the largest real model (~4 h here)
 # 1. Fit a think head by truncation probing on GSM8K train problems. For the embedded default it is fit
 #    into the shipped gates (what src/l2a/shipped/smollm2-135m holds); a model without trained gates gets
 #    a think-head-only artifact (its layer/group axes refuse budgets below 1).
@@ -21,10 +21,11 @@ if [ "$MODEL" = smollm2-135m ]; then
 else  # pairs of similar mean think tokens first (caps are round(b * 256) tokens; this model thinks ~270)
     OUT="${L2A_THINK_OUT:-$L2A_ROOT/runs/think-$MODEL}"; PROBLEMS=128; LIMIT=200; TOKENS=320
     POINTS="dense,l2a:0.5 think-cap:0.9 l2a:0.3 think-cap:0.8 l2a:0.7 think-cap:0.95
-            gsm8k-concise/dense:1.0 gsm8k-budget/dense,l2a:0.5 gsm8k-budget/think-cap:0.45 think-cap:0.45
-            gsm8k-budget/l2a:0.2 gsm8k-budget/think-cap:0.35 think-cap:0.35 gsm8k-budget/l2a:0.8"
+            gsm8k-concise/dense:1.0 think-cap:0.45 think-cap:0.35 gsm8k-budget/dense,l2a:0.7
+            gsm8k-budget/think-cap:0.6 gsm8k-budget/think-cap:0.37 gsm8k-budget/l2a:0.5"
+    # 256 problems: at 128 the validation split chose the input-blind fit (one cap per budget)
     [ -f "$OUT/concise/gates/l2a_gates.safetensors" ] || l2a train-think --model "$MODEL" --dtype bfloat16 \
-        --prompt concise --problems "$PROBLEMS" --max-new-tokens "$TOKENS" --gates-out "$OUT/concise/gates" \
+        --prompt concise --problems 256 --max-new-tokens "$TOKENS" --gates-out "$OUT/concise/gates" \
         --out "$OUT/concise/train_think.jsonl"
 fi
 PROBLEMS="${L2A_THINK_PROBLEMS:-$PROBLEMS}"; LIMIT="${L2A_THINK_LIMIT:-$LIMIT}"; POINTS="${L2A_THINK_POINTS:-$POINTS}"
