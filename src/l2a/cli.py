@@ -288,7 +288,7 @@ def _parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="accuracy x realized compute x measured latency, per method and budget")
     common(e)
-    e.add_argument("--task", required=True, help="gsm8k | gsm8k-loglik | mc")
+    e.add_argument("--task", required=True, help="gsm8k | gsm8k-budget | gsm8k-concise | gsm8k-loglik | mc")
     e.add_argument("--data", action="append", help="data file (repeatable; default: the task's default set)")
     e.add_argument("--budgets", type=_fractions, default=(1.0, 0.85, 0.7, 0.55))
     e.add_argument("--methods", default="dense,l2a,block-influence,angular,even-spaced")
