@@ -121,13 +121,20 @@ def test_report_compares_budget_aware_prompting_with_the_plain_tasks_caps(tmp_pa
 
     lines = [line("gsm8k", "dense", 300, 0.55, "all", 1.0), line("gsm8k", "think-cap", 100, 0.1),
              line("gsm8k", "think-cap", 200, 0.3), line("gsm8k-budget", "dense", 300, 0.55, "all", 1.0),
-             line("gsm8k-budget", "think-cap", 100, 0.35), line("gsm8k-budget", "l2a", 200, 0.5)]
+             line("gsm8k-budget", "think-cap", 100, 0.35), line("gsm8k-budget", "think-cap", 300, 0.55),
+             line("gsm8k-budget", "l2a", 200, 0.5)]
+    from l2a.pareto import at_equal_think
+
+    own = [line("gsm8k-budget", "dense", 300, 0.55, "all", 1.0), line("gsm8k-budget", "think-cap", 100, 0.35),
+           line("gsm8k-budget", "l2a", 200, 0.5)]
+    assert at_equal_think(own, "accuracy")[0]["gain"] is not None  # dense (plain prompt) would end the cap curve
+    assert at_equal_think(own, "accuracy", dense_end=False)[0]["gain"] is None  # ... not for budget-aware prompts
     results = tmp_path / "r.jsonl"
     results.write_text("".join(json.dumps(r) + "\n" for r in lines))
     md = report(results, plots=False)["markdown"].read_text()
     budget = md.split("## gsm8k-budget")[1]
     assert "Learned allowance vs a fixed cap at equal mean think tokens (accuracy, %)" in budget
-    assert "| 200.0 | 50.0 | 45.0 | +5.0 |" in budget  # its own caps: 35 at 100 .. dense 55 at 300
+    assert "| 200.0 | 50.0 | 45.0 | +5.0 |" in budget  # its own caps: 35 at 100 .. 55 at 300
     assert "Learned allowance vs `gsm8k`'s fixed cap (its prompt, s1-style) at equal mean think tokens (accuracy, %)" in budget
     assert "| 200.0 | 50.0 | 30.0 | +20.0 |" in budget  # gsm8k's caps: 10 at 100, 30 at 200
     assert "s1-style" not in md.split("## gsm8k-budget")[0]

@@ -117,15 +117,17 @@ def interpolate(points: list[tuple[float, float]], x: float) -> float | None:
     return pts[0][1] if len(pts) == 1 and pts[0][0] == x else None
 
 
-def at_equal_think(lines: list[dict], y_key: str, baseline: list[dict] | None = None) -> list[dict]:
+def at_equal_think(lines: list[dict], y_key: str, baseline: list[dict] | None = None,
+                   dense_end: bool = True) -> list[dict]:
     """For each learned-allowance point on the think axis, the fixed cap's `y_key` interpolated at the
     same mean think tokens (the comparison the reasoning axis is judged by). The uncapped dense run is
-    the fixed-cap curve's end (a cap no chain reaches). `baseline`: lines holding the fixed-cap curve
-    when it is another task's (e.g. s1-style caps on `gsm8k` for the l2a points of `gsm8k-budget`)."""
+    the fixed-cap curve's end (a cap no chain reaches) unless `dense_end` is False (budget-aware prompting:
+    capped rows run another prompt than dense). `baseline`: lines holding the fixed-cap curve when it is
+    another task's (e.g. s1-style caps on `gsm8k` for the l2a points of `gsm8k-budget`)."""
     curve = lambda rs, m, axis="think": [(r["think_tokens"], r[y_key]) for r in rs  # noqa: E731
                                          if r["method"] == m and r.get("axis", "all") == axis and _finite(r.get("think_tokens"), r.get(y_key))]
     ref = lines if baseline is None else baseline
-    caps = curve(ref, "think-cap") + curve(ref, "dense", "all")
+    caps = curve(ref, "think-cap") + (curve(ref, "dense", "all") if dense_end else [])
     out = []
     for x, y in sorted(curve(lines, "l2a")):
         other = interpolate(caps, x)
@@ -270,10 +272,10 @@ def report(results_path, out_dir=None, plots: bool = True) -> dict:
             md.append(f"- {method}: " + ("none" if s is None else f"{100 * s:.1f}% of layers skipped"))
         md.append("")
         twin = _dense_task(task)
-        baselines = [(rs, "a fixed cap")] + ([(groups[(twin, data)], f"`{twin}`'s fixed cap (its prompt, s1-style)")]
-                                             if (twin, data) in groups else [])
-        for (base, what), y_key in itertools.product(baselines, ("agreement", "accuracy")):
-            rows = at_equal_think(rs, y_key, base)
+        baselines = [(rs, "a fixed cap", twin == task)] + (  # (caps, named, dense ends the cap curve)
+            [(groups[(twin, data)], f"`{twin}`'s fixed cap (its prompt, s1-style)", True)] if (twin, data) in groups else [])
+        for (base, what, end), y_key in itertools.product(baselines, ("agreement", "accuracy")):
+            rows = at_equal_think(rs, y_key, base, dense_end=end)
             if rows and any(r["gain"] is not None for r in rows):
                 md.append(f"Learned allowance vs {what} at equal mean think tokens ({y_key}, %):\n")
                 md.append("| think tokens | l2a | think-cap (interpolated) | gain |\n|---|---|---|---|")
