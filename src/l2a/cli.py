@@ -282,8 +282,8 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--max-new-tokens", type=_positive, default=256, help="dense chain-of-thought cap")
     k.add_argument("--batch-size", type=_positive, default=16)
     k.add_argument("--seed", type=int, default=0)
-    k.add_argument("--prompt", default="steps", choices=("steps", "concise"),
-                   help="instruction of the probed chains: the style the allowance will run with (default: %(default)s)")
+    k.add_argument("--prompt", default="steps", help="instruction of the probed chains, the style the allowance "
+                   "will run with: steps | concise (default: %(default)s)")
     k.set_defaults(func=cmd_train_think)
 
     e = sub.add_parser("eval", help="accuracy x realized compute x measured latency, per method and budget")

@@ -132,11 +132,17 @@ INSTRUCTIONS = {
 }
 
 
+def check_style(style: str) -> str:
+    """`style` if it names an instruction of INSTRUCTIONS, else a ValueError listing them."""
+    if style not in INSTRUCTIONS:
+        raise ValueError(f"unknown prompt style {style!r}; valid: {', '.join(INSTRUCTIONS)}")
+    return style
+
+
 def math_prompt(tok, question: str, style: str = "steps") -> list[int]:
     """Token ids of the math prompt: chat template when the tokenizer has one, else plain (`style` is the
     instruction, a key of INSTRUCTIONS; plain prompts have none)."""
-    if style not in INSTRUCTIONS:
-        raise ValueError(f"unknown prompt style {style!r}; valid: {', '.join(INSTRUCTIONS)}")
+    check_style(style)
     if getattr(tok, "chat_template", None):
         content = f"{question}\n{INSTRUCTIONS[style]}"
         text = tok.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False)

@@ -51,10 +51,9 @@ class ThinkConfig:
     prompt: str = "steps"  # instruction style (tasks.INSTRUCTIONS) of the probed chains and the head's input
 
     def __post_init__(self):
-        from .tasks import INSTRUCTIONS
+        from .tasks import check_style
 
-        if self.prompt not in INSTRUCTIONS:
-            raise ValueError(f"unknown prompt style {self.prompt!r}; valid: {', '.join(INSTRUCTIONS)}")
+        check_style(self.prompt)
         if self.problems < 10 or self.max_new_tokens < 8 or self.batch_size < 1:
             raise ValueError("problems must be >= 10, max_new_tokens >= 8 and batch_size >= 1")
         if not 0.0 < self.holdout < 0.9:
