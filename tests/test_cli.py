@@ -61,6 +61,11 @@ def test_unknown_model_is_a_clean_user_error(capsys):
     assert err.startswith("l2a: error: unknown model 'no-such-model'") and "smollm2-135m" in err
 
 
+def test_calibrate_needs_a_gate_artifact(capsys):
+    assert cli.main(["calibrate"]) == 2
+    assert capsys.readouterr().err.startswith("l2a: error: l2a calibrate needs --gates DIR")
+
+
 def test_demo_question_source(tmp_path, monkeypatch):
     f = tmp_path / "gsm.jsonl"
     f.write_text(json.dumps({"question": "What is 2+2?", "answer": "2+2=4\n#### 4"}) + "\n")

@@ -11,7 +11,8 @@ from l2a.budget import Budget
 from l2a.checkpoint import load_gates, save_gates
 from l2a.gated import GatedModel
 from l2a.gates import GateConfig, GatePolicy
-from l2a.train import TrainConfig, _batch, _examples, _sample_budgets, objective, teacher_pass, train
+from l2a.train import (TrainConfig, _batch, _examples, _sample_budgets, calibrate, objective, realized_layers,
+                       recalibrate, teacher_pass, train)
 
 L, G = 6, 4
 
@@ -103,6 +104,36 @@ def test_decisions_are_input_aware_and_ablation_is_not(gm):
     assert len({(d.layers, d.kv_groups) for d in ds}) == 1
 
 
+@torch.no_grad()
+def test_calibration_tracks_requests_the_raw_gates_never_reach():
+    n_layers, n = 12, 24
+    m = GatedModel(tiny_model("llama", n_layers=n_layers), tokenizer=tiny_tokenizer())
+    torch.manual_seed(0)
+    p = GatePolicy(GateConfig(n_layers=n_layers, n_groups=G, hidden=64, width=32))
+    n_gate = len(p.config.gateable)
+    with torch.no_grad():
+        for prm in p.parameters():
+            prm.normal_(0, 0.15)  # logits with std ~1 across prompts
+        p.out.bias[:n_gate] -= 2.0  # raw gates that drop most layers at every budget (as trained gates can)
+    p.eval()
+    ps = [prompts(1, 5 + i % 7, seed=i)[0].tolist() for i in range(n)]
+    mean = lambda b: sum(realized_layers(m, p, ps, 0, b)) / n
+    grid = [round(0.3 + 0.05 * i, 2) for i in range(14)]
+    assert max(mean(b) for b in [*grid, 0.99]) < 0.6  # saturated: no remapping of the budget reaches 0.6
+    p.config.calibration = calibrate(m, p, ps, 0)
+    for b in grid:  # on the calibration prompts, every grid request is met to one layer of one prompt
+        assert abs(mean(b) - b) <= 1 / (n_layers * n) + 1e-9, b
+    m.policy = p
+    ids, mask = left_pad(prompts(6, 9, seed=50), [0, 1, 2, 3, 4, 5])
+    prev = None
+    for b in [*grid, 0.97, 1.0]:  # still nested per prompt, and budget 1.0 keeps everything
+        ds = m.decide(ids, Budget(layers=b), attention_mask=mask)
+        if prev is not None:
+            assert all(h or not lo for d0, d1 in zip(prev, ds) for lo, h in zip(d0.layers, d1.layers))
+        prev = ds
+    assert all(all(d.layers) for d in prev)
+
+
 def _setup(tmp_path, arch="llama"):
     m = GatedModel(tiny_model(arch, n_layers=L), tokenizer=tiny_tokenizer())
     for p in m.hf.parameters():
@@ -151,7 +182,12 @@ def test_training_lowers_the_objective_and_resumes(tmp_path):
     assert fixed_objective(trained) < fixed_objective(init)
     log = [json.loads(x) for x in open(tmp_path / "gates" / "log.jsonl")]
     assert [r["step"] for r in log] == list(range(1, 31))
-    assert summary["calibration"][-1] == [1.0, 1.0]
+    assert summary["calibration"][-1][:2] == [1.0, 1.0]
+    # refitting the calibration later (`l2a calibrate`) uses the same held-out prompts: same table
+    assert recalibrate(m, cfg.out)["calibration"] == summary["calibration"]
+    assert load_gates(cfg.out, m.hf).config.calibration == summary["calibration"]
+    with pytest.raises(ValueError, match="held-out prompts exist"):
+        recalibrate(m, cfg.out, prompts=1000)
     # resume: a longer run continues from the saved state, and is seeded/reproducible
     cfg2 = TrainConfig(**{**cfg.__dict__, "steps": 35})
     train(cfg2, model=m, progress=False)

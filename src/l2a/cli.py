@@ -212,6 +212,20 @@ def cmd_check_gates(args) -> int:
     return 0
 
 
+def cmd_calibrate(args) -> int:
+    from .record import run_record
+    from .train import recalibrate
+
+    if not args.gates:
+        raise ValueError("l2a calibrate needs --gates DIR (a gate artifact written by `l2a train`)")
+    args.no_gates = True
+    gm = _load(args)
+    res = recalibrate(gm, args.gates, prompts=args.prompts)
+    print(f"calibration of {args.gates} refit on {res['prompts']} held-out prompts ({res['data_source']})", file=sys.stderr)
+    _emit(run_record("calibrate", {k: getattr(args, k) for k in ("model", "gates", "prompts", "dtype")}, res), args.out)
+    return 0
+
+
 # -- parser --------------------------------------------------------------------------------------------------
 
 
@@ -317,6 +331,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--limit", type=_positive, default=200)
     c.add_argument("--kl-limit", type=_positive, default=100)
     c.set_defaults(func=cmd_check_gates)
+
+    a = sub.add_parser("calibrate", help="refit trained gates' budget calibration (tracking) on held-out prompts")
+    common(a)
+    a.set_defaults(dtype="bfloat16")
+    a.add_argument("--prompts", type=_positive, help="held-out prompts (default: the training run's calib_prompts)")
+    a.set_defaults(func=cmd_calibrate)
 
     g = sub.add_parser(
         "generate", help="one-off generation at a budget",

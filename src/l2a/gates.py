@@ -12,8 +12,9 @@ Inference turns logits into hard `GateDecision`s:
   and head axes (the training consistency term makes the raw sets nearly nested, so this removes little).
 - *strict*: the threshold set at the largest budget b' <= b whose set fits floor(b * L) layers, so the
   realized fraction never exceeds the budget and sets stay nested.
-A monotone calibration table (fit after training) maps requested to effective budgets so the mean
-realized fraction tracks the request.
+A calibration table (fit after training on held-out prompts, train.calibrate) gives each requested layer
+budget an effective budget and a logit threshold, so the mean realized fraction tracks the request even
+where the raw gates saturate (a layer is kept where its logit exceeds the threshold; budget 1.0 keeps all).
 
 The think head predicts, per prompt, a log-normal distribution of the shortest sufficient chain of
 thought (the fewest think tokens after which forcing the answer still gives the dense answer; fit by
@@ -53,7 +54,7 @@ class GateConfig:
     budget_dim: int = 64  # budget embedding width
     max_think: int = 512  # largest think allowance below b_think = 1 (1 = uncapped)
     budget_only: bool = False  # ablation: the router input is zeroed, decisions depend on the budget only
-    calibration: list = field(default_factory=list)  # [[requested, effective], ...] layer-axis map, monotone
+    calibration: list = field(default_factory=list)  # [[requested, effective(, threshold)], ...] layer axis
     untrained: list = field(default_factory=list)  # axes ("layers", "heads") never trained: budgets < 1 refused
 
     def __post_init__(self):
@@ -210,10 +211,16 @@ class GatePolicy(nn.Module):
             return b
         if b <= table[0][0]:
             return table[0][1] * b / table[0][0]
-        for (x0, y0), (x1, y1) in zip(table, table[1:]):
-            if b <= x1:
-                return y0 + (y1 - y0) * (b - x0) / (x1 - x0)
-        return table[-1][1]
+        return _interp(table, b, 1)
+
+    def threshold(self, b: float) -> float:
+        """Layer-logit threshold at requested layer budget b: the table's third column (0 if none), -inf at 1.0."""
+        if b >= 1.0:
+            return -math.inf
+        table = [row for row in self.config.calibration if len(row) > 2]
+        if not table:
+            return 0.0
+        return table[0][2] if b <= table[0][0] else _interp(table, b, 2)
 
     def budget_tensor(self, budgets: list[Budget], device=None) -> torch.Tensor:
         """(B, 3) effective (b_layer, b_head, b_think)."""
@@ -252,9 +259,13 @@ class GatePolicy(nn.Module):
         return out
 
     def _logits(self, feat: torch.Tensor, points: list[tuple[float, float]]):
-        """One row's features (W,) at budget points [(b_layer, b_head)] -> ((P, n_gate), (P, L, G))."""
+        """One row's features (W,) at budget points [(b_layer, b_head)] -> ((P, n_gate), (P, L, G)).
+
+        Layer logits are returned relative to each point's calibrated threshold (keep where > 0)."""
         b = torch.tensor([[self.effective(lay), head] for lay, head in points], device=feat.device)
-        return self.gate_logits(feat.expand(len(points), -1), b)
+        thr = torch.tensor([self.threshold(lay) for lay, _ in points], device=feat.device)  # (P,)
+        lg, gg = self.gate_logits(feat.expand(len(points), -1), b)
+        return lg - thr[:, None], gg
 
     def _nested(self, feat: torch.Tensor, lay: float, head: float):
         """Threshold sets ANDed over every grid point that dominates (lay, head) on both axes.
@@ -305,3 +316,11 @@ class GatePolicy(nn.Module):
 
     def config_dict(self) -> dict:
         return asdict(self.config)
+
+
+def _interp(table: list, b: float, col: int) -> float:
+    """Piecewise-linear value of column `col` at b through rows sorted by column 0 (last row beyond)."""
+    for r0, r1 in zip(table, table[1:]):
+        if b <= r1[0]:
+            return r0[col] + (r1[col] - r0[col]) * (b - r0[0]) / (r1[0] - r0[0])
+    return table[-1][col]
