@@ -22,8 +22,10 @@ else  # pairs of similar mean think tokens first (caps are round(b * 256) tokens
     OUT="${L2A_THINK_OUT:-$L2A_ROOT/runs/think-$MODEL}"; PROBLEMS=128; LIMIT=200; TOKENS=320
     POINTS="dense,l2a:0.5 think-cap:0.9 l2a:0.3 think-cap:0.8 l2a:0.7 think-cap:0.95
             gsm8k-concise/dense:1.0 think-cap:0.45 think-cap:0.35 gsm8k-budget/dense,l2a:0.7
-            gsm8k-budget/think-cap:0.6 gsm8k-budget/think-cap:0.37 gsm8k-budget/l2a:0.5"
-    # 256 problems: at 128 the validation split chose the input-blind fit (one cap per budget)
+            gsm8k-budget/think-cap:0.6 gsm8k-budget/think-cap:0.37 gsm8k-budget/l2a:0.5
+            gsm8k-budget/think-cap:0.004 gsm8k-budget/think-cap:0.2"
+    # 256 problems; the fit chooses the triage rule here (think.fit). think-cap:0.004 is a 1-token cap:
+    # no thinking, the end of the fixed-cap curve that mixtures of caps interpolate to
     [ -f "$OUT/concise/gates/l2a_gates.safetensors" ] || l2a train-think --model "$MODEL" --dtype bfloat16 \
         --prompt concise --problems 256 --max-new-tokens "$TOKENS" --gates-out "$OUT/concise/gates" \
         --out "$OUT/concise/train_think.jsonl"

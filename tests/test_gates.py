@@ -9,6 +9,7 @@ from conftest import left_pad, prompts, tiny_model, tiny_tokenizer, write_math
 
 from l2a.budget import Budget
 from l2a.checkpoint import load_gates, save_gates
+from l2a.decision import GateDecision
 from l2a.gated import GatedModel
 from l2a.gates import GateConfig, GatePolicy
 from l2a.train import (TrainConfig, _batch, _examples, _sample_budgets, calibrate, objective, realized_layers,
@@ -197,6 +198,30 @@ def test_training_lowers_the_objective_and_resumes(tmp_path):
         train(TrainConfig(**{**cfg.__dict__, "lr": 0.5}), model=m, progress=False)
 
 
+def test_greedy_kl_warm_start(tmp_path):
+    from l2a.gatecheck import teacher_forced_kl
+    from l2a.static import greedy_kl_order
+
+    m, cfg = _setup(tmp_path)
+    exs, _ = _examples(cfg, m.tokenizer)
+    pairs, gate = exs[:6], [1, 2, 3, 4]
+    order = greedy_kl_order(m, pairs, gate, n_remove=2, progress=False)
+    assert sorted(order) == gate
+    alone = {j: teacher_forced_kl(m, pairs, [GateDecision(layers=tuple(i != j for i in range(L)))] * 6, max_len=10**4)
+             for j in gate}
+    assert order[0] == min(alone, key=alone.get)  # the first removal is the cheapest one, by hand
+    cfg = TrainConfig(**{**cfg.__dict__, "warm_start": "greedy-kl", "steps": 2, "save_every": 1})
+    summary = train(cfg, model=m, progress=False)
+    got = summary["warm_start_order"]
+    assert sorted(got) == gate and json.loads(open(tmp_path / "gates" / "warm_start.json").read())["order"] == got
+    p = load_gates(cfg.out, m.hf)
+    with torch.no_grad():  # training starts from that ranking: the bias orders the layer logits
+        bias = p.out.bias[: len(gate)]
+    assert bias[gate.index(got[-1])] > bias[gate.index(got[0])] + 1.0
+    with pytest.raises(ValueError, match="warm_start must be one of"):
+        TrainConfig(warm_start="magic")
+
+
 def test_artifact_round_trip_and_mismatch(tmp_path):
     base = tiny_model("qwen2", n_layers=L)
     p = random_policy(1)
@@ -231,11 +256,12 @@ def test_check_gates_reports_every_property(tmp_path):
     abl = random_policy(2)
     abl.input_scale = 0.0
     res = check_gates(m, data=data, limit=12, kl_limit=6, ablation=abl, progress=False,
-                      calibration=Calibration(path=data, n=8))
+                      calibration=Calibration(path=data, n=8), warm_order=[4, 2, 1, 3])
     assert res["n_prompts"] == 12 and res["nested_share"] == 1.0  # nested by construction
     assert not res["strict_ever_exceeds"]
     assert [t["requested"] for t in res["tracking"]][0] == 0.5
     assert res["kl"]["ablation"]["distinct_decisions"] == 1
+    assert res["kl"]["greedy-kl (warm start, static)"]["realized_layers"] == 4 / L  # layers 4 and 2 dropped
     for v in res["kl"].values():
         assert v["kl"] >= 0 and 0 < v["realized_layers"] <= 1
     assert "KL reduction" in render(res)

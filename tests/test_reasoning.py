@@ -148,6 +148,33 @@ def test_think_fit_learns_input_dependent_lengths():
     assert allow["0.3"] < allow["0.5"] < allow["0.7"] < allow["0.9"]
 
 
+def test_think_fit_uses_the_prompt_only_where_it_beats_a_fixed_cap():
+    from l2a.think import cap_gain, fit
+
+    torch.manual_seed(0)
+    x = torch.randn(300, 64)
+    n_tok = torch.randint(20, 200, (300,))
+    train = torch.arange(300) < 240
+    for signal in (1.0, 0.0):  # predictable lengths, then lengths unrelated to the prompt
+        p = GatePolicy(GateConfig(n_layers=6, n_groups=2, hidden=64, width=32))
+        p.fit_input(x)
+        target = torch.exp(4 + signal * 0.6 * x[:, 0] + 0.3 * torch.randn(300)).round()
+        thinks = target + torch.randint(0, 30, (300,))  # the chain runs on past its sufficient length
+        rep = fit(p, x, target, train, n_tok, thinks)
+        assert rep["selected_by"] == "cap_gain"
+        if signal:  # per-prompt allowances keep more answers than any input-blind policy at the same tokens
+            assert rep["alpha"] != "inf (input-blind)" and rep["cap_gain_test"] > 0.05
+        else:  # nothing to learn from the prompt: no real gain over caps and their mixtures
+            assert rep["cap_gain_test"] < 0.03
+    # the criterion itself: triage by a perfect predictor keeps more than a cap at equal tokens, an inverted one less
+    t = torch.tensor([10.0, 20, 40, 80, 160, 320]).double()
+    th, y = t + 5, torch.log(t + 8)
+    rule = [float(y.mean()), float(y.std()), 0.5]
+    good = cap_gain(y, 0.05, t, th, rule)
+    bad = cap_gain(y.flip(0), 0.05, t, th, rule)
+    assert good > 0.1 and bad < 0
+
+
 def test_train_think_end_to_end_on_a_tiny_model(tmp_path):
     from conftest import write_math
 

@@ -198,13 +198,14 @@ def cmd_report(args) -> int:
 
 
 def cmd_check_gates(args) -> int:
-    from .checkpoint import load_gates
+    from .checkpoint import load_gates, read_config
     from .gatecheck import check_gates, render
     from .record import run_record
 
     gm = _load(args)
     ablation = load_gates(args.ablation, gm.hf) if args.ablation else None
-    res = check_gates(gm, data=args.data, limit=args.limit, kl_limit=args.kl_limit, ablation=ablation)
+    warm = (read_config(gm.gates_path).get("training") or {}).get("warm_start_order") if gm.gates_path else None
+    res = check_gates(gm, data=args.data, limit=args.limit, kl_limit=args.kl_limit, ablation=ablation, warm_order=warm)
     print(render(res))
     config = {k: getattr(args, k) for k in ("model", "gates", "ablation", "data", "limit", "kl_limit", "dtype")}
     config["gates"] = gm.gates_path
@@ -280,7 +281,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--limit", type=_positive, help="use only the first N training examples")
     t.add_argument("--ablation", action="store_true", help="budget-only ablation: router input zeroed")
     t.add_argument("--track", type=float, default=0.0, help="weight of the two-sided (E[cost]-b)^2 term (default 0)")
-    t.add_argument("--warm-start", choices=("block-influence",), help="initial layer ranking from a static score")
+    t.add_argument("--warm-start", choices=("block-influence", "greedy-kl"),
+                   help="initial layer ranking: a static score, or greedy removal under KL to dense (~10 min)")
     t.add_argument("--fixed-budget", type=_fraction, help="train the tuned-static baseline: budget-only gates at this "
                                                           "one layer budget (write to DIR/b0.70 for `--tuned-gates DIR`)")
     t.add_argument("--config", help="train with this TrainConfig JSON or a gate artifact's l2a_config.json "

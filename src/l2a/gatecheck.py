@@ -74,8 +74,10 @@ def teacher_forced_kl(m, pairs, decisions: list[GateDecision], max_len=320, batc
 
 
 def check_gates(m, data=None, limit=200, kl_limit=100, kl_fraction=0.7, ablation=None, progress=True,
-                calibration=None) -> dict:
-    """Measure tracking, nesting, input-awareness and KL for `m.policy` (and an ablation policy)."""
+                calibration=None, warm_order=None) -> dict:
+    """Measure tracking, nesting, input-awareness and KL for `m.policy` (and an ablation policy).
+    `warm_order`: the greedy-kl ranking the gates were warm-started from (least important first),
+    measured as one more static set at the same count (what training started from)."""
     from tqdm import tqdm
 
     from .baselines import make_method
@@ -123,6 +125,13 @@ def check_gates(m, data=None, limit=200, kl_limit=100, kl_fraction=0.7, ablation
         pol = make_method(name, calibration=calibration)
         ds = pol.decide(m, None, None, [Budget(layers=kl_fraction)] * len(kl_pairs))
         kl[name] = {"kl": teacher_forced_kl(m, kl_pairs, ds), "realized_layers": ds[0].layer_fraction}
+    if warm_order:
+        from .baselines import kept_count
+
+        drop = set(warm_order[: L - kept_count(L, kl_fraction)])
+        d = GateDecision(layers=tuple(i not in drop for i in range(L)))
+        kl["greedy-kl (warm start, static)"] = {"kl": teacher_forced_kl(m, kl_pairs, [d] * len(kl_pairs)),
+                                                "realized_layers": d.layer_fraction}
     if ablation is not None:
         # equal realized compute: the ablation at the budget whose mean realized fraction matches l2a's
         target = kl["l2a-threshold"]["realized_layers"]

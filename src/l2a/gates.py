@@ -18,10 +18,10 @@ where the raw gates saturate (a layer is kept where its logit exceeds the thresh
 
 The think head predicts, per prompt, a log-normal distribution of the shortest sufficient chain of
 thought (the fewest think tokens after which forcing the answer still gives the dense answer; fit by
-truncation probing, think.py). The allowance at b_think is that distribution's b_think-quantile,
-exp(mu + sigma * Phi^-1(b_think)) - THINK_OFFSET: b_think reads as the share of prompts expected to keep
-their dense answer, the allowance is monotone in b_think for every prompt by construction (sigma > 0),
-and b_think = 1 is no cap. Not here: running the model (gated.py) or training (train.py).
+truncation probing, think.py). The allowance at b_think follows one of two rules (`allowances`): the
+distribution's b_think-quantile, exp(mu + sigma * Phi^-1(b_think)) - THINK_OFFSET, or triage: the
+budget's input-blind cap for prompts likely to finish within it, nothing for the others. The fit chooses
+(think.py). Either way the allowance is monotone in b_think for every prompt and b_think = 1 is no cap. Not here: running the model (gated.py) or training (train.py).
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ class GateConfig:
     budget_only: bool = False  # ablation: the router input is zeroed, decisions depend on the budget only
     calibration: list = field(default_factory=list)  # [[requested, effective(, threshold)], ...] layer axis
     untrained: list = field(default_factory=list)  # axes ("layers", "heads") never trained: budgets < 1 refused
+    think_triage: list = field(default_factory=list)  # [mu0, sigma0, p]: the triage think rule (see allowances)
 
     def __post_init__(self):
         if self.router_layers < 1 or self.protect_last < 0:
@@ -174,8 +175,8 @@ class GatePolicy(nn.Module):
         """Think tokens allowed at b_think for one row (None at b_think = 1: uncapped)."""
         if b_think >= 1.0:
             return None
-        log_a = self.log_allowance(torch.tensor(mu), torch.tensor(sigma), torch.tensor(b_think))
-        return int(min(self.config.max_think, max(0.0, round(math.exp(float(log_a)) - THINK_OFFSET))))
+        a = allowances(torch.tensor([mu]), torch.tensor(sigma), b_think, self.config.think_triage or None)
+        return int(min(self.config.max_think, round(float(a[0]))))
 
     def gate_logits(self, feats: torch.Tensor, budgets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """feats (N, W), budgets (N, 2) = (b_layer, b_head) -> layer (N, n_gate), group (N, L, G) logits."""
@@ -324,3 +325,22 @@ def _interp(table: list, b: float, col: int) -> float:
         if b <= r1[0]:
             return r0[col] + (r1[col] - r0[col]) * (b - r0[0]) / (r1[0] - r0[0])
     return table[-1][col]
+
+
+def allowances(mu: torch.Tensor, sigma: torch.Tensor, b_think: float, triage: list | None = None) -> torch.Tensor:
+    """Think allowances in tokens (N,) at b_think in (0, 1) from the head's mu (N,) and sigma.
+
+    quantile rule (triage None): each prompt's b_think-quantile of its sufficient length, so a prompt
+      predicted to need more gets more.
+    triage rule ([mu0, sigma0, p]): one cap per budget, the b_think-quantile of the input-blind
+      distribution (mu0, sigma0), for the prompts predicted to finish within it with probability >= p;
+      the others answer at once (allowance 0). Under a mean-token budget this keeps more answers than
+      the quantile rule: tokens go to prompts likely to finish, not to those a cut would lose anyway.
+    Both are monotone in b_think for every prompt (the cap grows, and with it each prompt's probability)."""
+    z = torch.special.ndtri(torch.tensor(min(max(b_think, 1e-3), 1 - 1e-3), dtype=mu.dtype))
+    if not triage:
+        return (torch.exp(mu + sigma * z) - THINK_OFFSET).clamp_min(0)
+    mu0, sigma0, p = triage
+    log_cap = mu0 + sigma0 * z  # scalar or (N,)
+    finish = torch.special.ndtr((log_cap - mu) / sigma) >= p  # (N,)
+    return torch.where(finish, torch.exp(log_cap) - THINK_OFFSET, torch.zeros_like(mu)).clamp_min(0)

@@ -8,7 +8,8 @@ gives the dense answer (the full length when none does). It is an upper bound on
 resolution.
 
 Fit. The gates' think head predicts, from the pooled prompt states and the prompt's length, mu and sigma of log(length + OFFSET)
-(Gaussian NLL, `losses.think_nll`, minimised in closed form: ridge regression, see `fit`); the allowance at b_think is the b_think-quantile of that distribution
+(Gaussian NLL, `losses.think_nll`, minimised in closed form: ridge regression, its strength chosen by
+cross-validated answers kept against a fixed cap at equal tokens, see `fit`); the allowance at b_think is the b_think-quantile of that distribution
 (gates.GatePolicy.allowance), so b_think is the share of prompts expected to keep their dense answer, and
 allowances shrink with the budget for every prompt. The head has its own parameters and reads the same
 pooled input as the router, so this term of the unified objective is fit on its own, after the
@@ -28,7 +29,7 @@ from pathlib import Path
 import torch
 
 from . import losses
-from .gates import THINK_OFFSET, GatePolicy
+from .gates import THINK_OFFSET, GatePolicy, allowances
 
 GRID = (0, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384)  # probed cut points (tokens)
 END_CUTS = (4, 8, 16, 32)  # and cuts this many tokens before each chain's own end
@@ -163,39 +164,107 @@ def _ridge(x: torch.Tensor, y: torch.Tensor, alpha: float) -> torch.Tensor:
     return torch.linalg.solve(X.T @ X + torch.diag(reg), X.T @ y)
 
 
+FOLDS = 4  # cross-validation folds over the training rows, for choosing the fit
+SELECT_B = (0.3, 0.5, 0.7, 0.9)  # b_think values the choice is scored at
+TRIAGE_P = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)  # triage rule: finishing probabilities tried
+
+
 @torch.no_grad()
 def fit(policy: GatePolicy, pooled: torch.Tensor, targets: torch.Tensor, train: torch.Tensor,
-        lengths: torch.Tensor | None = None) -> dict:
+        lengths: torch.Tensor | None = None, thinks: torch.Tensor | None = None) -> dict:
     """Fit the think head on pooled (N, H), prompt lengths (N,) and sufficient lengths (N,) over rows
-    `train` (bool (N,)).
+    `train` (bool (N,)); `thinks` (N,) are the dense chains' own lengths.
 
     The think term of the objective (Gaussian NLL of log length) is separable from the others, so it is
-    minimised on its own and in closed form: mu is ridge regression on the head's input, the ridge
-    strength is chosen on a validation quarter of the training rows (infinite strength, i.e. the
-    input-blind fit, is a candidate, so the prompt is used only as far as it helps on held-out prompts),
-    and sigma is the validation residual RMS (an out-of-sample spread: the quantiles stay calibrated).
-    A few hundred prompts and ~600 input features overfit any unregularised fit within a few steps."""
+    minimised on its own and in closed form: mu is ridge regression on the head's input and sigma the
+    out-of-fold residual RMS (an out-of-sample spread). A few hundred prompts and ~600 input features
+    overfit any unregularised fit, so the ridge strength and the allowance rule (quantile, or triage at
+    finishing probability p; gates.allowances) are chosen by 4-fold cross-validation on the training rows,
+    by what the allowance is judged on (with `thinks`): the share of prompts that keep their dense answer
+    at the mean think tokens it spends, against the best input-blind policy at those tokens (`cap_gain`),
+    averaged over b_think 0.3 to 0.9; ties go to the input-blind quantile rule. On real models a better
+    likelihood alone did not keep more answers (README, reasoning axis). Without `thinks`: quantile rule,
+    by NLL. `cap_gain_test` reports the chosen fit's gain on the held-out rows."""
     y = torch.log(targets.double() + THINK_OFFSET)  # (N,)
     if lengths is not None:  # standardise log prompt length on the training rows
         log_len = lengths[train].double().clamp_min(1).log()
         policy.length_stats.copy_(torch.stack([log_len.mean(), log_len.std().clamp_min(1e-3)]).float())
     x = policy.think_input(pooled, lengths).double()  # (N, H + 1)
+    X = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)  # (N, H + 2)
     rows = train.nonzero().flatten()
-    val, fit_rows = rows[torch.arange(len(rows)) % 4 == 3], rows[torch.arange(len(rows)) % 4 != 3]
+    fold = torch.arange(len(rows)) % FOLDS
+    blind = torch.empty(len(rows), 2, dtype=x.dtype)  # per row: input-blind (mu0, sigma0) of its fold's fit rows
+    for f in range(FOLDS):
+        yf = y[rows[fold != f]]
+        blind[fold == f] = torch.stack([yf.mean(), yf.std().clamp_min(0.05)])
     scores = {}
     for alpha in ALPHAS:
-        w = _ridge(x[fit_rows], y[fit_rows], alpha)
-        resid = y[val] - torch.cat([x[val], torch.ones(len(val), 1, dtype=x.dtype)], 1) @ w
-        sigma = resid.pow(2).mean().sqrt().clamp_min(0.05)
-        scores[alpha] = (float(losses.think_nll(y[val] - resid, sigma.expand(len(val)), y[val])), float(sigma))
-    alpha = min(scores, key=lambda a: scores[a][0])
+        oof = torch.empty(len(rows), dtype=x.dtype)  # out-of-fold mu per training row
+        for f in range(FOLDS):
+            w = _ridge(x[rows[fold != f]], y[rows[fold != f]], alpha)
+            oof[fold == f] = X[rows[fold == f]] @ w
+        sigma = (y[rows] - oof).pow(2).mean().sqrt().clamp_min(0.05)
+        nll = float(losses.think_nll(oof, sigma.expand(len(rows)), y[rows]))
+        for p in (None, *TRIAGE_P) if thinks is not None else (None,):
+            rule = None if p is None else [blind[:, 0], blind[:, 1], p]
+            gain = cap_gain(oof, sigma, targets[rows], thinks[rows], rule) if thinks is not None else None
+            scores[(alpha, p)] = {"nll": nll, "gain": gain, "sigma": float(sigma)}
+    if thinks is not None:  # ties go to the input-blind quantile rule (one cap per budget)
+        alpha, p = max(sorted(scores, key=lambda k: (math.isfinite(k[0]), k[1] is not None)), key=lambda k: scores[k]["gain"])
+    else:
+        alpha, p = min(scores, key=lambda k: scores[k]["nll"])
     w = _ridge(x[rows], y[rows], alpha)  # refit on every training row
     policy.think_mu.weight.copy_(w[:-1].float()[None])
     policy.think_mu.bias.copy_(w[-1:].float())
-    policy.think_log_sigma.copy_(torch.tensor(math.log(scores[alpha][1])))
-    return {"alpha": alpha if math.isfinite(alpha) else "inf (input-blind)", "nll_val": scores[alpha][0],
-            "nll_val_by_alpha": {str(a): v for a, (v, _) in scores.items()},
-            **report(policy, pooled, targets, train, lengths)}
+    policy.think_log_sigma.copy_(torch.tensor(math.log(scores[(alpha, p)]["sigma"])))
+    yt = y[rows]
+    policy.config.think_triage = [] if p is None else [float(yt.mean()), float(yt.std().clamp_min(0.05)), p]
+    out = {"alpha": alpha if math.isfinite(alpha) else "inf (input-blind)", "rule": "quantile" if p is None else f"triage p={p}",
+           "selected_by": "cap_gain" if thinks is not None else "nll",
+           "cv": {f"{a}/{'quantile' if q is None else q}": v for (a, q), v in scores.items()},
+           **report(policy, pooled, targets, train, lengths)}
+    if thinks is not None:
+        test = ~train
+        mu, sig = policy.think_params(pooled, lengths)
+        out["cap_gain_test"] = cap_gain(mu[test], sig[0], targets[test], thinks[test], policy.config.think_triage or None)
+    return out
+
+
+def cap_gain(mu: torch.Tensor, sigma, targets: torch.Tensor, thinks: torch.Tensor, triage=None) -> float:
+    """Mean over b in SELECT_B of: the share of prompts kept (sufficient length <= allowance) by the
+    allowances `gates.allowances(mu, sigma, b, triage)`, minus the best share any input-blind policy keeps
+    with the same mean think tokens (mean(min(chain, allowance))). Input-blind policies are the fixed caps
+    and their random mixtures, i.e. the upper concave hull of the fixed-cap (tokens, kept) curve: giving
+    a random half of the prompts a long cap and the rest none can beat every single cap when lengths are
+    concentrated, and that gain owes nothing to the prompt. mu, targets, thinks (N,)."""
+    t, th = targets.double(), thinks.double()
+    caps = torch.arange(0, int(th.max()) + 2, dtype=torch.float64)  # (C,)
+    used_c = torch.minimum(th[None], caps[:, None]).mean(1)  # (C,) increasing
+    kept_c = (t[None] <= caps[:, None]).double().mean(1)  # (C,)
+    hull = _upper_hull(used_c.tolist(), kept_c.tolist())
+    gains = []
+    for b in SELECT_B:
+        allow = allowances(mu.double(), torch.as_tensor(sigma, dtype=torch.float64), b, triage).round()  # (N,)
+        used = float(torch.minimum(th, allow).mean())
+        gains.append(float((t <= allow).double().mean()) - _interp_hull(hull, used))
+    return sum(gains) / len(gains)
+
+
+def _upper_hull(xs: list[float], ys: list[float]) -> list[tuple[float, float]]:
+    """Upper concave hull of points sorted by x (monotone chain)."""
+    hull: list[tuple[float, float]] = []
+    for x, y in sorted(zip(xs, ys)):
+        while len(hull) >= 2 and (hull[-1][0] - hull[-2][0]) * (y - hull[-2][1]) >= (hull[-1][1] - hull[-2][1]) * (x - hull[-2][0]):
+            hull.pop()
+        hull.append((x, y))
+    return hull
+
+
+def _interp_hull(hull: list[tuple[float, float]], x: float) -> float:
+    for (x0, y0), (x1, y1) in zip(hull, hull[1:]):
+        if x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / max(x1 - x0, 1e-12)
+    return hull[-1][1]
 
 
 @torch.no_grad()
@@ -269,7 +338,8 @@ def train_think(cfg: ThinkConfig, model=None, progress: bool = True) -> dict:
     lengths = torch.tensor([len(p) for p in prompts])  # (N,)
     targets = torch.tensor([r["target"] for r in usable])  # (N,)
     train = torch.rand(len(usable), generator=torch.Generator().manual_seed(cfg.seed + 1)) >= cfg.holdout
-    result = fit(policy, pooled, targets, train, lengths)
+    thinks = torch.tensor([r["think"] for r in usable])  # (N,) the dense chains' lengths
+    result = fit(policy, pooled, targets, train, lengths, thinks)
     policy.config.max_think = max(policy.config.max_think, cfg.max_new_tokens)
     summary = {
         "config": dataclasses.asdict(cfg), "data_source": source, "probed": len(recs), "usable": len(usable),

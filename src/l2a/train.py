@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -55,7 +56,7 @@ class TrainConfig:
     agree: float = 0.1  # weight of answer agreement across the two budgets
     tol: float = 0.02  # cost tolerance above the budget
     track: float = 0.0  # weight of (E[cost] - b)^2 per axis (10 tracked budgets to ±0.013 but chose worse layers)
-    warm_start: str | None = None  # "block-influence": initial layer ranking from that static score
+    warm_start: str | None = None  # initial layer ranking: "block-influence" or "greedy-kl" (WARM_STARTS)
     lambda_init: float = 20.0  # initial cost multipliers
     dual_lr: float = 20.0  # dual ascent step on the multipliers (per unit of mean violation)
     width: int = 256  # router width
@@ -74,6 +75,8 @@ class TrainConfig:
             raise ValueError("layer_min and head_min must be in (0, 1]")
         if self.fixed_budget is not None and not 0 < self.fixed_budget < 1:
             raise ValueError(f"fixed_budget must be in (0, 1), got {self.fixed_budget!r}")
+        if self.warm_start is not None and self.warm_start not in WARM_STARTS:
+            raise ValueError(f"warm_start must be one of {', '.join(WARM_STARTS)} or None, got {self.warm_start!r}")
 
 
 def _examples(cfg: TrainConfig, tok) -> tuple[list[tuple[list[int], list[int]]], str]:
@@ -190,8 +193,7 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     gcfg = gate_config(m, cfg, budget_only=cfg.ablation or cfg.fixed_budget is not None)
     policy = GatePolicy(gcfg)
     policy.fit_input(pooled_prompts(m, policy, [examples[i][0] for i in train_idx[:256]], pad_id))
-    if cfg.warm_start:
-        _warm_start(m, policy, cfg)
+    warm_order = _warm_start(m, policy, cfg, [examples[i] for i in order[-WARM_PAIRS:]]) if cfg.warm_start else None
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -238,7 +240,7 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     policy.config.calibration = table
     summary = {"config": dataclasses.asdict(cfg), "data_source": source, "train_examples": len(train_idx),
                "seconds": round(time.time() - t0, 1), "lambdas": lambdas, "calibration": table,
-               "gate_params": policy.n_params()}
+               "gate_params": policy.n_params(), **({"warm_start_order": warm_order} if warm_order else {})}
     save_gates(policy, out, m.hf, extra=summary)
     return summary
 
@@ -250,17 +252,37 @@ def gate_config(m, cfg: TrainConfig, **extra) -> GateConfig:
                       router_layers=cfg.router_layers, protect_last=cfg.protect_last, **extra)
 
 
-@torch.no_grad()
-def _warm_start(m, policy: GatePolicy, cfg: TrainConfig) -> None:
-    """Rank layers initially by a static importance score (z-scored, added to the keep-logit bias), so
-    training starts from the static baseline's choice and refines it per input and budget."""
-    from .static import Calibration, stats_for
+WARM_STARTS = ("block-influence", "greedy-kl")
+WARM_PAIRS = 16  # greedy-kl: held-out training examples searched on (the end of the seeded order)
 
-    if cfg.warm_start != "block-influence":
-        raise ValueError(f"warm_start must be 'block-influence' or None, got {cfg.warm_start!r}")
-    bi = torch.tensor(stats_for(m, Calibration(path=cfg.data)).bi)[list(policy.config.gateable)]  # (n_gate,)
-    z = (bi - bi.mean()) / bi.std().clamp_min(1e-6)
+
+@torch.no_grad()
+def _warm_start(m, policy: GatePolicy, cfg: TrainConfig, held_out: list) -> list[int] | None:
+    """Rank layers initially by a static ranking (z-scored, added to the keep-logit bias), so training
+    starts from the static choice and refines it per input and budget: Block Influence, or the greedy
+    removal order under teacher-forced KL (static.greedy_kl_order, searched on `held_out` examples down
+    to 40% of the layers; kept in `out/warm_start.json`, so a resumed run does not search again).
+    Returns the greedy order (least important first) when that ran."""
+    from .static import Calibration, greedy_kl_order, stats_for
+
+    gate = list(policy.config.gateable)
+    order = None
+    if cfg.warm_start == "block-influence":
+        score = torch.tensor(stats_for(m, Calibration(path=cfg.data)).bi)[gate]  # (n_gate,)
+    else:
+        pad = m.tokenizer.pad_token_id if m.tokenizer.pad_token_id is not None else 0
+        cache = Path(cfg.out) / "warm_start.json"
+        if cache.is_file():
+            order = json.loads(cache.read_text())["order"]
+        else:
+            n_remove = max(0, len(gate) + policy.config.protected - math.ceil(cfg.layer_min * policy.config.n_layers))
+            order = greedy_kl_order(m, held_out, gate, n_remove, pad_id=pad)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps({"warm_start": cfg.warm_start, "order": order}) + "\n")
+        score = torch.tensor([float(order.index(j)) for j in gate])  # later removal = more important
+    z = (score - score.mean()) / score.std().clamp_min(1e-6)
     policy.out.bias[: len(z)] += 1.5 * z
+    return order
 
 
 @torch.no_grad()
