@@ -112,8 +112,11 @@ def _think_policy(seed=0):
     return p.eval()
 
 
-def test_allowance_is_monotone_in_the_budget_for_every_prompt():
+@pytest.mark.parametrize("rule", ["quantile", "triage"])
+def test_allowance_is_monotone_in_the_budget_for_every_prompt(rule):
     p = _think_policy()
+    if rule == "triage":  # the budget's input-blind cap for prompts likely to finish within it, 0 for the rest
+        p.config.think_triage = [float(p.think_mu.bias.detach()), 0.5, 0.6]
     pooled = torch.randn(50, 64) * 3  # (N, H) a test set of prompts
     grid = [i / 20 for i in range(1, 21)]
     per_b = [p.decisions(pooled, [Budget(think=b)] * 50) for b in grid]
@@ -126,6 +129,8 @@ def test_allowance_is_monotone_in_the_budget_for_every_prompt():
     assert moved >= 40  # and the budget does move it (a few rows sit at 0 or max_think throughout)
     assert len({ds[i].think_tokens for ds in per_b[9:10] for i in range(50)}) > 1  # input-aware at one budget
     assert all(d.layer_fraction == 1.0 for d in per_b[5])  # the think axis alone never changes the layers
+    if rule == "triage":  # at one budget: one cap, and some prompts answer at once
+        assert len({ds[i].think_tokens for ds in per_b[9:10] for i in range(50)}) == 2
 
 
 def test_think_fit_learns_input_dependent_lengths():
