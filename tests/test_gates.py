@@ -12,8 +12,8 @@ from l2a.checkpoint import load_gates, save_gates
 from l2a.decision import GateDecision
 from l2a.gated import GatedModel
 from l2a.gates import GateConfig, GatePolicy
-from l2a.train import (TrainConfig, _batch, _examples, _sample_budgets, calibrate, objective, realized_layers,
-                       recalibrate, teacher_pass, train)
+from l2a.calibration import calibrate, realized_layers, recalibrate
+from l2a.train import TrainConfig, _batch, _examples, _sample_budgets, objective, teacher_pass, train
 
 L, G = 6, 4
 

@@ -215,7 +215,7 @@ def cmd_check_gates(args) -> int:
 
 def cmd_calibrate(args) -> int:
     from .record import run_record
-    from .train import recalibrate
+    from .calibration import recalibrate
 
     if not args.gates:
         raise ValueError("l2a calibrate needs --gates DIR (a gate artifact written by `l2a train`)")

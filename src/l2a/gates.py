@@ -7,12 +7,12 @@ a budget embedding; the embedding modulates the router's hidden units (FiLM); an
 gate logits (SOL's `budget_head` pattern).
 
 Inference turns logits into hard `GateDecision`s:
-- *threshold*: keep where the logit is positive. Kept sets are nested across budgets by construction: a
+- *threshold*: keep where the logit exceeds its calibrated threshold (0 without calibration). Kept sets are nested across budgets by construction: a
   layer is kept at budget b only if it is also kept at every grid budget that dominates b on the layer
   and head axes (the training consistency term makes the raw sets nearly nested, so this removes little).
 - *strict*: the threshold set at the largest budget b' <= b whose set fits floor(b * L) layers, so the
   realized fraction never exceeds the budget and sets stay nested.
-A calibration table (fit after training on held-out prompts, train.calibrate) gives each requested layer
+A calibration table (fit after training on held-out prompts, calibration.calibrate) gives each requested layer
 budget an effective budget and a logit threshold, so the mean realized fraction tracks the request even
 where the raw gates saturate (a layer is kept where its logit exceeds the threshold; budget 1.0 keeps all).
 
@@ -21,7 +21,8 @@ thought (the fewest think tokens after which forcing the answer still gives the 
 truncation probing, think.py). The allowance at b_think follows one of two rules (`allowances`): the
 distribution's b_think-quantile, exp(mu + sigma * Phi^-1(b_think)) - THINK_OFFSET, or triage: the
 budget's input-blind cap for prompts likely to finish within it, nothing for the others. The fit chooses
-(think.py). Either way the allowance is monotone in b_think for every prompt and b_think = 1 is no cap. Not here: running the model (gated.py) or training (train.py).
+(think.py). Either way the allowance is monotone in b_think for every prompt and b_think = 1 is no cap.
+Not here: running the model (gated.py) or training (train.py).
 """
 
 from __future__ import annotations

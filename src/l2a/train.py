@@ -9,7 +9,8 @@ training mode on all 2N rows, and minimises
 
 with the λ_axis updated by dual ascent. The base weights stay frozen. Progress bar, JSONL log, periodic
 checkpoints (safetensors + JSON, no pickle), resume after interruption, seeded. After training, a
-calibration table (a logit threshold per budget) is fit so the mean realized layer fraction tracks the request.
+calibration table (a logit threshold per budget, calibration.py) is fit so the mean realized layer
+fraction tracks the request.
 Not here: the gate network (gates.py), the loss terms (losses.py), evaluation (evaluate.py).
 """
 
@@ -26,7 +27,6 @@ from pathlib import Path
 import torch
 
 from . import losses
-from .budget import Budget
 from .checkpoint import save_gates
 from .gates import GateConfig, GatePolicy
 
@@ -236,6 +236,8 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
             _save_state(out, step + 1, policy, opt, lambdas, gen, cfg)
     log.close()
     policy.eval()
+    from .calibration import calibrate
+
     table = calibrate(m, policy, [p for p, _ in calib], pad_id) if calib else []
     policy.config.calibration = table
     summary = {"config": dataclasses.asdict(cfg), "data_source": source, "train_examples": len(train_idx),
@@ -270,11 +272,11 @@ def _warm_start(m, policy: GatePolicy, cfg: TrainConfig, held_out: list) -> list
     if cfg.warm_start == "block-influence":
         score = torch.tensor(stats_for(m, Calibration(path=cfg.data)).bi)[gate]  # (n_gate,)
     else:
-        pad = m.tokenizer.pad_token_id if m.tokenizer.pad_token_id is not None else 0
         cache = Path(cfg.out) / "warm_start.json"
         if cache.is_file():
             order = json.loads(cache.read_text())["order"]
         else:
+            pad = m.tokenizer.pad_token_id if m.tokenizer.pad_token_id is not None else 0
             n_remove = max(0, len(gate) + policy.config.protected - math.ceil(cfg.layer_min * policy.config.n_layers))
             order = greedy_kl_order(m, held_out, gate, n_remove, pad_id=pad)
             cache.parent.mkdir(parents=True, exist_ok=True)
@@ -342,20 +344,6 @@ def objective(m, policy, ids, attn, ans_mask, teacher, pooled, b_hi, b_lo, tau, 
     return loss, terms, (e_layers.detach(), e_heads.detach()), budgets, float(layer_gates.detach().mean())
 
 
-@torch.no_grad()
-def realized_layers(m, policy, prompts: list[list[int]], pad_id: int, budget: float, mode="threshold") -> list[float]:
-    """Realized layer fraction per prompt at `budget` (layer axis), from the policy's hard decisions."""
-    from .tasks import left_pad
-
-    out = []
-    for i in range(0, len(prompts), 16):
-        ids, mask = left_pad(prompts[i : i + 16], pad_id)
-        hidden, _ = m_router(m, policy, ids, mask)
-        ds = policy.decisions(GatePolicy.pool(hidden, mask), [Budget(layers=budget)] * len(ids), mode=mode)
-        out += [d.layer_fraction for d in ds]
-    return out
-
-
 def m_router(m, policy, ids, mask):
     """Router-layer hidden states (B, T, H) for a policy not (yet) attached to `m`."""
     saved, m.policy = m.policy, policy
@@ -365,63 +353,3 @@ def m_router(m, policy, ids, mask):
         return m._router_pass(ids, mask, positions(mask))
     finally:
         m.policy = saved
-
-
-def calibrate(m, policy, prompts, pad_id, grid=None) -> list[list[float]]:
-    """Table [[requested, effective, threshold]] so the mean realized layer fraction on `prompts` matches
-    each requested one (threshold mode), with the threshold rather than the budget moved: raw gates may
-    never keep more than some fraction (the shipped SmolLM2 gates keep at most 0.74 at any budget).
-
-    Rows are fit from the highest budget down, each against the AND of the sets above it, exactly as
-    `GatePolicy._nested` decides: the realized fraction at a grid budget equals the fitted one on `prompts`.
-    """
-    grid = sorted(grid or [round(0.3 + 0.05 * i, 2) for i in range(14)])  # 0.30 .. 0.95
-    policy.config.calibration = []
-    c = policy.config
-    with torch.no_grad():
-        feats = policy.features(pooled_prompts(m, policy, prompts, pad_id))  # (N, W)
-        n = feats.shape[0]
-        logits_at = lambda b: policy.gate_logits(feats, torch.tensor([[b, 1.0]]).expand(n, 2))[0]  # (N, n_gate)
-        above = torch.ones(n, len(c.gateable), dtype=torch.bool)  # kept at every higher grid budget
-        table = [[1.0, 1.0, round(float(logits_at(1.0).min()) - 1.0, 4)]]
-        for want in reversed(grid):
-            lg = logits_at(want).masked_fill(~above, float("-inf"))  # (N, n_gate)
-            vals = lg[above].unique()  # sorted; a threshold between neighbours realizes one level
-            cuts = torch.cat([vals[:1] - 1.0, (vals[1:] + vals[:-1]) / 2, vals[-1:] + 1.0])  # (V + 1,)
-            realized = ((lg[None] > cuts[:, None, None]).sum(-1) + c.protected).float().mean(-1) / c.n_layers
-            best = int((realized - want).abs().argmin())  # first (lowest cut) on ties: more layers kept
-            above &= lg > cuts[best]
-            table.append([want, want, round(float(cuts[best]), 4)])
-    return table[::-1]
-
-
-def recalibrate(m, directory, prompts: int | None = None) -> dict:
-    """Refit the calibration table of the gate artifact in `directory` for base model `m` and rewrite its
-    l2a_config.json (the gate weights are untouched). Prompts are those its training run held out: the
-    first `calib_prompts` of its seeded order, then (for `prompts` beyond that) the end of the order,
-    which training never reached; refused if it did."""
-    from .checkpoint import load_gates, read_config, save_gates
-
-    meta = read_config(directory)
-    training = meta.get("training") or {}
-    saved = training.get("config")
-    if not saved:
-        raise ValueError(f"{directory}: no training config recorded, so its held-out prompts are unknown")
-    cfg = TrainConfig(**{**saved, "out": str(directory)})
-    n = prompts or cfg.calib_prompts
-    examples, source = _examples(cfg, m.tokenizer)
-    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-    extra = max(0, n - cfg.calib_prompts)
-    seen = cfg.steps * cfg.examples  # training examples visited, from the front of the remaining order
-    if extra and cfg.calib_prompts + seen + extra > len(order):
-        unused = max(0, len(order) - cfg.calib_prompts - seen)
-        raise ValueError(f"this run held out {cfg.calib_prompts} prompts and never used {unused} more, so at most "
-                         f"{cfg.calib_prompts + unused} held-out prompts exist; got --prompts {n}")
-    held = order[: min(n, cfg.calib_prompts)] + (order[-extra:] if extra else [])
-    policy = load_gates(directory, m.hf)
-    pad_id = m.tokenizer.pad_token_id if m.tokenizer.pad_token_id is not None else 0
-    table = calibrate(m, policy, [examples[i][0] for i in held], pad_id)
-    policy.config.calibration = table
-    training = {**training, "calibration": table, "recalibrated": {"prompts": len(held), "data_source": source}}
-    save_gates(policy, directory, m.hf, extra=training)
-    return {"gates": str(directory), "prompts": len(held), "data_source": source, "calibration": table}

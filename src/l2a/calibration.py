@@ -1,0 +1,90 @@
+"""calibration: make a trained gate set's realized layer fraction track the requested one.
+
+Raw gates need not keep the fraction they are asked for (the shipped SmolLM2 gates keep at most 0.74 of
+the layers at any budget). After training, a table gives each requested layer budget a logit threshold
+(`GatePolicy.threshold`), fit on prompts the training run held out; `l2a calibrate` refits it for an
+existing artifact without touching the gate weights. Tracking is measured by gatecheck.py. Not here:
+training (train.py) or the decisions themselves (gates.py).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .budget import Budget
+from .gates import GatePolicy
+from .train import TrainConfig, _examples, m_router, pooled_prompts
+
+
+@torch.no_grad()
+def realized_layers(m, policy, prompts: list[list[int]], pad_id: int, budget: float, mode="threshold") -> list[float]:
+    """Realized layer fraction per prompt at `budget` (layer axis), from the policy's hard decisions."""
+    from .tasks import left_pad
+
+    out = []
+    for i in range(0, len(prompts), 16):
+        ids, mask = left_pad(prompts[i : i + 16], pad_id)
+        hidden, _ = m_router(m, policy, ids, mask)
+        ds = policy.decisions(GatePolicy.pool(hidden, mask), [Budget(layers=budget)] * len(ids), mode=mode)
+        out += [d.layer_fraction for d in ds]
+    return out
+
+
+def calibrate(m, policy, prompts, pad_id, grid=None) -> list[list[float]]:
+    """Table [[requested, effective, threshold]] so the mean realized layer fraction on `prompts` matches
+    each requested one (threshold mode), with the threshold rather than the budget moved: raw gates may
+    never keep more than some fraction (the shipped SmolLM2 gates keep at most 0.74 at any budget).
+
+    Rows are fit from the highest budget down, each against the AND of the sets above it, exactly as
+    `GatePolicy._nested` decides: the realized fraction at a grid budget equals the fitted one on `prompts`.
+    """
+    grid = sorted(grid or [round(0.3 + 0.05 * i, 2) for i in range(14)])  # 0.30 .. 0.95
+    policy.config.calibration = []
+    c = policy.config
+    with torch.no_grad():
+        feats = policy.features(pooled_prompts(m, policy, prompts, pad_id))  # (N, W)
+        n = feats.shape[0]
+        logits_at = lambda b: policy.gate_logits(feats, torch.tensor([[b, 1.0]]).expand(n, 2))[0]  # (N, n_gate)
+        above = torch.ones(n, len(c.gateable), dtype=torch.bool)  # kept at every higher grid budget
+        table = [[1.0, 1.0, round(float(logits_at(1.0).min()) - 1.0, 4)]]
+        for want in reversed(grid):
+            lg = logits_at(want).masked_fill(~above, float("-inf"))  # (N, n_gate)
+            vals = lg[above].unique()  # sorted; a threshold between neighbours realizes one level
+            cuts = torch.cat([vals[:1] - 1.0, (vals[1:] + vals[:-1]) / 2, vals[-1:] + 1.0])  # (V + 1,)
+            realized = ((lg[None] > cuts[:, None, None]).sum(-1) + c.protected).float().mean(-1) / c.n_layers
+            best = int((realized - want).abs().argmin())  # first (lowest cut) on ties: more layers kept
+            above &= lg > cuts[best]
+            table.append([want, want, round(float(cuts[best]), 4)])
+    return table[::-1]
+
+
+def recalibrate(m, directory, prompts: int | None = None) -> dict:
+    """Refit the calibration table of the gate artifact in `directory` for base model `m` and rewrite its
+    l2a_config.json (the gate weights are untouched). Prompts are those its training run held out: the
+    first `calib_prompts` of its seeded order, then (for `prompts` beyond that) the end of the order,
+    which training never reached; refused if it did."""
+    from .checkpoint import load_gates, read_config, save_gates
+
+    meta = read_config(directory)
+    training = meta.get("training") or {}
+    saved = training.get("config")
+    if not saved:
+        raise ValueError(f"{directory}: no training config recorded, so its held-out prompts are unknown")
+    cfg = TrainConfig(**{**saved, "out": str(directory)})
+    n = prompts or cfg.calib_prompts
+    examples, source = _examples(cfg, m.tokenizer)
+    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+    extra = max(0, n - cfg.calib_prompts)
+    seen = cfg.steps * cfg.examples  # training examples visited, from the front of the remaining order
+    if extra and cfg.calib_prompts + seen + extra > len(order):
+        unused = max(0, len(order) - cfg.calib_prompts - seen)
+        raise ValueError(f"this run held out {cfg.calib_prompts} prompts and never used {unused} more, so at most "
+                         f"{cfg.calib_prompts + unused} held-out prompts exist; got --prompts {n}")
+    held = order[: min(n, cfg.calib_prompts)] + (order[-extra:] if extra else [])
+    policy = load_gates(directory, m.hf)
+    pad_id = m.tokenizer.pad_token_id if m.tokenizer.pad_token_id is not None else 0
+    table = calibrate(m, policy, [examples[i][0] for i in held], pad_id)
+    policy.config.calibration = table
+    training = {**training, "calibration": table, "recalibrated": {"prompts": len(held), "data_source": source}}
+    save_gates(policy, directory, m.hf, extra=training)
+    return {"gates": str(directory), "prompts": len(held), "data_source": source, "calibration": table}
