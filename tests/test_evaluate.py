@@ -206,3 +206,14 @@ def test_l2a_lines_resume_only_for_the_gates_that_wrote_them(gm, files, tmp_path
         gm.policy.think_mu.bias.add_(1.0)  # other gates, same shape
     with pytest.raises(ValueError, match="written with other gates"):
         run(gm, files, out, methods=["l2a"], budgets=[0.5])
+    # a line without a digest (older files) is not trusted either; a copy of the dense line needs none
+    import json
+
+    legacy = {k: v for k, v in line.items() if k != "gates_digest"}
+    out.write_text(json.dumps(legacy) + "\n")
+    with pytest.raises(ValueError, match="unrecorded gates"):
+        run(gm, files, out, methods=["l2a"], budgets=[0.5])
+    out.unlink()
+    first = run(gm, files, out, methods=["dense", "l2a"], budgets=[1.0])
+    assert [r.get("reused_from") for r in first] == [None, "dense"]
+    assert run(gm, files, out, methods=["dense", "l2a"], budgets=[1.0]) == first

@@ -258,12 +258,16 @@ def evaluate(
 
 
 def _check_gates(line: dict, name: str, digest: str | None, out) -> None:
-    """A finished learned-gates line is reused only for the gates that wrote it (lines written before
-    digests were recorded carry none and are trusted)."""
+    """A finished learned-gates line is reused only for the gates that wrote it. A line without a digest
+    (written before digests were recorded) cannot show which gates wrote it, so it is refused too, unless
+    it is a copy of the dense line (budget 1.0 runs the dense model whatever the gates)."""
+    if not name.startswith("l2a") or "reused_from" in line:
+        return
     have = line.get("gates_digest")
-    if name.startswith("l2a") and have is not None and have != digest:
-        raise ValueError(f"{out}: its {name!r} line at budget {line.get('budget')} was written with other gates "
-                         f"(digest {have}, now {digest}); pass another --results file, or remove those lines")
+    if have != digest:
+        was = f"other gates (digest {have}, now {digest})" if have else f"unrecorded gates (no digest; now {digest})"
+        raise ValueError(f"{out}: its {name!r} line at budget {line.get('budget')} was written with {was}; "
+                         f"pass another --results file, or remove those lines to measure them again")
 
 
 def _static_dense(policy, model, b: Budget) -> bool:
