@@ -12,22 +12,13 @@ from __future__ import annotations
 import torch
 
 from .budget import Budget
-from .gates import GatePolicy
-from .train import TrainConfig, _examples, m_router, pooled_prompts
+from .train import TrainConfig, _examples, pooled_prompts
 
 
-@torch.no_grad()
 def realized_layers(m, policy, prompts: list[list[int]], pad_id: int, budget: float, mode="threshold") -> list[float]:
     """Realized layer fraction per prompt at `budget` (layer axis), from the policy's hard decisions."""
-    from .tasks import left_pad
-
-    out = []
-    for i in range(0, len(prompts), 16):
-        ids, mask = left_pad(prompts[i : i + 16], pad_id)
-        hidden, _ = m_router(m, policy, ids, mask)
-        ds = policy.decisions(GatePolicy.pool(hidden, mask), [Budget(layers=budget)] * len(ids), mode=mode)
-        out += [d.layer_fraction for d in ds]
-    return out
+    ds = policy.decisions(pooled_prompts(m, policy, prompts, pad_id), [Budget(layers=budget)] * len(prompts), mode=mode)
+    return [d.layer_fraction for d in ds]
 
 
 def calibrate(m, policy, prompts, pad_id, grid=None) -> list[list[float]]:

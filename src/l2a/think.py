@@ -30,6 +30,7 @@ import torch
 
 from . import losses
 from .gates import THINK_OFFSET, GatePolicy, allowances
+from .pareto import interpolate
 
 GRID = (0, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384)  # probed cut points (tokens)
 END_CUTS = (4, 8, 16, 32)  # and cuts this many tokens before each chain's own end
@@ -246,7 +247,7 @@ def cap_gain(mu: torch.Tensor, sigma, targets: torch.Tensor, thinks: torch.Tenso
     for b in SELECT_B:
         allow = allowances(mu.double(), torch.as_tensor(sigma, dtype=torch.float64), b, triage).round()  # (N,)
         used = float(torch.minimum(th, allow).mean())
-        gains.append(float((t <= allow).double().mean()) - _interp_hull(hull, used))
+        gains.append(float((t <= allow).double().mean()) - interpolate(hull, used))  # used <= mean(chain): in range
     return sum(gains) / len(gains)
 
 
@@ -258,13 +259,6 @@ def _upper_hull(xs: list[float], ys: list[float]) -> list[tuple[float, float]]:
             hull.pop()
         hull.append((x, y))
     return hull
-
-
-def _interp_hull(hull: list[tuple[float, float]], x: float) -> float:
-    for (x0, y0), (x1, y1) in zip(hull, hull[1:]):
-        if x <= x1:
-            return y0 + (y1 - y0) * (x - x0) / max(x1 - x0, 1e-12)
-    return hull[-1][1]
 
 
 @torch.no_grad()
