@@ -13,7 +13,8 @@ from l2a.decision import GateDecision
 from l2a.gated import GatedModel
 from l2a.gates import GateConfig, GatePolicy
 from l2a.calibration import calibrate, realized_layers, recalibrate
-from l2a.train import TrainConfig, _batch, _examples, _sample_budgets, objective, teacher_pass, train
+from l2a.objective import objective
+from l2a.train import TrainConfig, _batch, _examples, _sample_budgets, dual_step, teacher_pass, train
 
 L, G = 6, 4
 
@@ -164,6 +165,48 @@ def test_gradients_reach_every_gate_parameter(tmp_path):
     assert all(torch.isfinite(t) for t in terms.values())
 
 
+def test_score_estimator_is_unbiased_and_full_budget_rows_run_dense(tmp_path):
+    import itertools
+
+    from l2a.losses import row_kl
+
+    m, cfg = _setup(tmp_path)
+    cfg = TrainConfig(**{**cfg.__dict__, "estimator": "score", "samples": 512, "dense_at_full": True,
+                         "ce": 0.0, "agree": 0.0, "track": 0.0})
+    exs, _ = _examples(cfg, m.tokenizer)
+    ids, attn, pmask, amask = _batch(exs[:2], 0)
+    teacher, pooled = teacher_pass(m, ids, attn, pmask, 1)
+    policy = GatePolicy(GateConfig(n_layers=L, n_groups=G, hidden=64, width=32))
+    with torch.no_grad():
+        policy.out.bias[:4] = torch.tensor([0.5, -0.3, 1.0, 0.0])
+    b = torch.tensor([[0.6, 1.0, 1.0]] * 2)  # heads at 1.0: only the 4 gateable layers are sampled
+    lam = {"layers": 0.0, "heads": 0.0}
+    # exact d E[KL] / d logits, by enumerating the 16 layer sets
+    gate = policy.config.gateable
+    kl_of = {}
+    for z in itertools.product([0, 1], repeat=4):
+        d = GateDecision(layers=tuple(i not in gate or bool(z[gate.index(i)]) for i in range(L)))
+        with torch.no_grad():
+            out = torch.log_softmax(m.forward(ids, attn, decisions=[d, d])[:, :-1].float(), -1)
+        kl_of[z] = row_kl(teacher, out, amask[:, 1:])  # (2,)
+    p = torch.sigmoid(policy(pooled.repeat(2, 1), torch.cat([b, b])).layers)  # (4, 4)
+    exact = sum((torch.where(torch.tensor(z, dtype=torch.bool), p, 1 - p).prod(-1) * kl_of[z].repeat(2)).mean()
+                for z in kl_of)
+    want = torch.autograd.grad(exact, policy.out.bias)[0][:4]
+    got = torch.zeros(4)
+    for seed in range(2):
+        policy.zero_grad()
+        gen = torch.Generator().manual_seed(seed)
+        loss, terms, *_ = objective(m, policy, ids, attn, amask, teacher, pooled, b, b, 0.5, gen, cfg, lam)
+        (loss - cfg.mono * terms["mono"]).backward()
+        got += policy.out.bias.grad[:4] / 2
+    assert torch.allclose(got, want, atol=0.15 * want.abs().max()), (got, want)
+    # rows at budget 1.0 run dense (as at inference): zero KL
+    full = torch.ones(2, 3)
+    _, terms, *_ = objective(m, policy, ids, attn, amask, teacher, pooled, full, b, 0.5, gen, cfg, lam)
+    assert terms["kl_hi"].item() < 1e-5 and terms["kl"].item() > 1e-3
+
+
 def test_training_lowers_the_objective_and_resumes(tmp_path):
     m, cfg = _setup(tmp_path)
     exs, _ = _examples(cfg, m.tokenizer)
@@ -222,6 +265,85 @@ def test_greedy_kl_warm_start(tmp_path):
         TrainConfig(warm_start="magic")
 
 
+def test_gate_noise_scale_sets_the_keep_probability():
+    from l2a.losses import gumbel_sigmoid
+
+    logits = torch.tensor([-1.0, 0.0, 0.5, 2.0]).expand(20000, 4)
+    gen = torch.Generator().manual_seed(0)
+    for noise in (1.0, 0.2):  # the hard sample keeps with probability sigmoid(logit / noise): E[cost] in training
+        keep = gumbel_sigmoid(logits, 0.5, generator=gen, noise=noise).mean(0)
+        assert torch.allclose(keep, torch.sigmoid(logits[0] / noise), atol=0.015), (noise, keep)
+
+
+def test_dual_step_signed_can_decrease_and_violations_cannot():
+    under, over = torch.tensor([0.5, 0.6, 1.0]), torch.tensor([0.9, 0.9, 1.0])
+    b = torch.tensor([0.7, 0.7, 1.0])  # the last row is at budget 1: it says nothing
+    assert dual_step(10.0, under, b, TrainConfig()) == 10.0  # only violations count: never decreases
+    signed = TrainConfig(dual="signed")
+    assert dual_step(10.0, under, b, signed) == pytest.approx(10.0 + 20.0 * (-0.22 - 0.12) / 2)
+    assert dual_step(0.5, under, b, signed) == 0.0  # projected to >= 0
+    assert dual_step(10.0, over, b, signed) == pytest.approx(10.0 + 20.0 * 0.18)
+    with pytest.raises(ValueError, match="dual must be"):
+        TrainConfig(dual="both")
+
+
+def test_topk_decisions_keep_the_highest_logits():
+    from l2a.selection import topk_decisions
+
+    p = random_policy()
+    pooled = torch.randn(5, 64)
+    gate = p.config.gateable
+    for b in (0.5, 0.7, 1.0):
+        with torch.no_grad():
+            logits = p.gate_logits(p.features(pooled), torch.tensor([[b, 1.0]]).expand(5, 2))[0]
+        for d, row in zip(topk_decisions(p, pooled, b), logits):
+            assert sum(d.layers) == int(b * L + 1e-9) and d.layers[0] and d.layers[-1]
+            kept = [float(row[j]) for j, i in enumerate(gate) if d.layers[i]]
+            dropped = [float(row[j]) for j, i in enumerate(gate) if not d.layers[i]]
+            assert not kept or not dropped or min(kept) > max(dropped)
+
+
+def test_val_kl_selection_keeps_the_best_checkpoint(tmp_path):
+    from safetensors.torch import load_file
+
+    from l2a.selection import Selector
+
+    m, cfg = _setup(tmp_path)
+    exs, _ = _examples(cfg, m.tokenizer)
+    sel = Selector(m, exs[-6:], 0, tmp_path)
+    good, bad = random_policy(seed=1, scale=0.1), random_policy(seed=2, scale=0.1)
+    with torch.no_grad():  # good drops first the layers whose removal alone costs least; bad the reverse
+        order = sorted(range(4), key=lambda j: sel.score(_only(good, j)))
+        good.out.bias[:4] = torch.tensor([10.0 * order.index(j) for j in range(4)])
+        bad.out.bias[:4] = -good.out.bias[:4]
+    first = sel.check(bad, 0)
+    second = sel.check(good, 5)
+    assert second["val_kl"] < first["val_kl"] and second["best_step"] == 5
+    assert sel.check(bad, 10)["best_step"] == 5  # a worse checkpoint does not replace it
+    restored = random_policy(seed=3)
+    assert sel.restore(restored) == {"step": 5, "val_kl": second["val_kl"]}
+    assert torch.equal(restored.out.bias, good.out.bias)
+    assert Selector(m, exs[-6:], 0, tmp_path).best["step"] == 5  # a resumed run keeps it
+    # in training: checks before the first step and every val_every steps; the artifact is the best one
+    cfg = TrainConfig(**{**cfg.__dict__, "steps": 12, "val_every": 4, "select": "val-kl", "lr": 0.05})
+    summary = train(cfg, model=m, progress=False)
+    vals = [json.loads(x) for x in open(tmp_path / "gates" / "log.jsonl") if "val_kl" in x]
+    assert [r["step"] for r in vals] == [0, 4, 8, 12]
+    best = min(vals, key=lambda r: r["val_kl"])
+    assert summary["selected"] == {"step": best["step"], "val_kl": best["val_kl"]}
+    saved = load_file(str(tmp_path / "gates" / "best_policy.safetensors"))
+    assert torch.equal(load_gates(cfg.out, m.hf).out.bias, saved["out.bias"])
+
+
+def _only(policy, j):
+    """A copy of `policy` whose layer logits put gateable layer j last (dropped first)."""
+    p = copy.deepcopy(policy)
+    with torch.no_grad():
+        p.out.bias[:4] = 10.0
+        p.out.bias[j] = -10.0
+    return p
+
+
 def test_artifact_round_trip_and_mismatch(tmp_path):
     base = tiny_model("qwen2", n_layers=L)
     p = random_policy(1)
@@ -264,4 +386,18 @@ def test_check_gates_reports_every_property(tmp_path):
     assert res["kl"]["greedy-kl (warm start, static)"]["realized_layers"] == 4 / L  # layers 4 and 2 dropped
     for v in res["kl"].values():
         assert v["kl"] >= 0 and 0 < v["realized_layers"] <= 1
-    assert "KL reduction" in render(res)
+    assert "KL reduction" in render(res) and "interpolated" in render(res)
+    # equal realized compute: the static KL interpolated between the layer counts around l2a's fraction, by hand
+    from l2a.gatecheck import _prompts_and_answers, teacher_forced_kl
+    from l2a.baselines import make_method
+
+    pairs = _prompts_and_answers(m, data, 12)[0][:6]
+    ang = make_method("angular", calibration=Calibration(path=data, n=8))
+    at = {c: teacher_forced_kl(m, pairs, ang.decide(m, None, None, [Budget(layers=c / L)] * 6)) for c in range(2, L + 1)}
+    for mode in ("threshold", "strict"):
+        f = res["kl"][f"l2a-{mode}"]["realized_layers"] * L
+        c0 = int(f + 1e-9)
+        want = at[c0] + (f - c0) * (at[min(L, c0 + 1)] - at[c0])
+        assert abs(res["kl_static_at_equal_layers"][mode]["angular"] - want) < 1e-6
+        best = min(res["kl_static_at_equal_layers"][mode][k] for k in ("angular", "block-influence"))
+        assert abs(res["kl_reduction_vs_best_static_equal_layers"][mode] - (1 - res["kl"][f"l2a-{mode}"]["kl"] / best)) < 1e-9

@@ -141,7 +141,10 @@ def cmd_train(args) -> int:
         cfg = TrainConfig(model=args.model, data=args.data, out=args.gates_out, steps=args.steps,
                           examples=args.examples, max_len=args.max_len, lr=args.lr, seed=args.seed, dtype=args.dtype,
                           ablation=args.ablation, limit=args.limit, track=args.track, warm_start=args.warm_start,
-                          fixed_budget=args.fixed_budget, **({"calib_prompts": 0} if args.fixed_budget else {}))
+                          fixed_budget=args.fixed_budget, dual=args.dual, noise_end=args.noise_end, select=args.select,
+                          estimator=args.estimator, samples=args.samples, dense_at_full=args.dense_at_full,
+                          warm_scale=args.warm_scale,
+                          **({"calib_prompts": 0} if args.fixed_budget else {}))
     summary = train(cfg)
     print(f"gates written to {cfg.out} ({summary['gate_params']} parameters, {summary['seconds']} s)", file=sys.stderr)
     _emit(run_record("train", summary["config"], summary), args.out)
@@ -283,6 +286,16 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--track", type=float, default=0.0, help="weight of the two-sided (E[cost]-b)^2 term (default 0)")
     t.add_argument("--warm-start", choices=("block-influence", "greedy-kl"),
                    help="initial layer ranking: a static score, or greedy removal under KL to dense (~10 min)")
+    t.add_argument("--dual", choices=("violations", "signed"), default="violations",
+                   help="cost multiplier update: only over-budget rows (never decreases) or the signed mean")
+    t.add_argument("--noise-end", type=_fraction, default=1.0, help="gate noise scale at the end (annealed from 1)")
+    t.add_argument("--estimator", choices=("st", "score"), default="st",
+                   help="gradient of the task terms: straight-through, or score function over sampled gate sets")
+    t.add_argument("--samples", type=_positive, default=4, help="gate sets sampled per row (--estimator score)")
+    t.add_argument("--dense-at-full", action="store_true", help="rows at budget 1.0 run dense in training, as at inference")
+    t.add_argument("--warm-scale", type=float, default=1.5, help="weight of the warm-start ranking in the logit bias")
+    t.add_argument("--select", choices=("last", "val-kl"), default="last",
+                   help="artifact = last step, or the checkpoint with the lowest held-out KL of its top-k layer sets")
     t.add_argument("--fixed-budget", type=_fraction, help="train the tuned-static baseline: budget-only gates at this "
                                                           "one layer budget (write to DIR/b0.70 for `--tuned-gates DIR`)")
     t.add_argument("--config", help="train with this TrainConfig JSON or a gate artifact's l2a_config.json "

@@ -14,6 +14,8 @@ All numbers are measured on the model; nothing here is modeled. Not here: accura
 
 from __future__ import annotations
 
+import math
+
 import re
 
 import torch
@@ -73,6 +75,9 @@ def teacher_forced_kl(m, pairs, decisions: list[GateDecision], max_len=320, batc
     return total / max(count, 1)
 
 
+WARM = "greedy-kl (warm start, static)"
+
+
 def check_gates(m, data=None, limit=200, kl_limit=100, kl_fraction=0.7, ablation=None, progress=True,
                 calibration=None, warm_order=None) -> dict:
     """Measure tracking, nesting, input-awareness and KL for `m.policy` (and an ablation policy).
@@ -116,22 +121,31 @@ def check_gates(m, data=None, limit=200, kl_limit=100, kl_fraction=0.7, ablation
     # KL at ~ (1 - kl_fraction) sparsity: l2a (threshold and strict) vs static baselines at the same count
     kl_pairs = pairs[:kl_limit]
     kl_prompts = prompts[:kl_limit]
-    kl = {}
+    kl, counts = {}, {}  # counts: (method, layers kept) -> KL of the static set
     for mode in ("threshold", "strict"):
         ds = _decide_all(m, m.policy, kl_prompts, Budget(layers=kl_fraction), mode=mode)
         kl[f"l2a-{mode}"] = {"kl": teacher_forced_kl(m, kl_pairs, ds),
                              "realized_layers": sum(d.layer_fraction for d in ds) / len(ds)}
-    for name in ("block-influence", "angular", "even-spaced"):
-        pol = make_method(name, calibration=calibration)
-        ds = pol.decide(m, None, None, [Budget(layers=kl_fraction)] * len(kl_pairs))
-        kl[name] = {"kl": teacher_forced_kl(m, kl_pairs, ds), "realized_layers": ds[0].layer_fraction}
+    statics = {name: make_method(name, calibration=calibration) for name in ("block-influence", "angular", "even-spaced")}
     if warm_order:
-        from .baselines import kept_count
+        statics[WARM] = warm_order
 
-        drop = set(warm_order[: L - kept_count(L, kl_fraction)])
-        d = GateDecision(layers=tuple(i not in drop for i in range(L)))
-        kl["greedy-kl (warm start, static)"] = {"kl": teacher_forced_kl(m, kl_pairs, [d] * len(kl_pairs)),
-                                                "realized_layers": d.layer_fraction}
+    def static_kl(name: str, count: int) -> float:
+        """KL of static method `name` keeping `count` layers (memoised)."""
+        if (name, count) not in counts:
+            pol = statics[name]
+            if name == WARM:  # the greedy order: drop its first L - count layers
+                ds = [GateDecision(layers=tuple(i not in set(pol[: L - count]) for i in range(L)))] * len(kl_pairs)
+            else:
+                ds = pol.decide(m, None, None, [Budget(layers=count / L)] * len(kl_pairs))
+            counts[name, count] = teacher_forced_kl(m, kl_pairs, ds)
+        return counts[name, count]
+
+    from .baselines import kept_count
+
+    for name in statics:
+        k = kept_count(L, kl_fraction)
+        kl[name] = {"kl": static_kl(name, k), "realized_layers": k / L}
     if ablation is not None:
         # equal realized compute: the ablation at the budget whose mean realized fraction matches l2a's
         target = kl["l2a-threshold"]["realized_layers"]
@@ -145,6 +159,20 @@ def check_gates(m, data=None, limit=200, kl_limit=100, kl_fraction=0.7, ablation
     static_best = min(kl["block-influence"]["kl"], kl["angular"]["kl"])
     res["kl_reduction_vs_best_static"] = {
         mode: 1 - kl[f"l2a-{mode}"]["kl"] / static_best for mode in ("threshold", "strict")
+    }
+    # Equal realized compute: each static method's KL interpolated between its neighbouring layer counts at
+    # the fraction l2a realized in each mode (l2a's threshold sets keep a varying number per prompt).
+    equal = {}
+    for mode in ("threshold", "strict"):
+        f = kl[f"l2a-{mode}"]["realized_layers"] * L
+        c0 = min(L - 1, math.floor(f + 1e-9))
+        w = f - c0
+        equal[mode] = {name: static_kl(name, c0) + (w * (static_kl(name, c0 + 1) - static_kl(name, c0)) if w > 1e-9 else 0.0)
+                       for name in ("block-influence", "angular") + ((WARM,) if warm_order else ())}
+    res["kl_static_at_equal_layers"] = equal
+    res["kl_reduction_vs_best_static_equal_layers"] = {
+        mode: 1 - kl[f"l2a-{mode}"]["kl"] / min(equal[mode]["block-influence"], equal[mode]["angular"])
+        for mode in ("threshold", "strict")
     }
     res["n_layers"] = L
     return res
@@ -163,4 +191,10 @@ def render(res: dict) -> str:
         lines.append(f"| {name} | {v['kl']:.4f} | {v['realized_layers']:.3f} |")
     red = res["kl_reduction_vs_best_static"]
     lines.append(f"\nKL reduction vs best static (BI/angular): threshold {100 * red['threshold']:.1f}%, strict {100 * red['strict']:.1f}%")
+    if "kl_static_at_equal_layers" in res:
+        eq, red = res["kl_static_at_equal_layers"], res["kl_reduction_vs_best_static_equal_layers"]
+        for mode in ("threshold", "strict"):
+            at = ", ".join(f"{name} {v:.4f}" for name, v in eq[mode].items())
+            lines.append(f"at l2a-{mode}'s realized layers ({res['kl'][f'l2a-{mode}']['realized_layers']:.3f}, "
+                         f"static interpolated between layer counts): {at}; l2a {100 * red[mode]:.1f}% below the best of BI/angular")
     return "\n".join(lines)

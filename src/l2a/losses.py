@@ -13,10 +13,11 @@ import torch
 import torch.nn.functional as F
 
 
-def gumbel_sigmoid(logits: torch.Tensor, tau: float, hard: bool = True, generator=None) -> torch.Tensor:
-    """Relaxed Bernoulli sample of keep-gates; with `hard`, 0/1 forward and the relaxed gradient backward."""
+def gumbel_sigmoid(logits: torch.Tensor, tau: float, hard: bool = True, generator=None, noise: float = 1.0) -> torch.Tensor:
+    """Relaxed Bernoulli sample of keep-gates; with `hard`, 0/1 forward and the relaxed gradient backward.
+    The hard sample keeps with probability sigmoid(logits / noise): `noise` < 1 makes it more deterministic."""
     u = torch.rand(logits.shape, generator=generator, device=logits.device).clamp(1e-6, 1 - 1e-6)
-    z = torch.sigmoid((logits + u.log() - (-u).log1p()) / tau)  # logistic noise
+    z = torch.sigmoid((logits + noise * (u.log() - (-u).log1p())) / tau)  # logistic noise
     if not hard:
         return z
     return (z > 0.5).to(z.dtype) + z - z.detach()
@@ -28,6 +29,18 @@ def token_kl(teacher_logp: torch.Tensor, student_logits: torch.Tensor, mask: tor
     t = teacher_logp[keep].float()  # (M, V)
     s = F.log_softmax(student_logits[keep].float(), -1)  # (M, V)
     return (t.exp() * (t - s)).sum(-1).mean() if t.shape[0] else s.sum() * 0
+
+
+def row_kl(teacher_logp: torch.Tensor, student_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B,) per-row mean over masked tokens of KL(teacher ‖ student); both log-probs (B, T, V), mask (B, T)."""
+    kl = (teacher_logp.exp() * (teacher_logp - student_logp)).sum(-1)  # (B, T)
+    return (kl * mask).sum(-1) / mask.sum(-1).clamp_min(1)
+
+
+def row_ce(student_logp: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B,) per-row mean next-token cross-entropy over masked positions; log-probs (B, T, V) predict targets (B, T)."""
+    nll = -student_logp.gather(-1, targets[..., None])[..., 0]  # (B, T)
+    return (nll * mask).sum(-1) / mask.sum(-1).clamp_min(1)
 
 
 def token_ce(student_logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

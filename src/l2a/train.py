@@ -1,17 +1,17 @@
 """`l2a train`: fit a GatePolicy to a frozen base model with L2A's unified objective.
 
 Each step takes N training examples (question -> chain of thought and answer), runs the dense model once
-(teacher log-probs + the router's input), samples two budgets per example (a share at 1.0), samples hard
-gates (Gumbel-sigmoid, straight-through, annealed temperature), runs the gated model in its masked
-training mode on all 2N rows, and minimises
+(teacher log-probs + the router's input), samples two budgets per example (a share at 1.0), and takes
+a gradient step on the unified objective (objective.py: straight-through or score-function estimator)
 
     ce·CE + kl·KL(dense ‖ gated) + mono·nesting + agree·KL(gated_hi ‖ gated_lo) + Σ λ_axis·hinge²(E[cost] − b − tol)
 
-with the λ_axis updated by dual ascent. The base weights stay frozen. Progress bar, JSONL log, periodic
+with the λ_axis updated by dual ascent. The base weights stay frozen. Optionally (`select = "val-kl"`)
+the artifact is the checkpoint with the lowest held-out KL (selection.py). Progress bar, JSONL log, periodic
 checkpoints (safetensors + JSON, no pickle), resume after interruption, seeded. After training, a
 calibration table (a logit threshold per budget, calibration.py) is fit so the mean realized layer
 fraction tracks the request.
-Not here: the gate network (gates.py), the loss terms (losses.py), evaluation (evaluate.py).
+Not here: the gate network (gates.py), the objective (objective.py, losses.py), evaluation (evaluate.py).
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
-from . import losses
 from .checkpoint import save_gates
 from .gates import GateConfig, GatePolicy
+from .objective import objective
 
 
 @dataclass
@@ -57,8 +57,18 @@ class TrainConfig:
     tol: float = 0.02  # cost tolerance above the budget
     track: float = 0.0  # weight of (E[cost] - b)^2 per axis (10 tracked budgets to ±0.013 but chose worse layers)
     warm_start: str | None = None  # initial layer ranking: "block-influence" or "greedy-kl" (WARM_STARTS)
+    warm_scale: float = 1.5  # warm start: the static ranking's z-scores times this are added to the logit bias
     lambda_init: float = 20.0  # initial cost multipliers
     dual_lr: float = 20.0  # dual ascent step on the multipliers (per unit of mean violation)
+    dual: str = "violations"  # multiplier update: "violations" (only rows over budget; never decreases) or
+    #   "signed" (mean of E[cost] - b - tol over rows below budget 1, projected to >= 0: can decrease)
+    noise_end: float = 1.0  # gate noise scale, annealed from 1 to this (< 1: late training samples the sets
+    #   inference runs; E[cost] is the exact keep probability under the scaled noise)
+    estimator: str = "st"  # gradient of the task terms: "st" (straight-through) or "score" (objective.py)
+    samples: int = 4  # gate sets sampled per row (estimator = "score")
+    dense_at_full: bool = False  # rows at budget 1.0 on an axis run that axis dense in training, as at inference
+    select: str = "last"  # artifact: "last" step, or "val-kl": best held-out KL checkpoint (selection.py)
+    val_every: int = 25  # steps between held-out KL checks (select = "val-kl")
     width: int = 256  # router width
     router_layers: int = 1  # layers before the router
     protect_last: int = 1  # last layers always kept
@@ -75,6 +85,12 @@ class TrainConfig:
             raise ValueError("layer_min and head_min must be in (0, 1]")
         if self.fixed_budget is not None and not 0 < self.fixed_budget < 1:
             raise ValueError(f"fixed_budget must be in (0, 1), got {self.fixed_budget!r}")
+        if self.dual not in ("violations", "signed") or self.select not in ("last", "val-kl"):
+            raise ValueError(f"dual must be violations|signed and select last|val-kl, got {self.dual!r}, {self.select!r}")
+        if not 0 < self.noise_end <= 1 or self.val_every < 1 or self.samples < 1:
+            raise ValueError("noise_end must be in (0, 1], val_every and samples >= 1")
+        if self.estimator not in ("st", "score"):
+            raise ValueError(f"estimator must be st or score, got {self.estimator!r}")
         if self.warm_start is not None and self.warm_start not in WARM_STARTS:
             raise ValueError(f"warm_start must be one of {', '.join(WARM_STARTS)} or None, got {self.warm_start!r}")
 
@@ -127,6 +143,15 @@ def _sample_budgets(cfg: TrainConfig, n: int, g: torch.Generator) -> tuple[torch
     head_lo = torch.where(u() < 0.5, head_hi, cfg.head_min + (head_hi - cfg.head_min) * u())
     ones = torch.ones(n)
     return torch.stack([lay_hi, head_hi, ones], -1), torch.stack([lay_lo, head_lo, ones], -1)
+
+
+def dual_step(lam: float, expected: torch.Tensor, budget: torch.Tensor, cfg: TrainConfig) -> float:
+    """One dual-ascent update of a cost multiplier from E[cost] (R,) and budgets (R,) of a batch's rows."""
+    g = expected - budget - cfg.tol  # (R,) constraint values, <= 0 is feasible
+    if cfg.dual == "violations":  # rows under budget must not cancel rows over it: lam never decreases
+        return lam + cfg.dual_lr * float(g.clamp_min(0).mean())
+    below = budget < 1  # rows at budget 1 cannot violate, so they say nothing about the multiplier
+    return max(0.0, lam + cfg.dual_lr * float(g[below].mean())) if below.any() else lam
 
 
 def _state_paths(out: Path):
@@ -187,13 +212,22 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     gen = torch.Generator().manual_seed(cfg.seed)
     order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
     calib = [examples[i] for i in order[: cfg.calib_prompts]]
-    train_idx = order[cfg.calib_prompts :]
+    # The end of the order is held out: the last WARM_PAIRS for the greedy warm-start search, the VAL_PAIRS
+    # before them for checkpoint selection (disjoint, so selection does not favour the searched ranking).
+    reserve = (WARM_PAIRS if cfg.warm_start == "greedy-kl" or cfg.select == "val-kl" else 0) + (
+        VAL_PAIRS if cfg.select == "val-kl" else 0)
+    if len(order) - cfg.calib_prompts - reserve < cfg.examples:
+        raise ValueError(f"{len(order)} examples leave too few to train on after {cfg.calib_prompts} calibration "
+                         f"and {reserve} held-out prompts")
+    train_idx = order[cfg.calib_prompts : len(order) - reserve]
+    held_out = [examples[i] for i in order[len(order) - WARM_PAIRS :]]
+    val = [examples[i] for i in order[len(order) - WARM_PAIRS - VAL_PAIRS : len(order) - WARM_PAIRS]]
 
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     gcfg = gate_config(m, cfg, budget_only=cfg.ablation or cfg.fixed_budget is not None)
     policy = GatePolicy(gcfg)
     policy.fit_input(pooled_prompts(m, policy, [examples[i][0] for i in train_idx[:256]], pad_id))
-    warm_order = _warm_start(m, policy, cfg, [examples[i] for i in order[-WARM_PAIRS:]]) if cfg.warm_start else None
+    warm_order = _warm_start(m, policy, cfg, held_out) if cfg.warm_start else None
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -204,6 +238,13 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
         start, lambdas = resumed
     k = gcfg.router_layers
     log = (out / "log.jsonl").open("a")
+    selector = None
+    if cfg.select == "val-kl":
+        from .selection import Selector
+
+        selector = Selector(m, val, pad_id, out)
+        if start == 0:
+            log.write(json.dumps(selector.check(policy, 0)) + "\n")
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress, desc="train gates")
     t0 = time.time()
     for step in bar:
@@ -212,29 +253,33 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
         ids, attn, prompt_mask, ans_mask = _batch(batch, pad_id)
         teacher, pooled = teacher_pass(m, ids, attn, prompt_mask, k)
         b_hi, b_lo = _sample_budgets(cfg, n, gen)
-        tau = cfg.tau_start * (cfg.tau_end / cfg.tau_start) ** (step / max(1, cfg.steps - 1))
+        frac = step / max(1, cfg.steps - 1)
+        tau = cfg.tau_start * (cfg.tau_end / cfg.tau_start) ** frac
+        noise = cfg.noise_end**frac
         loss, terms, costs, budgets, hard = objective(
-            m, policy, ids, attn, ans_mask, teacher, pooled, b_hi, b_lo, tau, gen, cfg, lambdas
+            m, policy, ids, attn, ans_mask, teacher, pooled, b_hi, b_lo, tau, gen, cfg, lambdas, noise
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         with torch.no_grad():  # dual ascent on g = E[cost] - b - tol <= 0
             for axis, e, col in (("layers", costs[0], 0), ("heads", costs[1], 1)):
-                # Only violations count: rows under budget must not cancel rows over it.
-                lambdas[axis] += cfg.dual_lr * float((e - budgets[:, col] - cfg.tol).clamp_min(0).mean())
+                lambdas[axis] = dual_step(lambdas[axis], e, budgets[:, col], cfg)
         rec = {
             "step": step + 1, **{name: t.detach().item() for name, t in terms.items()}, "tau": tau,
             "lambda_layers": lambdas["layers"], "lambda_heads": lambdas["heads"],
             "layers_over_budget": (costs[0] - budgets[:, 0]).mean().item(),
-            "hard_layers": hard, "seconds": round(time.time() - t0, 1),
+            "hard_layers": hard, "noise": noise, "seconds": round(time.time() - t0, 1),
         }
         log.write(json.dumps(rec) + "\n")
         log.flush()
         bar.set_postfix(kl=f"{rec['kl']:.3f}", over=f"{rec['layers_over_budget']:+.3f}", lam=f"{lambdas['layers']:.1f}")
+        if selector is not None and ((step + 1) % cfg.val_every == 0 or step + 1 == cfg.steps):
+            log.write(json.dumps(selector.check(policy, step + 1)) + "\n")
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
             _save_state(out, step + 1, policy, opt, lambdas, gen, cfg)
     log.close()
+    selected = selector.restore(policy) if selector is not None else None
     policy.eval()
     from .calibration import calibrate
 
@@ -242,7 +287,8 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     policy.config.calibration = table
     summary = {"config": dataclasses.asdict(cfg), "data_source": source, "train_examples": len(train_idx),
                "seconds": round(time.time() - t0, 1), "lambdas": lambdas, "calibration": table,
-               "gate_params": policy.n_params(), **({"warm_start_order": warm_order} if warm_order else {})}
+               "gate_params": policy.n_params(), **({"warm_start_order": warm_order} if warm_order else {}),
+               **({"selected": selected} if selected else {})}
     save_gates(policy, out, m.hf, extra=summary)
     return summary
 
@@ -256,6 +302,7 @@ def gate_config(m, cfg: TrainConfig, **extra) -> GateConfig:
 
 WARM_STARTS = ("block-influence", "greedy-kl")
 WARM_PAIRS = 16  # greedy-kl: held-out training examples searched on (the end of the seeded order)
+VAL_PAIRS = 32  # select = "val-kl": held-out training examples checkpoints are scored on (just before those)
 
 
 @torch.no_grad()
@@ -283,7 +330,7 @@ def _warm_start(m, policy: GatePolicy, cfg: TrainConfig, held_out: list) -> list
             cache.write_text(json.dumps({"warm_start": cfg.warm_start, "order": order}) + "\n")
         score = torch.tensor([float(order.index(j)) for j in gate])  # later removal = more important
     z = (score - score.mean()) / score.std().clamp_min(1e-6)
-    policy.out.bias[: len(z)] += 1.5 * z
+    policy.out.bias[: len(z)] += cfg.warm_scale * z
     return order
 
 
@@ -304,44 +351,6 @@ def teacher_pass(m, ids, attn, prompt_mask, router_layers: int):
     """Dense log-probs (N, T-1, V) and the router input pooled over prompt tokens (N, H), in one pass."""
     t_logits, hidden = m.forward_with_hidden(ids, attn, layer=router_layers - 1)
     return torch.log_softmax(t_logits[:, :-1].float(), -1), GatePolicy.pool(hidden, prompt_mask)
-
-
-def objective(m, policy, ids, attn, ans_mask, teacher, pooled, b_hi, b_lo, tau, gen, cfg: TrainConfig, lambdas):
-    """The unified objective on one batch of N examples, each at budgets b_hi and b_lo (N, 3).
-
-    ids/attn/ans_mask (N, T); teacher (N, T-1, V) dense log-probs; pooled (N, H) router input.
-    Returns (loss, {term: value}, (E[layers] (2N,), E[heads] (2N,)), budgets (2N, 3), hard layer share).
-    """
-    c = policy.config
-    n, k, L = ids.shape[0], c.router_layers, c.n_layers
-    budgets = torch.cat([b_hi, b_lo])  # (2N, 3): rows [0, N) high, [N, 2N) low
-    logits = policy(pooled.repeat(2, 1), budgets)
-    layer_gates = torch.ones(2 * n, L)
-    layer_gates[:, list(c.gateable)] = losses.gumbel_sigmoid(logits.layers, tau, generator=gen)
-    group_gates = losses.gumbel_sigmoid(logits.groups, tau, generator=gen)  # (2N, L, G)
-    group_gates = torch.cat([torch.ones_like(group_gates[:, :k]), group_gates[:, k:]], 1)
-    with m.soft(layer_gates, group_gates):
-        s_logits = m.hf(input_ids=ids.repeat(2, 1), attention_mask=attn.repeat(2, 1), use_cache=False).logits
-    s_logits = s_logits[:, :-1]  # (2N, T-1, V) predicts tokens 1..T-1
-    mask = ans_mask[:, 1:].repeat(2, 1)  # (2N, T-1)
-    ce = losses.token_ce(s_logits, ids[:, 1:].repeat(2, 1), mask)
-    kl = (losses.token_kl(teacher, s_logits[:n], mask[:n]) + losses.token_kl(teacher, s_logits[n:], mask[n:])) / 2
-    p_layers = torch.sigmoid(logits.layers)  # (2N, n_gate)
-    p_groups = torch.sigmoid(logits.groups[:, k:])  # (2N, L-k, G)
-    e_layers = (c.protected + p_layers.sum(-1)) / L  # (2N,) expected fraction of layers run
-    e_heads = (k + p_groups.mean(-1).sum(-1)) / L  # (2N,) expected fraction of groups kept
-    pen_l = losses.cost_hinge(e_layers, budgets[:, 0], cfg.tol).mean()
-    pen_h = losses.cost_hinge(e_heads, budgets[:, 1], cfg.tol).mean()
-    track = (e_layers - budgets[:, 0]).pow(2).mean() + (e_heads - budgets[:, 1]).pow(2).mean()
-    mono = losses.nesting(p_layers[n:], p_layers[:n]) + losses.nesting(p_groups[n:], p_groups[:n])
-    agree = losses.agreement(s_logits[n:], s_logits[:n], mask[:n])
-    loss = (
-        cfg.ce * ce + cfg.kl * kl + cfg.mono * mono + cfg.agree * agree
-        + lambdas["layers"] * pen_l + lambdas["heads"] * pen_h + cfg.track * track
-    )
-    terms = {"loss": loss, "ce": ce, "kl": kl, "mono": mono, "agree": agree, "pen_layers": pen_l, "pen_heads": pen_h,
-             "track": track}
-    return loss, terms, (e_layers.detach(), e_heads.detach()), budgets, float(layer_gates.detach().mean())
 
 
 def m_router(m, policy, ids, mask):

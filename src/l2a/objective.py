@@ -1,0 +1,123 @@
+"""objective: L2A's unified objective on one training batch, with two gradient estimators.
+
+    ce·CE + kl·KL(dense ‖ gated) + agree·KL(gated_hi ‖ gated_lo) + mono·nesting
+          + Σ λ_axis·hinge²(E[cost] − b − tol) + track·(E[cost] − b)²
+
+The cost, nesting and tracking terms are functions of the keep probabilities and are differentiated
+exactly. The task terms (CE, KL, agreement) depend on which gates were sampled; their gradient comes from
+one of two estimators (`TrainConfig.estimator`):
+
+- *straight-through* ("st", the default): one Gumbel-sigmoid sample per row, hard 0/1 forward through the
+  soft-masked model (`GatedModel.soft`, every layer computed), sigmoid gradient backward. Cheap per sample,
+  but the gradient is the first-order effect of scaling a layer's update, which can rank layers badly for
+  removing them (measured: training from a greedy-KL ranking made it worse, see README).
+- *score function* ("score"): `samples` Bernoulli gate sets per row, each run by the real sparse runtime
+  (skipped layers run nothing; no backward through the base model), and the REINFORCE gradient
+  (task cost − leave-one-out mean of the other samples) · ∇ log p(gates). Unbiased for the expected task
+  cost of the sets the gates sample, at the price of variance.
+
+With `dense_at_full`, a row whose budget on an axis is 1.0 runs that axis dense in training, as at
+inference (budget 1.0 is the dense model). Not here: the loop, data and dual ascent (train.py); the gate
+network (gates.py); the pure loss terms (losses.py).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import losses
+from .decision import GateDecision
+
+
+def objective(m, policy, ids, attn, ans_mask, teacher, pooled, b_hi, b_lo, tau, gen, cfg, lambdas, noise: float = 1.0):
+    """The unified objective on N examples, each at budgets b_hi and b_lo (N, 3), gate noise scaled by `noise`.
+
+    ids/attn/ans_mask (N, T); teacher (N, T-1, V) dense log-probs; pooled (N, H) router input.
+    Returns (loss, {term: value}, (E[layers] (2N,), E[heads] (2N,)), budgets (2N, 3), share of layers run).
+    """
+    c = policy.config
+    n, k, L = ids.shape[0], c.router_layers, c.n_layers
+    budgets = torch.cat([b_hi, b_lo])  # (2N, 3): rows [0, N) high, [N, 2N) low
+    logits = policy(pooled.repeat(2, 1), budgets)
+    p_layers = torch.sigmoid(logits.layers / noise)  # (2N, n_gate) keep probabilities under the scaled noise
+    p_groups = torch.sigmoid(logits.groups[:, k:] / noise)  # (2N, L-k, G)
+    task = _score if cfg.estimator == "score" else _straight_through
+    task_loss, terms, share = task(m, policy, logits, ids, attn, ans_mask, teacher, budgets, tau, gen, cfg, noise)
+    e_layers = (c.protected + p_layers.sum(-1)) / L  # (2N,) expected fraction of layers run
+    e_heads = (k + p_groups.mean(-1).sum(-1)) / L  # (2N,) expected fraction of groups kept
+    pen_l = losses.cost_hinge(e_layers, budgets[:, 0], cfg.tol).mean()
+    pen_h = losses.cost_hinge(e_heads, budgets[:, 1], cfg.tol).mean()
+    track = (e_layers - budgets[:, 0]).pow(2).mean() + (e_heads - budgets[:, 1]).pow(2).mean()
+    mono = losses.nesting(p_layers[n:], p_layers[:n]) + losses.nesting(p_groups[n:], p_groups[:n])
+    loss = task_loss + cfg.mono * mono + lambdas["layers"] * pen_l + lambdas["heads"] * pen_h + cfg.track * track
+    terms = {"loss": loss, **terms, "mono": mono, "pen_layers": pen_l, "pen_heads": pen_h, "track": track}
+    return loss, terms, (e_layers.detach(), e_heads.detach()), budgets, share
+
+
+def _straight_through(m, policy, logits, ids, attn, ans_mask, teacher, budgets, tau, gen, cfg, noise):
+    c = policy.config
+    n, k = ids.shape[0], c.router_layers
+    layer_gates = torch.ones(2 * n, c.n_layers)
+    layer_gates[:, list(c.gateable)] = losses.gumbel_sigmoid(logits.layers, tau, generator=gen, noise=noise)
+    group_gates = losses.gumbel_sigmoid(logits.groups, tau, generator=gen, noise=noise)  # (2N, L, G)
+    group_gates = torch.cat([torch.ones_like(group_gates[:, :k]), group_gates[:, k:]], 1)
+    if cfg.dense_at_full:
+        layer_gates = torch.where(budgets[:, :1] >= 1, torch.ones_like(layer_gates), layer_gates)
+        group_gates = torch.where(budgets[:, 1, None, None] >= 1, torch.ones_like(group_gates), group_gates)
+    with m.soft(layer_gates, group_gates):
+        s_logits = m.hf(input_ids=ids.repeat(2, 1), attention_mask=attn.repeat(2, 1), use_cache=False).logits
+    s_logits = s_logits[:, :-1]  # (2N, T-1, V) predicts tokens 1..T-1
+    mask = ans_mask[:, 1:].repeat(2, 1)  # (2N, T-1)
+    ce = losses.token_ce(s_logits, ids[:, 1:].repeat(2, 1), mask)
+    kl = (losses.token_kl(teacher, s_logits[:n], mask[:n]) + losses.token_kl(teacher, s_logits[n:], mask[n:])) / 2
+    agree = losses.agreement(s_logits[n:], s_logits[:n], mask[:n])
+    loss = cfg.ce * ce + cfg.kl * kl + cfg.agree * agree
+    return loss, {"ce": ce, "kl": kl, "agree": agree}, float(layer_gates.detach().mean())
+
+
+def _score(m, policy, logits, ids, attn, ans_mask, teacher, budgets, tau, gen, cfg, noise, chunk: int = 8):
+    c = policy.config
+    n, k, S = ids.shape[0], c.router_layers, cfg.samples
+    R = 2 * n * S  # rows: each (example, budget) row repeated S times, consecutively
+    b = budgets.repeat_interleave(S, 0)  # (R, 3)
+    p_l = torch.sigmoid(logits.layers / noise).repeat_interleave(S, 0)  # (R, n_gate), with gradient
+    p_g = torch.sigmoid(logits.groups / noise).repeat_interleave(S, 0)  # (R, L, G)
+    z_l = torch.bernoulli(p_l.detach(), generator=gen)  # (R, n_gate) sampled keep-gates
+    z_g = torch.bernoulli(p_g.detach(), generator=gen)  # (R, L, G)
+    z_g[:, :k] = 1  # router layers run densely
+    free_l, free_g = torch.ones(R, 1), torch.ones(R, 1, 1)  # 1 where the axis is sampled, 0 where forced dense
+    if cfg.dense_at_full:
+        free_l, free_g = (b[:, :1] < 1).float(), (b[:, 1, None, None] < 1).float()
+        z_l = torch.maximum(z_l, 1 - free_l)
+        z_g = torch.maximum(z_g, 1 - free_g)
+    best = p_g.detach().argmax(-1, keepdim=True)  # (R, L, 1): a kept layer keeps at least its likeliest group
+    z_g.scatter_(-1, best, z_g.gather(-1, best).maximum((z_g.sum(-1, keepdim=True) == 0).float()))
+    layers = torch.ones(R, c.n_layers, dtype=torch.bool)
+    layers[:, list(c.gateable)] = z_l.bool()
+    decisions = [GateDecision(layers=tuple(lr.tolist()), kv_groups=tuple(map(tuple, gr.bool().tolist())))
+                 for lr, gr in zip(layers, z_g)]
+    ex = torch.arange(2 * n).remainder(n).repeat_interleave(S)  # (R,) example of each row
+    mask = ans_mask[:, 1:]  # (N, T-1)
+    kl, ce, agree = torch.zeros(R), torch.zeros(R), torch.zeros(R)
+    with torch.no_grad():
+        s_logp = []
+        for i in range(0, R, chunk):  # the real sparse runtime: skipped layers and groups run nothing
+            rows = ex[i : i + chunk]
+            out = m.forward(ids[rows], attn[rows], decisions=decisions[i : i + chunk])[:, :-1]
+            s_logp.append(torch.log_softmax(out.float(), -1))  # (r, T-1, V)
+            kl[i : i + chunk] = losses.row_kl(teacher[rows], s_logp[-1], mask[rows])
+            ce[i : i + chunk] = losses.row_ce(s_logp[-1], ids[rows, 1:], mask[rows])
+        hi, lo = slice(0, n * S), slice(n * S, R)  # the low-budget row of sample s agrees with the high one's
+        for i in range(n * S):
+            j = n * S + i
+            agree[j] = losses.row_kl(s_logp[i // chunk][i % chunk][None], s_logp[j // chunk][j % chunk][None],
+                                     mask[ex[i], None])[0]
+    cost = cfg.kl * kl + cfg.ce * ce + cfg.agree * agree  # (R,) task cost of each sampled gate set
+    per = cost.view(2 * n, S)
+    advantage = per - (per.sum(-1, keepdim=True) - per) / max(1, S - 1)  # (2N, S) leave-one-out baseline
+    logp = (z_l * p_l.clamp_min(1e-6).log() + (1 - z_l) * (1 - p_l).clamp_min(1e-6).log()) * free_l  # (R, n_gate)
+    g_logp = (z_g * p_g.clamp_min(1e-6).log() + (1 - z_g) * (1 - p_g).clamp_min(1e-6).log()) * free_g  # (R, L, G)
+    g_logp = g_logp[:, k:] * layers[:, k:, None].float()  # groups of skipped layers change nothing: left out
+    surrogate = (advantage.reshape(-1) * (logp.sum(-1) + g_logp.sum((-1, -2)))).mean()
+    terms = {"ce": ce.mean(), "kl": kl.mean(), "agree": agree[lo].mean(), "kl_hi": kl[hi].mean(), "pg": surrogate}
+    return surrogate, terms, float(layers.float().mean())

@@ -1,0 +1,89 @@
+"""selection: choose the training checkpoint by held-out KL of the layer sets it would run.
+
+Training minimises an expectation over *sampled* gate sets; inference runs one *deterministic* set per
+prompt and budget. The two can disagree: a run that lowers its training loss can still rank layers
+worse than where it started (a greedy-KL warm start did, see README). So `l2a train --select val-kl`
+measures, every `val_every` steps and before the first, the quantity the gates are judged on:
+teacher-forced KL(dense ‖ gated) over the answer tokens of held-out training examples (not those the
+greedy warm start searched on), each prompt running its own top-k layers by keep-logit at layer budgets
+0.6 / 0.7 / 0.8 (k = floor(b·L), all KV groups). The best checkpoint so far is kept in `out/best_policy.safetensors` (+ `best.json`, so a
+resumed run keeps it) and is the one saved as the artifact. The held-out examples are training-split
+examples the run never trains on, never test data.
+Not here: the objective (train.py, losses.py), the decision rules of inference (gates.py).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from .decision import GateDecision
+
+VAL_BUDGETS = (0.6, 0.7, 0.8)
+
+
+@torch.no_grad()
+def topk_decisions(policy, pooled: torch.Tensor, budget: float) -> list[GateDecision]:
+    """Per row of pooled prompt states (N, H): keep the floor(budget * L) layers with the highest keep-logits
+    at `budget` (protected layers count and always run), all KV groups."""
+    c = policy.config
+    n = pooled.shape[0]
+    logits = policy.gate_logits(policy.features(pooled), torch.tensor([[budget, 1.0]]).expand(n, 2))[0]  # (N, n_gate)
+    k = max(0, math.floor(budget * c.n_layers + 1e-9) - c.protected)
+    gate = torch.tensor(c.gateable)
+    out = []
+    for row in logits:
+        keep = torch.ones(c.n_layers, dtype=torch.bool)
+        keep[gate] = False
+        keep[gate[row.topk(k).indices]] = True
+        out.append(GateDecision(layers=tuple(keep.tolist())))
+    return out
+
+
+class Selector:
+    """Keeps the checkpoint with the lowest held-out KL (see the module docstring)."""
+
+    def __init__(self, m, pairs: list, pad_id: int, out: Path, budgets=VAL_BUDGETS):
+        from .train import _batch, pooled_prompts
+
+        self.m, self.out, self.budgets = m, Path(out), budgets
+        self.ids, self.attn, _, ans = _batch(pairs, pad_id)  # (N, T) right-padded
+        self.mask = ans[:, 1:]  # (N, T-1) answer tokens
+        self.dense = torch.log_softmax(m.forward(self.ids, self.attn)[:, :-1].float(), -1)  # (N, T-1, V)
+        self.prompts, self.pad_id, self._pool = [p for p, _ in pairs], pad_id, pooled_prompts
+        meta = self.out / "best.json"
+        self.best = json.loads(meta.read_text()) if meta.is_file() else None
+
+    @torch.no_grad()
+    def score(self, policy) -> float:
+        """Mean over VAL_BUDGETS of teacher-forced KL on the held-out answers, top-k layers per prompt."""
+        from .losses import token_kl
+
+        pooled = self._pool(self.m, policy, self.prompts, self.pad_id)  # (N, H), as generate computes it
+        kls = []
+        for b in self.budgets:
+            logits = self.m.forward(self.ids, self.attn, decisions=topk_decisions(policy, pooled, b))
+            kls.append(token_kl(self.dense, logits[:, :-1], self.mask).item())
+        return sum(kls) / len(kls)
+
+    def check(self, policy, step: int) -> dict:
+        """Score `policy` at `step`; keep it if it is the best so far. Returns the log record."""
+        from safetensors.torch import save_file
+
+        kl = self.score(policy)
+        if self.best is None or kl < self.best["val_kl"]:
+            state = {k: v.detach().contiguous() for k, v in policy.state_dict().items()}
+            save_file(state, str(self.out / "best_policy.safetensors"))
+            self.best = {"step": step, "val_kl": kl}
+            (self.out / "best.json").write_text(json.dumps(self.best) + "\n")
+        return {"step": step, "val_kl": kl, "best_step": self.best["step"], "best_val_kl": self.best["val_kl"]}
+
+    def restore(self, policy) -> dict:
+        """Load the best checkpoint's weights into `policy`; returns {step, val_kl}."""
+        from safetensors.torch import load_file
+
+        policy.load_state_dict(load_file(str(self.out / "best_policy.safetensors")))
+        return dict(self.best)
