@@ -135,7 +135,8 @@ def check_gates(m, data=None, limit=200, kl_limit=100, kl_fraction=0.7, ablation
         if (name, count) not in counts:
             pol = statics[name]
             if name == WARM:  # the greedy order: drop its first L - count layers
-                ds = [GateDecision(layers=tuple(i not in set(pol[: L - count]) for i in range(L)))] * len(kl_pairs)
+                drop = set(pol[: L - count])
+                ds = [GateDecision(layers=tuple(i not in drop for i in range(L)))] * len(kl_pairs)
             else:
                 ds = pol.decide(m, None, None, [Budget(layers=count / L)] * len(kl_pairs))
             counts[name, count] = teacher_forced_kl(m, kl_pairs, ds)
@@ -143,8 +144,8 @@ def check_gates(m, data=None, limit=200, kl_limit=100, kl_fraction=0.7, ablation
 
     from .baselines import kept_count
 
+    k = kept_count(L, kl_fraction)
     for name in statics:
-        k = kept_count(L, kl_fraction)
         kl[name] = {"kl": static_kl(name, k), "realized_layers": k / L}
     if ablation is not None:
         # equal realized compute: the ablation at the budget whose mean realized fraction matches l2a's

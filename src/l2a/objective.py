@@ -99,19 +99,16 @@ def _score(m, policy, logits, ids, attn, ans_mask, teacher, budgets, tau, gen, c
     ex = torch.arange(2 * n).remainder(n).repeat_interleave(S)  # (R,) example of each row
     mask = ans_mask[:, 1:]  # (N, T-1)
     kl, ce, agree = torch.zeros(R), torch.zeros(R), torch.zeros(R)
+    hi, lo = slice(0, n * S), slice(n * S, R)  # the low-budget row of sample s agrees with the high one's
     with torch.no_grad():
-        s_logp = []
+        s_logp = torch.empty(R, *teacher.shape[1:])  # (R, T-1, V) gated log-probs
         for i in range(0, R, chunk):  # the real sparse runtime: skipped layers and groups run nothing
             rows = ex[i : i + chunk]
             out = m.forward(ids[rows], attn[rows], decisions=decisions[i : i + chunk])[:, :-1]
-            s_logp.append(torch.log_softmax(out.float(), -1))  # (r, T-1, V)
-            kl[i : i + chunk] = losses.row_kl(teacher[rows], s_logp[-1], mask[rows])
-            ce[i : i + chunk] = losses.row_ce(s_logp[-1], ids[rows, 1:], mask[rows])
-        hi, lo = slice(0, n * S), slice(n * S, R)  # the low-budget row of sample s agrees with the high one's
-        for i in range(n * S):
-            j = n * S + i
-            agree[j] = losses.row_kl(s_logp[i // chunk][i % chunk][None], s_logp[j // chunk][j % chunk][None],
-                                     mask[ex[i], None])[0]
+            s_logp[i : i + chunk] = torch.log_softmax(out.float(), -1)
+            kl[i : i + chunk] = losses.row_kl(teacher[rows], s_logp[i : i + chunk], mask[rows])
+            ce[i : i + chunk] = losses.row_ce(s_logp[i : i + chunk], ids[rows, 1:], mask[rows])
+        agree[lo] = losses.row_kl(s_logp[hi], s_logp[lo], mask[ex[hi]])
     cost = cfg.kl * kl + cfg.ce * ce + cfg.agree * agree  # (R,) task cost of each sampled gate set
     per = cost.view(2 * n, S)
     advantage = per - (per.sum(-1, keepdim=True) - per) / max(1, S - 1)  # (2N, S) leave-one-out baseline
