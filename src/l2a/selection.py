@@ -6,8 +6,9 @@ worse than where it started (a greedy-KL warm start did, see README). So `l2a tr
 measures, every `val_every` steps and before the first, the quantity the gates are judged on:
 teacher-forced KL(dense ‖ gated) over the answer tokens of held-out training examples (not those the
 greedy warm start searched on), each prompt running its own top-k layers by keep-logit at layer budgets
-0.6 / 0.7 / 0.8 (k = floor(b·L), all KV groups). The best checkpoint so far is kept in `out/best_policy.safetensors` (+ `best.json`, so a
-resumed run keeps it) and is the one saved as the artifact. The held-out examples are training-split
+0.6 / 0.7 / 0.8 (k = floor(b·L), all KV groups). The best checkpoint so far is kept in
+`out/best_policy.safetensors` (+ `best.json`, so a resumed run keeps it) and is the one saved as the
+artifact. The held-out examples are training-split
 examples the run never trains on, never test data.
 Not here: the objective (train.py, losses.py), the decision rules of inference (gates.py).
 """
@@ -47,13 +48,13 @@ class Selector:
     """Keeps the checkpoint with the lowest held-out KL (see the module docstring)."""
 
     def __init__(self, m, pairs: list, pad_id: int, out: Path, budgets=VAL_BUDGETS):
-        from .train import _batch, pooled_prompts
+        from .train import _batch
 
         self.m, self.out, self.budgets = m, Path(out), budgets
         self.ids, self.attn, _, ans = _batch(pairs, pad_id)  # (N, T) right-padded
         self.mask = ans[:, 1:]  # (N, T-1) answer tokens
         self.dense = torch.log_softmax(m.forward(self.ids, self.attn)[:, :-1].float(), -1)  # (N, T-1, V)
-        self.prompts, self.pad_id, self._pool = [p for p, _ in pairs], pad_id, pooled_prompts
+        self.prompts, self.pad_id = [p for p, _ in pairs], pad_id
         meta = self.out / "best.json"
         self.best = json.loads(meta.read_text()) if meta.is_file() else None
 
@@ -61,8 +62,9 @@ class Selector:
     def score(self, policy) -> float:
         """Mean over VAL_BUDGETS of teacher-forced KL on the held-out answers, top-k layers per prompt."""
         from .losses import token_kl
+        from .train import pooled_prompts
 
-        pooled = self._pool(self.m, policy, self.prompts, self.pad_id)  # (N, H), as generate computes it
+        pooled = pooled_prompts(self.m, policy, self.prompts, self.pad_id)  # (N, H), as generate computes it
         kls = []
         for b in self.budgets:
             logits = self.m.forward(self.ids, self.attn, decisions=topk_decisions(policy, pooled, b))
