@@ -172,6 +172,30 @@ def test_mixed_batch_equals_rows_alone(model, pad):
 
 
 @torch.no_grad()
+def test_reuse_of_a_shared_prefix_is_exact(model):
+    """A search that varies one layer resumes from the outputs the layers before it gave in a base pass."""
+    from l2a import arch
+
+    ids, mask = left_pad(prompts(3, 8), [0, 2, 3])
+    g = GatedModel(model)
+    outs = {}
+    hooks = [layer.register_forward_hook(lambda mod, a, o, i=i: outs.__setitem__(i, o))
+             for i, layer in enumerate(arch.decoder_layers(g.hf))]
+    g.forward(ids, attention_mask=mask, decisions=GateDecision(layers=[True, True, False, True]))
+    for h in hooks:
+        h.remove()
+    varied = [GateDecision(layers=[True, True, False, False])] * 3  # agrees with the base pass up to layer 3
+    want = g.forward(ids, attention_mask=mask, decisions=varied)
+    got = g.forward(ids, attention_mask=mask, decisions=varied, reuse={i: outs[i] for i in range(3)})
+    assert torch.equal(got, want)
+    # the given outputs are what runs on: different ones change the logits
+    wrong = g.forward(ids, attention_mask=mask, decisions=varied, reuse={0: outs[0], 1: outs[1] + 1, 2: outs[1] + 1})
+    assert not torch.allclose(wrong, want, atol=1e-3)
+    with pytest.raises(ValueError, match="reuse= needs explicit decisions and no cache"):
+        g.forward(ids, attention_mask=mask, decisions=varied, reuse={0: outs[0]}, use_cache=True)
+
+
+@torch.no_grad()
 def test_kv_held_per_row_matches_cost_model(model):
     ids = prompts(4, 8)
     g = GatedModel(model)

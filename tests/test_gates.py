@@ -265,6 +265,17 @@ def test_greedy_kl_warm_start(tmp_path):
         TrainConfig(warm_start="magic")
 
 
+def test_row_mean_of_packed_positions_equals_the_full_form():
+    from l2a.losses import row_mean
+
+    g = torch.Generator().manual_seed(0)
+    values, mask = torch.randn(5, 11, generator=g), (torch.rand(5, 11, generator=g) < 0.4).float()
+    mask[2] = 0  # a row with no positions has mean 0
+    full = row_mean(values, mask)
+    assert torch.equal(row_mean(values[mask.bool()], mask), full)  # bit for bit: the objective relies on it
+    assert torch.allclose(full[0], values[0][mask[0].bool()].mean()) and full[2] == 0
+
+
 def test_gate_noise_scale_sets_the_keep_probability():
     from l2a.losses import gumbel_sigmoid
 
@@ -401,3 +412,27 @@ def test_check_gates_reports_every_property(tmp_path):
         assert abs(res["kl_static_at_equal_layers"][mode]["angular"] - want) < 1e-6
         best = min(res["kl_static_at_equal_layers"][mode][k] for k in ("angular", "block-influence"))
         assert abs(res["kl_reduction_vs_best_static_equal_layers"][mode] - (1 - res["kl"][f"l2a-{mode}"]["kl"] / best)) < 1e-9
+        lo, hi = res["kl_reduction_vs_best_static_equal_layers_ci95"][mode]
+        assert lo <= res["kl_reduction_vs_best_static_equal_layers"][mode] + 1e-9 and lo <= hi
+    # the ablation at equal layers: its own top-c sets at the counts around l2a's, interpolated, by hand
+    from l2a.selection import topk_decisions
+    from l2a.train import pooled_prompts
+
+    pooled = pooled_prompts(m, abl, [p for p, _ in pairs], m.tokenizer.pad_token_id or 0)
+    f = res["kl"]["l2a-threshold"]["realized_layers"] * L
+    c0 = min(L - 1, int(f + 1e-9))
+    at = {c: teacher_forced_kl(m, pairs, topk_decisions(abl, pooled, c / L)) for c in (c0, c0 + 1)}
+    assert abs(res["kl"]["ablation"]["kl"] - (at[c0] + (f - c0) * (at[c0 + 1] - at[c0]))) < 1e-6
+    lo, hi = res["kl_reduction_vs_ablation"]["ci95"]
+    assert lo <= res["kl_reduction_vs_ablation"]["threshold"] + 1e-9 and hi >= res["kl_reduction_vs_ablation"]["threshold"] - 1e-9
+
+
+def test_reduction_ci_is_paired_over_chains():
+    from l2a.gatecheck import reduction_ci
+
+    theirs = torch.tensor([1.0, 4.0, 2.0, 8.0, 3.0])
+    assert reduction_ci(theirs, theirs) == [0.0, 0.0]
+    assert all(abs(x - 0.5) < 1e-12 for x in reduction_ci(theirs / 2, theirs))  # the same on every resample
+    ours = theirs * torch.tensor([0.5, 1.0, 0.5, 1.0, 0.5])  # halved on three chains: 1 - 16/18 overall
+    lo, hi = reduction_ci(ours, theirs)
+    assert 0 <= lo < 1 - ours.sum() / theirs.sum() < hi <= 0.5  # resamples range from no halved chain to all

@@ -56,23 +56,50 @@ def _decide_all(m, policy, prompts, budget: Budget, mode="threshold", batch=16) 
 
 
 @torch.no_grad()
-def teacher_forced_kl(m, pairs, decisions: list[GateDecision], max_len=320, batch=8) -> float:
-    """Mean over answer tokens of KL(dense ‖ gated), each row under its own decision."""
-    from .losses import token_kl
+def chain_kl(m, pairs, decisions: list[GateDecision], max_len=320, batch=8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per chain, each row under its own decision: (KL(dense ‖ gated) summed over its answer tokens (N,),
+    answer tokens (N,)). Only answer positions reach the LM head."""
+    from .losses import logits_keep, position_kl, row_sum
     from .train import _batch
 
     pad = m.tokenizer.pad_token_id or 0
-    total, count = 0.0, 0.0
+    sums, counts = [], []
     for i in range(0, len(pairs), batch):
         chunk = [(p, a[: max(1, max_len - len(p))]) for p, a in pairs[i : i + batch]]
         ids, attn, _, ans = _batch(chunk, pad)  # right-padded (N, T)
-        dense = torch.log_softmax(m.forward(ids, attn)[:, :-1].float(), -1)  # (N, T-1, V)
-        gated = m.forward(ids, attn, decisions=decisions[i : i + batch])[:, :-1]
-        mask = ans[:, 1:]
-        n = mask.sum().item()
-        total += token_kl(dense, gated, mask).item() * n
-        count += n
-    return total / max(count, 1)
+        mask = ans[:, 1:]  # (N, T-1) positions predicting an answer token
+        keep = logits_keep(mask)
+        dense = torch.log_softmax(m.forward(ids, attn, logits_to_keep=keep).float(), -1)  # (M, V)
+        gated = m.forward(ids, attn, decisions=decisions[i : i + batch], logits_to_keep=keep)  # (M, V)
+        sums.append(row_sum(position_kl(dense, torch.log_softmax(gated.float(), -1)), mask))
+        counts.append(mask.sum(-1))
+    return torch.cat(sums), torch.cat(counts)
+
+
+def teacher_forced_kl(m, pairs, decisions: list[GateDecision], max_len=320, batch=8) -> float:
+    """Mean over answer tokens of KL(dense ‖ gated), each row under its own decision."""
+    sums, counts = chain_kl(m, pairs, decisions, max_len, batch)
+    return float(sums.sum() / counts.sum().clamp_min(1))
+
+
+def reduction_ci(ours: torch.Tensor, theirs: torch.Tensor, n_resamples=2000, seed=0, level=0.95) -> list[float]:
+    """Percentile bootstrap over chains (paired) of 1 − Σ ours / Σ theirs: the token-mean KL reduction of
+    one method against another on the same chains (per-chain KL sums (N,); the token counts cancel)."""
+    import numpy as np
+
+    a, b = ours.double().numpy(), theirs.double().numpy()
+    idx = np.random.default_rng(seed).integers(0, a.size, size=(n_resamples, a.size))  # (R, N)
+    red = 1 - a[idx].sum(1) / b[idx].sum(1)
+    q = (1 - level) / 2
+    return [float(np.quantile(red, q)), float(np.quantile(red, 1 - q))]
+
+
+def at_layers(sums_at, f: float, L: int) -> torch.Tensor:
+    """Per-chain KL sums of a fixed-count method interpolated at a fractional layer count f:
+    `sums_at(c)` gives them at c kept layers; linear between floor(f) and floor(f) + 1."""
+    c0 = min(L - 1, math.floor(f + 1e-9))
+    w, s0 = f - c0, sums_at(c0)
+    return s0 if w <= 1e-9 else s0 + w * (sums_at(c0 + 1) - s0)
 
 
 WARM = "greedy-kl (warm start, static)"
@@ -121,60 +148,75 @@ def check_gates(m, data=None, limit=200, kl_limit=100, kl_fraction=0.7, ablation
     # KL at ~ (1 - kl_fraction) sparsity: l2a (threshold and strict) vs static baselines at the same count
     kl_pairs = pairs[:kl_limit]
     kl_prompts = prompts[:kl_limit]
-    kl, counts = {}, {}  # counts: (method, layers kept) -> KL of the static set
+    kl, chains = {}, {}  # chains: (method, layers kept) -> per-chain KL sums of the fixed-count set
+    l2a_sums, n_tok = {}, None
     for mode in ("threshold", "strict"):
         ds = _decide_all(m, m.policy, kl_prompts, Budget(layers=kl_fraction), mode=mode)
-        kl[f"l2a-{mode}"] = {"kl": teacher_forced_kl(m, kl_pairs, ds),
+        l2a_sums[mode], n_tok = chain_kl(m, kl_pairs, ds)
+        kl[f"l2a-{mode}"] = {"kl": float(l2a_sums[mode].sum() / n_tok.sum()),
                              "realized_layers": sum(d.layer_fraction for d in ds) / len(ds)}
     statics = {name: make_method(name, calibration=calibration) for name in ("block-influence", "angular", "even-spaced")}
-    if warm_order:
-        statics[WARM] = warm_order
+    abl_pooled = None
+    if ablation is not None:
+        from .train import pooled_prompts
 
-    def static_kl(name: str, count: int) -> float:
-        """KL of static method `name` keeping `count` layers (memoised)."""
-        if (name, count) not in counts:
-            pol = statics[name]
-            if name == WARM:  # the greedy order: drop its first L - count layers
-                drop = set(pol[: L - count])
-                ds = [GateDecision(layers=tuple(i not in drop for i in range(L)))] * len(kl_pairs)
-            else:
-                ds = pol.decide(m, None, None, [Budget(layers=count / L)] * len(kl_pairs))
-            counts[name, count] = teacher_forced_kl(m, kl_pairs, ds)
-        return counts[name, count]
+        abl_pooled = pooled_prompts(m, ablation, kl_prompts, m.tokenizer.pad_token_id or 0)
+
+    def fixed_count(name: str, count: int) -> list[GateDecision]:
+        """The decisions of fixed-count method `name` keeping `count` layers, one per KL chain."""
+        if name == WARM:  # the greedy order: drop its first L - count layers
+            drop = set(warm_order[: L - count])
+            return [GateDecision(layers=tuple(i not in drop for i in range(L)))] * len(kl_pairs)
+        if name == "ablation":  # the budget-only gates' own top-count layers at budget count / L
+            from .selection import topk_decisions
+
+            return topk_decisions(ablation, abl_pooled, count / L)
+        return statics[name].decide(m, None, None, [Budget(layers=count / L)] * len(kl_pairs))
+
+    def sums_at(name: str, count: int) -> torch.Tensor:
+        """Per-chain KL sums (N,) of fixed-count method `name` keeping `count` layers (memoised)."""
+        if (name, count) not in chains:
+            chains[name, count] = chain_kl(m, kl_pairs, fixed_count(name, count))[0]
+        return chains[name, count]
+
+    def mean(sums: torch.Tensor) -> float:
+        return float(sums.sum() / n_tok.sum())
 
     from .baselines import kept_count
 
     k = kept_count(L, kl_fraction)
-    for name in statics:
-        kl[name] = {"kl": static_kl(name, k), "realized_layers": k / L}
-    if ablation is not None:
-        # equal realized compute: the ablation at the budget whose mean realized fraction matches l2a's
-        target = kl["l2a-threshold"]["realized_layers"]
-        best = min(TRACK_GRID[:-1] + (kl_fraction,), key=lambda b: abs(
-            sum(d.layer_fraction for d in _decide_all(m, ablation, kl_prompts, Budget(layers=b))) / len(kl_prompts) - target))
-        ds = _decide_all(m, ablation, kl_prompts, Budget(layers=best))
-        kl["ablation"] = {"kl": teacher_forced_kl(m, kl_pairs, ds), "requested": best,
-                          "realized_layers": sum(d.layer_fraction for d in ds) / len(ds),
-                          "distinct_decisions": len({d.layers for d in ds})}
-    res["kl"] = kl
+    for name in (*statics, *((WARM,) if warm_order else ())):
+        kl[name] = {"kl": mean(sums_at(name, k)), "realized_layers": k / L}
     static_best = min(kl["block-influence"]["kl"], kl["angular"]["kl"])
     res["kl_reduction_vs_best_static"] = {
         mode: 1 - kl[f"l2a-{mode}"]["kl"] / static_best for mode in ("threshold", "strict")
     }
-    # Equal realized compute: each static method's KL interpolated between its neighbouring layer counts at
-    # the fraction l2a realized in each mode (l2a's threshold sets keep a varying number per prompt).
-    equal = {}
+    # Equal realized compute: each fixed-count method's per-chain KL interpolated between its neighbouring
+    # layer counts at the fraction l2a realized in each mode (l2a's threshold sets keep a varying number per
+    # prompt), with a paired bootstrap CI over chains of l2a's reduction against the best of BI/angular.
+    equal, reduction, ci = {}, {}, {}
     for mode in ("threshold", "strict"):
         f = kl[f"l2a-{mode}"]["realized_layers"] * L
-        c0 = min(L - 1, math.floor(f + 1e-9))
-        w = f - c0
-        equal[mode] = {name: static_kl(name, c0) + (w * (static_kl(name, c0 + 1) - static_kl(name, c0)) if w > 1e-9 else 0.0)
-                       for name in ("block-influence", "angular") + ((WARM,) if warm_order else ())}
+        interp = {name: at_layers(lambda c, nm=name: sums_at(nm, c), f, L)
+                  for name in ("block-influence", "angular") + ((WARM,) if warm_order else ())}
+        equal[mode] = {name: mean(v) for name, v in interp.items()}
+        best = min(("block-influence", "angular"), key=lambda nm: equal[mode][nm])
+        reduction[mode] = 1 - kl[f"l2a-{mode}"]["kl"] / equal[mode][best]
+        ci[mode] = reduction_ci(l2a_sums[mode], interp[best])
     res["kl_static_at_equal_layers"] = equal
-    res["kl_reduction_vs_best_static_equal_layers"] = {
-        mode: 1 - kl[f"l2a-{mode}"]["kl"] / min(equal[mode]["block-influence"], equal[mode]["angular"])
-        for mode in ("threshold", "strict")
-    }
+    res["kl_reduction_vs_best_static_equal_layers"] = reduction
+    res["kl_reduction_vs_best_static_equal_layers_ci95"] = ci
+    if ablation is not None:
+        # The budget-only ablation the same way (it keeps the same layers for every prompt): its own top-c
+        # layers at c = floor(f) and floor(f) + 1, interpolated per chain at l2a's realized count f (threshold).
+        f = kl["l2a-threshold"]["realized_layers"] * L
+        abl = at_layers(lambda c: sums_at("ablation", c), f, L)
+        c0 = min(L - 1, math.floor(f + 1e-9))
+        kl["ablation"] = {"kl": mean(abl), "realized_layers": f / L, "layers_kept": [c0, c0 + 1],
+                          "distinct_decisions": len({d.layers for d in fixed_count("ablation", c0)})}
+        res["kl_reduction_vs_ablation"] = {"threshold": 1 - kl["l2a-threshold"]["kl"] / kl["ablation"]["kl"],
+                                           "ci95": reduction_ci(l2a_sums["threshold"], abl)}
+    res["kl"] = kl
     res["n_layers"] = L
     return res
 
@@ -194,8 +236,15 @@ def render(res: dict) -> str:
     lines.append(f"\nKL reduction vs best static (BI/angular): threshold {100 * red['threshold']:.1f}%, strict {100 * red['strict']:.1f}%")
     if "kl_static_at_equal_layers" in res:
         eq, red = res["kl_static_at_equal_layers"], res["kl_reduction_vs_best_static_equal_layers"]
+        ci = res.get("kl_reduction_vs_best_static_equal_layers_ci95", {})
         for mode in ("threshold", "strict"):
             at = ", ".join(f"{name} {v:.4f}" for name, v in eq[mode].items())
+            band = f" (95% CI {100 * ci[mode][0]:.1f}–{100 * ci[mode][1]:.1f}%)" if mode in ci else ""
             lines.append(f"at l2a-{mode}'s realized layers ({res['kl'][f'l2a-{mode}']['realized_layers']:.3f}, "
-                         f"static interpolated between layer counts): {at}; l2a {100 * red[mode]:.1f}% below the best of BI/angular")
+                         f"static interpolated between layer counts): {at}; l2a {100 * red[mode]:.1f}%{band} below the best of BI/angular")
+    if "kl_reduction_vs_ablation" in res:
+        a = res["kl_reduction_vs_ablation"]
+        lines.append(f"against the budget-only ablation at equal layers (its top-{res['kl']['ablation']['layers_kept'][0]}/"
+                     f"{res['kl']['ablation']['layers_kept'][1]} interpolated): l2a {100 * a['threshold']:.1f}% lower KL "
+                     f"(95% CI {100 * a['ci95'][0]:.1f}–{100 * a['ci95'][1]:.1f}%)")
     return "\n".join(lines)

@@ -321,19 +321,26 @@ class GatedModel:
         use_cache: bool = False,
         budget=None,
         mode: str = "threshold",
+        reuse: dict[int, torch.Tensor] | None = None,
         **kwargs,
     ) -> torch.Tensor:
         """Logits (B, T, V) with each row running its decision (or the gates' decision for `budget`).
 
         With `use_cache`, fills a RowCache (pass it back to continue); `m.last_cache` holds it and
-        `m.last_decisions` the decisions used."""
+        `m.last_decisions` the decisions used. `reuse` {layer: output (B, T, H)} returns those outputs
+        instead of running the layers: outputs of an earlier pass over the same inputs whose decisions
+        agree up to there (a search that varies one layer resumes after the shared prefix)."""
         if budget is not None and past_key_values is not None:
             raise ValueError("a budget is decided at prefill; continue a cache with its decisions")
+        if reuse and (budget is not None or use_cache or past_key_values is not None):
+            raise ValueError("reuse= needs explicit decisions and no cache")
         pos = kwargs.get("position_ids")
         ds, plan = self._plan_for(input_ids, attention_mask, decisions, budget, mode,
                                   pos if pos is not None else _positions(attention_mask))
         if pos is None and attention_mask is not None and not bool(attention_mask.all()):
             plan.replay = None  # routed at generate's positions (as `decide`); this pass uses HF's defaults
+        if reuse:
+            plan.replay = {i: (h, None, None) for i, h in reuse.items()}
         cache = prepare(past_key_values, len(ds), tuple(ds)) if (use_cache or past_key_values is not None) else None
         with self._active(plan):
             out = self.hf(

@@ -31,16 +31,47 @@ def token_kl(teacher_logp: torch.Tensor, student_logits: torch.Tensor, mask: tor
     return (t.exp() * (t - s)).sum(-1).mean() if t.shape[0] else s.sum() * 0
 
 
+def logits_keep(target_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) bool `logits_to_keep` for transformers: the positions whose logits predict a masked target of
+    (B, T-1) `target_mask` (position t predicts token t + 1); the logits come back packed (M, V) row-major."""
+    return torch.cat([target_mask.bool(), torch.zeros_like(target_mask[:, :1], dtype=torch.bool)], 1)
+
+
+def position_kl(teacher_logp: torch.Tensor, student_logp: torch.Tensor, teacher_p: torch.Tensor | None = None):
+    """(...,) KL(teacher ‖ student) at each position; log-probs (..., V); `teacher_p` = teacher_logp.exp() if
+    already computed (the same numbers)."""
+    p = teacher_logp.exp() if teacher_p is None else teacher_p
+    return (p * (teacher_logp - student_logp)).sum(-1)
+
+
+def row_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B,) per-row sum over masked positions of `values`, given (B, T) or packed (M,) in row-major order of
+    mask (B, T)'s nonzero positions (what `x[mask.bool()]` gives). Both forms give the same bits."""
+    if values.shape != mask.shape:
+        full = values.new_zeros(mask.shape)  # (B, T)
+        full[mask.bool()] = values
+        values = full
+    return (values * mask).sum(-1)
+
+
+def row_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B,) per-row mean over masked positions of `values` ((B, T) or packed (M,), as `row_sum`)."""
+    return row_sum(values, mask) / mask.sum(-1).clamp_min(1)
+
+
 def row_kl(teacher_logp: torch.Tensor, student_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(B,) per-row mean over masked tokens of KL(teacher ‖ student); both log-probs (B, T, V), mask (B, T)."""
-    kl = (teacher_logp.exp() * (teacher_logp - student_logp)).sum(-1)  # (B, T)
-    return (kl * mask).sum(-1) / mask.sum(-1).clamp_min(1)
+    return row_mean(position_kl(teacher_logp, student_logp), mask)
+
+
+def nll(student_logp: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(...,) next-token negative log-likelihood; log-probs (..., V) predict targets (...)."""
+    return -student_logp.gather(-1, targets[..., None])[..., 0]
 
 
 def row_ce(student_logp: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(B,) per-row mean next-token cross-entropy over masked positions; log-probs (B, T, V) predict targets (B, T)."""
-    nll = -student_logp.gather(-1, targets[..., None])[..., 0]  # (B, T)
-    return (nll * mask).sum(-1) / mask.sum(-1).clamp_min(1)
+    return row_mean(nll(student_logp, targets), mask)
 
 
 def token_ce(student_logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

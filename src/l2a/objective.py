@@ -94,21 +94,32 @@ def _score(m, policy, logits, ids, attn, ans_mask, teacher, budgets, tau, gen, c
     z_g.scatter_(-1, best, z_g.gather(-1, best).maximum((z_g.sum(-1, keepdim=True) == 0).float()))
     layers = torch.ones(R, c.n_layers, dtype=torch.bool)
     layers[:, list(c.gateable)] = z_l.bool()
+    hi, lo = slice(0, n * S), slice(n * S, R)  # the low-budget row of sample s agrees with the high one's
     decisions = [GateDecision(layers=tuple(lr.tolist()), kv_groups=tuple(map(tuple, gr.bool().tolist())))
                  for lr, gr in zip(layers, z_g)]
     ex = torch.arange(2 * n).remainder(n).repeat_interleave(S)  # (R,) example of each row
-    mask = ans_mask[:, 1:]  # (N, T-1)
-    kl, ce, agree = torch.zeros(R), torch.zeros(R), torch.zeros(R)
-    hi, lo = slice(0, n * S), slice(n * S, R)  # the low-budget row of sample s agrees with the high one's
+    mask = ans_mask[:, 1:]  # (N, T-1) positions that predict an answer token
+    keep = losses.logits_keep(mask)  # (N, T)
+    # Only answer positions go through the LM head and the vocab-wide ops, packed row-major: (M, V). Each
+    # position's numbers equal those of computing all positions (R, T-1, V): bit for bit with the CPU bf16
+    # kernels measured here (row-invariant), to rounding where a kernel is not.
+    t_logp = [teacher[e][mask[e].bool()] for e in range(n)]  # (m_e, V) teacher log-probs per example
+    t_p = [t.exp() for t in t_logp]
+    ends = mask.sum(-1).long()[ex].cumsum(0).tolist()  # packed end of each row's positions
+    seg = [slice(e - len(t_logp[x]), e) for e, x in zip(ends, ex.tolist())]
     with torch.no_grad():
-        s_logp = torch.empty(R, *teacher.shape[1:])  # (R, T-1, V) gated log-probs
+        s_logp = torch.empty(ends[-1], teacher.shape[-1])  # (M, V) gated log-probs, every row's answer positions
         for i in range(0, R, chunk):  # the real sparse runtime: skipped layers and groups run nothing
             rows = ex[i : i + chunk]
-            out = m.forward(ids[rows], attn[rows], decisions=decisions[i : i + chunk])[:, :-1]
-            s_logp[i : i + chunk] = torch.log_softmax(out.float(), -1)
-            kl[i : i + chunk] = losses.row_kl(teacher[rows], s_logp[i : i + chunk], mask[rows])
-            ce[i : i + chunk] = losses.row_ce(s_logp[i : i + chunk], ids[rows, 1:], mask[rows])
-        agree[lo] = losses.row_kl(s_logp[hi], s_logp[lo], mask[ex[hi]])
+            out = m.forward(ids[rows], attn[rows], decisions=decisions[i : i + chunk], logits_to_keep=keep[rows])
+            s_logp[seg[i].start : seg[min(i + chunk, R) - 1].stop] = torch.log_softmax(out.float(), -1)
+        rmask = mask[ex]  # (R, T-1)
+        kl = losses.row_mean(torch.cat([losses.position_kl(t_logp[x], s_logp[sl], t_p[x])
+                                         for x, sl in zip(ex.tolist(), seg)]), rmask)  # (R,)
+        ce = losses.row_mean(losses.nll(s_logp, ids[ex, 1:][rmask.bool()]), rmask)  # (R,)
+        half = seg[n * S].start  # packed rows [0, half) are high-budget; the low row of sample s follows its high one
+        agree = torch.zeros(R)
+        agree[lo] = losses.row_mean(losses.position_kl(s_logp[:half], s_logp[half:]), rmask[hi])
     cost = cfg.kl * kl + cfg.ce * ce + cfg.agree * agree  # (R,) task cost of each sampled gate set
     per = cost.view(2 * n, S)
     advantage = per - (per.sum(-1, keepdim=True) - per) / max(1, S - 1)  # (2N, S) leave-one-out baseline
