@@ -389,7 +389,7 @@ def test_check_gates_reports_every_property(tmp_path):
     abl = random_policy(2)
     abl.input_scale = 0.0
     res = check_gates(m, data=data, limit=12, kl_limit=6, ablation=abl, progress=False,
-                      calibration=Calibration(path=data, n=8), warm_order=[4, 2, 1, 3])
+                      calibration=Calibration(path=data, n=8), warm_order=[4, 2, 1, 3], headroom=True)
     assert res["n_prompts"] == 12 and res["nested_share"] == 1.0  # nested by construction
     assert not res["strict_ever_exceeds"]
     assert [t["requested"] for t in res["tracking"]][0] == 0.5
@@ -397,7 +397,10 @@ def test_check_gates_reports_every_property(tmp_path):
     assert res["kl"]["greedy-kl (warm start, static)"]["realized_layers"] == 4 / L  # layers 4 and 2 dropped
     for v in res["kl"].values():
         assert v["kl"] >= 0 and 0 < v["realized_layers"] <= 1
-    assert "KL reduction" in render(res) and "interpolated" in render(res)
+    assert "KL reduction" in render(res) and "interpolated" in render(res) and "headroom" in render(res)
+    h = res["headroom"]  # the greedy set and its boundary swaps (4 and 2 dropped; 1 or 3 out, 4 or 2 back in)
+    assert h["sets"] == 5 and abs(h["greedy"] - res["kl"]["greedy-kl (warm start, static)"]["kl"]) < 1e-6
+    assert h["per_chain_oracle"] <= h["best_static"] + 1e-9 <= h["greedy"] + 2e-9
     # equal realized compute: the static KL interpolated between the layer counts around l2a's fraction, by hand
     from l2a.gatecheck import _prompts_and_answers, teacher_forced_kl
     from l2a.baselines import make_method

@@ -105,11 +105,34 @@ def at_layers(sums_at, f: float, L: int) -> torch.Tensor:
 WARM = "greedy-kl (warm start, static)"
 
 
+def swap_headroom(m, pairs, order: list[int], count: int, width: int = 3) -> dict:
+    """How much choosing layers per prompt could gain at all, near a good static set: the greedy order's
+    top-`count` set and its width² single swaps at the boundary (one of the next `width` layers it would
+    drop goes, one of the last `width` it dropped comes back). Teacher-forced KL of (a) the greedy set,
+    (b) the best one of these sets for every chain (a static choice), (c) each chain's own best set (an
+    oracle chosen on the test chains themselves: an upper bound on what a router choosing among these
+    sets per prompt could gain over (b))."""
+    L = m.n_layers
+    removed = order[: L - count]
+    drops = [set(removed)] + [(set(removed) - {b}) | {k} for k in order[L - count : L - count + width] for b in removed[-width:]]
+    per_set, n_tok = [], None
+    for drop in drops:
+        sums, n_tok = chain_kl(m, pairs, [GateDecision(layers=tuple(i not in drop for i in range(L)))] * len(pairs))
+        per_set.append(sums)
+    kl = torch.stack(per_set)  # (S, N) per-chain KL sums of each set
+    total = float(n_tok.sum())
+    best_static = float(kl.sum(1).min()) / total
+    oracle = float(kl.min(0).values.sum()) / total
+    return {"layers_kept": count, "sets": len(drops), "greedy": float(kl[0].sum()) / total, "best_static": best_static,
+            "per_chain_oracle": oracle, "oracle_gain_over_best_static": 1 - oracle / best_static}
+
+
 def check_gates(m, data=None, limit=200, kl_limit=100, kl_fraction=0.7, ablation=None, progress=True,
-                calibration=None, warm_order=None) -> dict:
+                calibration=None, warm_order=None, headroom=False) -> dict:
     """Measure tracking, nesting, input-awareness and KL for `m.policy` (and an ablation policy).
     `warm_order`: the greedy-kl ranking the gates were warm-started from (least important first),
-    measured as one more static set at the same count (what training started from)."""
+    measured as one more static set at the same count (what training started from); with `headroom`,
+    also the per-prompt headroom around it (`swap_headroom`)."""
     from tqdm import tqdm
 
     from .baselines import make_method
@@ -217,6 +240,8 @@ def check_gates(m, data=None, limit=200, kl_limit=100, kl_fraction=0.7, ablation
         res["kl_reduction_vs_ablation"] = {"threshold": 1 - kl["l2a-threshold"]["kl"] / kl["ablation"]["kl"],
                                            "ci95": reduction_ci(l2a_sums["threshold"], abl)}
     res["kl"] = kl
+    if headroom and warm_order:
+        res["headroom"] = swap_headroom(m, kl_pairs, warm_order, k)
     res["n_layers"] = L
     return res
 
@@ -247,4 +272,9 @@ def render(res: dict) -> str:
         lines.append(f"against the budget-only ablation at equal layers (its top-{res['kl']['ablation']['layers_kept'][0]}/"
                      f"{res['kl']['ablation']['layers_kept'][1]} interpolated): l2a {100 * a['threshold']:.1f}% lower KL "
                      f"(95% CI {100 * a['ci95'][0]:.1f}–{100 * a['ci95'][1]:.1f}%)")
+    if "headroom" in res:
+        h = res["headroom"]
+        lines.append(f"per-prompt headroom at {h['layers_kept']} layers ({h['sets']} sets: the greedy set and boundary swaps): "
+                     f"greedy {h['greedy']:.4f}, best one for all {h['best_static']:.4f}, each chain's best {h['per_chain_oracle']:.4f} "
+                     f"({100 * h['oracle_gain_over_best_static']:.1f}% below the best single set, an oracle bound)")
     return "\n".join(lines)
