@@ -64,6 +64,12 @@ class GateDecision:
         return cls(layers=(True,) * n_layers, think_tokens=think_tokens)
 
     @classmethod
+    def dropping(cls, n_layers: int, drop) -> "GateDecision":
+        """All KV groups, every layer but those in `drop` (indices)."""
+        drop = set(drop)
+        return cls(layers=tuple(i not in drop for i in range(n_layers)))
+
+    @classmethod
     def from_dict(cls, d: dict) -> "GateDecision":
         unknown = set(d) - {"layers", "kv_groups", "think_tokens"}
         if unknown:

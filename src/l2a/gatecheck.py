@@ -117,7 +117,7 @@ def swap_headroom(m, pairs, order: list[int], count: int, width: int = 3) -> dic
     drops = [set(removed)] + [(set(removed) - {b}) | {k} for k in order[L - count : L - count + width] for b in removed[-width:]]
     per_set, n_tok = [], None
     for drop in drops:
-        sums, n_tok = chain_kl(m, pairs, [GateDecision(layers=tuple(i not in drop for i in range(L)))] * len(pairs))
+        sums, n_tok = chain_kl(m, pairs, [GateDecision.dropping(L, drop)] * len(pairs))
         per_set.append(sums)
     kl = torch.stack(per_set)  # (S, N) per-chain KL sums of each set
     total = float(n_tok.sum())
@@ -188,8 +188,7 @@ def check_gates(m, data=None, limit=200, kl_limit=100, kl_fraction=0.7, ablation
     def fixed_count(name: str, count: int) -> list[GateDecision]:
         """The decisions of fixed-count method `name` keeping `count` layers, one per KL chain."""
         if name == WARM:  # the greedy order: drop its first L - count layers
-            drop = set(warm_order[: L - count])
-            return [GateDecision(layers=tuple(i not in drop for i in range(L)))] * len(kl_pairs)
+            return [GateDecision.dropping(L, warm_order[: L - count])] * len(kl_pairs)
         if name == "ablation":  # the budget-only gates' own top-count layers at budget count / L
             from .selection import topk_decisions
 

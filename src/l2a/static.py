@@ -185,7 +185,7 @@ def greedy_kl_order(model, pairs, candidates, n_remove: int, pad_id: int = 0, pr
     n, layers = model.n_layers, arch.decoder_layers(model.hf)
 
     def decisions(drop: set) -> list[GateDecision]:
-        return [GateDecision(layers=tuple(i not in drop for i in range(n)))] * len(pairs)
+        return [GateDecision.dropping(n, drop)] * len(pairs)
 
     def outputs(drop: set) -> dict[int, torch.Tensor]:  # every layer's output (N, T, H) with `drop` skipped
         outs = {}
