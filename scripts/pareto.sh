@@ -5,6 +5,8 @@
 # 2. MC sets by log-likelihood (n=500 each) and the full GSM8K test split (1,319) by teacher-forced
 #    log-likelihood of the reference solution, on the embedded default with its shipped gates, bf16, 2 threads.
 #    Scoring tasks have no thinking to cut, so the layer axis alone is swept (`--axes layers`).
+#    Then each file's points are timed again together, round-robin (median of 5 rounds on 100 items; 3 rounds
+#    on 50 for GSM8K), so their latencies compare within the run (retime.py).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/venv.sh"
 DATA="${L2A_DATA_ROOT:-$L2A_ROOT/../shared/data}"
@@ -18,8 +20,9 @@ METHODS="dense,l2a,block-influence,angular,tuned-static"
 BUDGETS="1.0,0.85,0.7"
 l2a eval --dtype bfloat16 --task mc --data "$DATA/mc/arc_easy.jsonl" --data "$DATA/mc/piqa.jsonl" \
     --data "$DATA/mc/winogrande.jsonl" --limit 500 --budgets "$BUDGETS" --axes layers --methods "$METHODS" --seeds 1 \
-    --tuned-gates "$TUNED" --results "$OUT/mc.jsonl" "$@"
+    --tuned-gates "$TUNED" --timing-repeats 5 --timing-items 100 --results "$OUT/mc.jsonl" "$@"
 l2a eval --dtype bfloat16 --task gsm8k-loglik --data "$DATA/gsm8k/test.jsonl" --limit "${L2A_GSM8K_LIMIT:-1319}" \
-    --budgets "$BUDGETS" --axes layers --methods "$METHODS" --seeds 1 --tuned-gates "$TUNED" --results "$OUT/gsm8k_full.jsonl" "$@"
+    --budgets "$BUDGETS" --axes layers --methods "$METHODS" --seeds 1 --tuned-gates "$TUNED" \
+    --timing-repeats 3 --timing-items 50 --results "$OUT/gsm8k_full.jsonl" "$@"
 l2a report "$OUT/mc.jsonl" --out-dir "$OUT/mc_report"
 l2a report "$OUT/gsm8k_full.jsonl" --out-dir "$OUT/gsm8k_report"

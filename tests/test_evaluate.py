@@ -217,3 +217,30 @@ def test_l2a_lines_resume_only_for_the_gates_that_wrote_them(gm, files, tmp_path
     first = run(gm, files, out, methods=["dense", "l2a"], budgets=[1.0])
     assert [r.get("reused_from") for r in first] == [None, "dense"]
     assert run(gm, files, out, methods=["dense", "l2a"], budgets=[1.0]) == first
+
+
+def test_interleaved_timing_rewrites_only_the_timing(gm, files, tmp_path, monkeypatch):
+    out = tmp_path / "r.jsonl"
+    res = run(gm, files, out)
+    calls = []
+    import l2a.retime as R
+
+    monkeypatch.setattr(R, "_time_once", lambda *a, **k: (calls.append(a[3]) or 0.3 + 0.1 * len(calls), 7))
+    timed = run(gm, files, out, timing_repeats=3, timing_items=2)
+    # the measured points (dense, even-spaced 0.5, block-influence 0.5; the 1.0 lines are dense copies) and only
+    # those are timed, 3 rounds each, round-robin: the same point never runs twice in a row
+    measured = [r for r in res if "reused_from" not in r]
+    assert len(calls) == 3 * len(measured) == 9 and all(a is not b for a, b in zip(calls, calls[1:]))
+    for r0, r1 in zip(res, timed):
+        assert {k: v for k, v in r0.items() if "second" not in k and k not in ("tokens_per_s", "timing")} == \
+            {k: v for k, v in r1.items() if "second" not in k and k not in ("tokens_per_s", "timing")}
+        assert r1["timing"]["method"] == "interleaved" and r1["timing"]["repeats"] == 3 and r1["timing"]["items"] == 2
+        assert r1["seconds_per_item"] == pytest.approx(sorted(r1["timing"]["seconds"])[1] / 2)  # the median, per item
+        assert r1["seconds_per_item_single"] == r0["seconds_per_item"] or "reused_from" in r1
+    by = {(r["method"], r["budget"]): r for r in timed}
+    assert by[("even-spaced", 1.0)]["timing"] == by[("dense", 1.0)]["timing"]  # a copy of dense takes its timing
+    assert E.read_results(out) == timed  # the file holds the rewritten lines, nothing else
+    # a second run with the same settings neither scores nor times again
+    monkeypatch.setattr(E, "_run_point", lambda *a, **k: pytest.fail("a finished point ran again"))
+    monkeypatch.setattr(R, "_time_once", lambda *a, **k: pytest.fail("timed again"))
+    assert run(gm, files, out, timing_repeats=3, timing_items=2) == timed

@@ -108,6 +108,10 @@ def _key(task: str, method: str, data, budget, limit) -> str:
     return json.dumps([task, method, data, budget, limit], sort_keys=True)
 
 
+def _line_key(r: dict) -> str:
+    return _key(r.get("task"), r.get("method"), r.get("data"), r.get("budget"), r.get("config", {}).get("limit"))
+
+
 def read_results(path) -> list[dict]:
     """The lines of a results file; a torn last line (killed run) is skipped with a warning."""
     if path is None or not os.path.exists(path):
@@ -170,13 +174,17 @@ def evaluate(
     progress: bool = True,
     axes=("all",),
     tuned_gates=None,
+    timing_repeats: int = 0,
+    timing_items: int = 100,
 ) -> list[dict]:
     """Evaluate every (method, data file, budget) point; append each to `out`; return all points' lines.
 
     model: a GatedModel or a model spec for `l2a.load`. task: "gsm8k", "gsm8k-loglik", "mc" (or a task
     object). data_files: paths (None = the task's default: GSM8K test, else generated). budgets: numbers,
     dicts or Budgets. methods: names from `baselines.METHODS` or Policy objects. axes: for numeric budgets,
-    the axes swept (`AXES`): each number b becomes `axis_budget(b, axis)` for every axis given.
+    the axes swept (`AXES`): each number b becomes `axis_budget(b, axis)` for every axis given. With
+    `timing_repeats` > 0, the points of each data file are then timed again together (retime.py) on their
+    first `timing_items` items and their lines rewritten with those timings (skipped when already done).
     """
     if isinstance(model, (str, os.PathLike)):
         from .loading import load
@@ -207,8 +215,7 @@ def evaluate(
     cfg = EvalConfig(model_name, task_name, limit, seeds, batch_size, max_new_tokens,
                      str(dtype).removeprefix("torch."), asdict(calibration))
     cost = CostModel.from_config(model.hf.config, dtype_bytes=torch.empty((), dtype=dtype).element_size())
-    done = {_key(r.get("task"), r.get("method"), r.get("data"), r.get("budget"), r.get("config", {}).get("limit")): r
-            for r in read_results(out)}
+    done = {_line_key(r): r for r in read_results(out)}
     provenance = _provenance()
     dense_task = getattr(task_obj, "dense_task", task_name)  # a task whose dense line equals this one's
     digest = None if getattr(model, "policy", None) is None else policy_digest(model.policy)
@@ -217,6 +224,7 @@ def evaluate(
         rows, source = task_obj.load(data_file)
         rows = rows[:limit] if limit is not None else rows
         data_label = None if data_file is None else os.fspath(data_file)
+        timed = []  # (index in results, method, Budget) of the lines of this file that were measured
         for name, m in zip(names, methods):
             points = [("all", Budget(1.0))] if name == "dense" else points_all
             policies = None
@@ -224,6 +232,8 @@ def evaluate(
                 key = _key(task_name, name, data_label, budget_field(b), limit)
                 if key in done:
                     _check_gates(done[key], name, digest, out)
+                    if "reused_from" not in done[key]:
+                        timed.append((len(results), m, b))
                     results.append(done[key])
                     continue
                 twin = done.get(_key(dense_task, "dense", data_label, 1.0, limit))
@@ -242,6 +252,7 @@ def evaluate(
                     record = dict(dense, method=name, budget=budget_field(b), reused_from="dense",
                                   budget_axes={"layers": b.layers, "heads": b.heads, "think": b.think})
                 else:
+                    timed.append((len(results), m, b))
                     record = _run_point(model, task_obj, rows, b, policies, cfg, cost, name, progress, warmup)
                     record.update(task=task_name, data=data_label, source=source, config=asdict(cfg),
                                   provenance=provenance)
@@ -254,7 +265,49 @@ def evaluate(
                 if out is not None:
                     _append(out, record)
                 results.append(record)
+        if timing_repeats > 0:
+            _retime_file(model, task_obj, rows, results, timed, data_label, cfg, out, timing_repeats, timing_items,
+                         calibration, tuned_gates, progress)
     return results
+
+
+def _retime_file(model, task, rows, results, timed, data_label, cfg, out, repeats, items, calibration, tuned_gates,
+                 progress) -> None:
+    """Interleaved re-timing of one data file's measured lines (retime.py); lines copied from another
+    (`reused_from`, e.g. a static method at budget 1.0 = dense) take their source's timing. Rewrites `out`."""
+    from .retime import retime
+
+    want = {"method": "interleaved", "repeats": repeats, "items": min(items, len(rows))}
+    if all({k: results[i].get("timing", {}).get(k) for k in want} == want for i, _, _ in timed):
+        return  # already timed together with these settings
+    policies = {}
+    points = []
+    for _, m, b in timed:
+        name = m if isinstance(m, str) else m.name
+        if name not in policies:
+            policies[name] = _policies(m, 1, calibration, tuned_gates)[0]
+        points.append((policies[name], b))
+    fields = retime(model, task, rows, points, repeats, items, cfg.batch_size, cfg.max_new_tokens, progress)
+    for (i, _, _), f in zip(timed, fields):
+        single = results[i].get("seconds_per_item_single", results[i].get("seconds_per_item"))
+        results[i] = dict(results[i], **f, seconds_per_item_single=single)
+    dense = next((r for r in results if r["method"] == "dense" and r.get("data") == data_label), None)
+    for i, r in enumerate(results):
+        if r.get("data") == data_label and "reused_from" in r and dense is not None and "timing" in dense:
+            results[i] = dict(r, **{k: dense[k] for k in ("seconds_per_item", "tokens_per_s", "timing",
+                                                          "seconds_per_item_single")})
+    if out is not None:
+        _rewrite(out, [r for r in results if r.get("data") == data_label])
+
+
+def _rewrite(path, records: list[dict]) -> None:
+    """Replace the lines of `path` that have the same key as one of `records` (atomically)."""
+    new = {_line_key(r): r for r in records}
+    lines = [new.get(_line_key(r), r) for r in read_results(path)]
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in lines)
+    os.replace(tmp, path)
 
 
 def _check_gates(line: dict, name: str, digest: str | None, out) -> None:

@@ -1,0 +1,66 @@
+"""retime: interleaved timing of finished evaluation points, so latencies can be compared within a run.
+
+`evaluate` times each point once, while it scores it; points run minutes apart, and on a shared machine
+the speed drifts by as much as the methods differ (measured: the same point 56 and 72 ms per item in two
+back-to-back runs). `retime` measures all points of one data file again on their first `items` items,
+round-robin over `repeats` rounds (the order rotated each round, every point warmed up once first), so
+slow periods hit every point alike, and takes the median per point. The line then carries
+`seconds_per_item` and `tokens_per_s` from those medians, the scoring pass's own timing as
+`seconds_per_item_single`, and `timing` = {"method": "interleaved", "repeats", "items", "seconds"
+(per round)}. Accuracy and every other field are left as they were. Seeded methods are timed with their
+first seed. This module does not score (`evaluate.py`) and does not plot (`pareto.py`).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+
+def _time_once(model, task, rows, decide, batch_size: int, max_new_tokens: int) -> tuple[float, int]:
+    """(wall seconds, processed or generated tokens) of one pass of `task` over `rows`."""
+    import torch
+
+    torch.manual_seed(0)
+    t0, tokens = time.perf_counter(), 0
+    for batch in task.run(model, rows, decide, batch_size=batch_size, max_new_tokens=max_new_tokens):
+        tokens += sum(it.tokens for it in batch)
+    return time.perf_counter() - t0, tokens
+
+
+def retime(model, task, rows, points, repeats: int = 5, items: int = 100, batch_size: int = 8,
+           max_new_tokens: int = 256, progress: bool = True) -> list[dict]:
+    """Interleaved timing of `points` [(policy, Budget)] on `rows[:items]`; returns per point the fields to
+    merge into its line: seconds_per_item, tokens_per_s, timing (the single-pass value is the caller's)."""
+    from tqdm.auto import tqdm
+
+    if repeats < 1 or items < 1:
+        raise ValueError(f"timing repeats and items must be >= 1, got {repeats}, {items}")
+    rows = rows[:items]
+    deciders = []
+    for policy, b in points:
+        if hasattr(policy, "prepare"):
+            policy.prepare(model)  # calibration: a one-time cost, kept out of measured time
+
+        def decide(ids, mask, policy=policy, b=b):
+            return policy.decide(model, ids, mask, [b] * ids.shape[0])
+
+        deciders.append(decide)
+        for _ in task.run(model, rows[:1], decide, batch_size=1, max_new_tokens=min(4, max_new_tokens)):
+            pass  # warm-up
+    n = len(points)
+    seconds, tokens = [[] for _ in range(n)], [0] * n
+    bar = tqdm(total=repeats * n, desc="interleaved timing", disable=not progress, leave=False)
+    for r in range(repeats):
+        for j in [(i + r) % n for i in range(n)]:  # rotated: no point always runs first or after the same one
+            s, tokens[j] = _time_once(model, task, rows, deciders[j], batch_size, max_new_tokens)
+            seconds[j].append(s)
+            bar.update(1)
+    bar.close()
+    out = []
+    for s, tok in zip(seconds, tokens):
+        med = statistics.median(s)
+        out.append({"seconds_per_item": med / len(rows), "tokens_per_s": tok / med if med > 0 else 0.0,
+                    "timing": {"method": "interleaved", "repeats": repeats, "items": len(rows),
+                               "seconds": [round(x, 4) for x in s]}})
+    return out
