@@ -23,7 +23,9 @@ Fields of a line (besides method, task, data, source, budget, n, config, provena
   `kv_bytes_measured` (gsm8k only): the RowCache bytes held per row after generation, which include left
   padding and the steps after a row stopped.
 - `seconds_per_item` and `tokens_per_s` (measured wall clock, after an untimed one-item warm-up, policy
-  calibration excluded): tokens are generated tokens for gsm8k, processed tokens for scoring tasks.
+  calibration excluded): tokens are generated tokens for gsm8k, processed tokens for scoring tasks. With
+  `timing_repeats`, these come from the interleaved re-timing of the file's points (retime.py: `timing`
+  holds its rounds) and the scoring pass's own value is kept as `seconds_per_item_single`.
 
 This module does not plot (`pareto.py`) and does not parse command lines (`cli.py`).
 """
@@ -266,48 +268,15 @@ def evaluate(
                     _append(out, record)
                 results.append(record)
         if timing_repeats > 0:
-            _retime_file(model, task_obj, rows, results, timed, data_label, cfg, out, timing_repeats, timing_items,
-                         calibration, tuned_gates, progress)
+            from .retime import retime_file
+
+            policies = {}  # one (first-seed) policy per method, built as the scoring pass builds them
+            for _, m, _ in timed:
+                name = m if isinstance(m, str) else m.name
+                policies.setdefault(name, _policies(m, 1, calibration, tuned_gates)[0])
+            points = [(i, policies[m if isinstance(m, str) else m.name], b) for i, m, b in timed]
+            retime_file(model, task_obj, rows, results, points, data_label, cfg, out, timing_repeats, timing_items, progress)
     return results
-
-
-def _retime_file(model, task, rows, results, timed, data_label, cfg, out, repeats, items, calibration, tuned_gates,
-                 progress) -> None:
-    """Interleaved re-timing of one data file's measured lines (retime.py); lines copied from another
-    (`reused_from`, e.g. a static method at budget 1.0 = dense) take their source's timing. Rewrites `out`."""
-    from .retime import retime
-
-    want = {"method": "interleaved", "repeats": repeats, "items": min(items, len(rows))}
-    if all({k: results[i].get("timing", {}).get(k) for k in want} == want for i, _, _ in timed):
-        return  # already timed together with these settings
-    policies = {}
-    points = []
-    for _, m, b in timed:
-        name = m if isinstance(m, str) else m.name
-        if name not in policies:
-            policies[name] = _policies(m, 1, calibration, tuned_gates)[0]
-        points.append((policies[name], b))
-    fields = retime(model, task, rows, points, repeats, items, cfg.batch_size, cfg.max_new_tokens, progress)
-    for (i, _, _), f in zip(timed, fields):
-        single = results[i].get("seconds_per_item_single", results[i].get("seconds_per_item"))
-        results[i] = dict(results[i], **f, seconds_per_item_single=single)
-    dense = next((r for r in results if r["method"] == "dense" and r.get("data") == data_label), None)
-    for i, r in enumerate(results):
-        if r.get("data") == data_label and "reused_from" in r and dense is not None and "timing" in dense:
-            results[i] = dict(r, **{k: dense[k] for k in ("seconds_per_item", "tokens_per_s", "timing",
-                                                          "seconds_per_item_single")})
-    if out is not None:
-        _rewrite(out, [r for r in results if r.get("data") == data_label])
-
-
-def _rewrite(path, records: list[dict]) -> None:
-    """Replace the lines of `path` that have the same key as one of `records` (atomically)."""
-    new = {_line_key(r): r for r in records}
-    lines = [new.get(_line_key(r), r) for r in read_results(path)]
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r) + "\n" for r in lines)
-    os.replace(tmp, path)
 
 
 def _check_gates(line: dict, name: str, digest: str | None, out) -> None:

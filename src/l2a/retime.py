@@ -64,3 +64,39 @@ def retime(model, task, rows, points, repeats: int = 5, items: int = 100, batch_
                     "timing": {"method": "interleaved", "repeats": repeats, "items": len(rows),
                                "seconds": [round(x, 4) for x in s]}})
     return out
+
+
+def retime_file(model, task, rows, results, points, data_label, cfg, out, repeats, items, progress=True) -> None:
+    """Interleaved re-timing of one data file's measured lines: `points` [(index in results, policy, Budget)].
+    Lines copied from another (`reused_from`, e.g. a static method at budget 1.0 = dense) take their
+    source's timing. `results` is updated in place and `out` rewritten (other lines unchanged)."""
+    want = {"method": "interleaved", "repeats": repeats, "items": min(items, len(rows))}
+    if all({k: results[i].get("timing", {}).get(k) for k in want} == want for i, _, _ in points):
+        return  # already timed together with these settings
+    fields = retime(model, task, rows, [(p, b) for _, p, b in points], repeats, items, cfg.batch_size,
+                    cfg.max_new_tokens, progress)
+    for (i, _, _), f in zip(points, fields):
+        single = results[i].get("seconds_per_item_single", results[i].get("seconds_per_item"))
+        results[i] = dict(results[i], **f, seconds_per_item_single=single)
+    dense = next((r for r in results if r["method"] == "dense" and r.get("data") == data_label), None)
+    for i, r in enumerate(results):
+        if r.get("data") == data_label and "reused_from" in r and dense is not None and "timing" in dense:
+            results[i] = dict(r, **{k: dense[k] for k in ("seconds_per_item", "tokens_per_s", "timing",
+                                                          "seconds_per_item_single")})
+    if out is not None:
+        _rewrite(out, [r for r in results if r.get("data") == data_label])
+
+
+def _rewrite(path, records: list[dict]) -> None:
+    """Replace the lines of `path` that have the same key as one of `records` (atomically)."""
+    import json
+    import os
+
+    from .evaluate import _line_key, read_results
+
+    new = {_line_key(r): r for r in records}
+    lines = [new.get(_line_key(r), r) for r in read_results(path)]
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in lines)
+    os.replace(tmp, path)
