@@ -63,6 +63,11 @@ def test_report_writes_table_plots_and_sparsity(tmp_path):
     assert got["sparsity"][("mc", "mc/arc_easy.jsonl")]["angular"] == pytest.approx(0.3)
     default = report(results, plots=False)  # default out dir beside the results
     assert default["markdown"] == tmp_path / "results_report" / "report.md"
+    assert md.count("each point timed once") == 2  # how s/item was measured, per data file
+    timed = [dict(r, timing={"method": "interleaved", "repeats": 5, "items": 100}) for r in LINES]
+    results.write_text("".join(json.dumps(r) + "\n" for r in timed[:6] + LINES[6:]))
+    md = report(results, plots=False)["markdown"].read_text()
+    assert md.count("median of 5 interleaved rounds on the first 100 items") == 1 and md.count("each point timed once") == 1
 
 
 def test_report_errors(tmp_path):
