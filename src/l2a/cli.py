@@ -57,14 +57,23 @@ def _axes(text: str) -> tuple[str, ...]:
     return axes
 
 
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        v = 0
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}")
-    return v
+def _int_at_least(low: int, what: str):
+    """An argparse type: an int >= `low`, else a clear error naming `what` was expected."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            v = low - 1
+        if v < low:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return v
+
+    return parse
+
+
+_positive = _int_at_least(1, "a positive int")
+_non_negative = _int_at_least(0, "an int >= 0")
 
 
 def _emit(record: dict, out) -> None:
@@ -331,7 +340,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--axes", type=_axes, default=("all",),
                    help="budget axes swept, comma-separated: all (the scalar schedule; all:NAME for a named one), "
                         "layers, heads, think (that axis alone) (default: all)")
-    e.add_argument("--timing-repeats", type=int, default=0,
+    e.add_argument("--timing-repeats", type=_non_negative, default=0,
                    help="then time each data file's points again together, round-robin, this many rounds (median), "
                         "on their first --timing-items items; the lines are rewritten with those timings (default 0: off)")
     e.add_argument("--timing-items", type=_positive, default=100)

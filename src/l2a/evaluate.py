@@ -226,7 +226,7 @@ def evaluate(
         rows, source = task_obj.load(data_file)
         rows = rows[:limit] if limit is not None else rows
         data_label = None if data_file is None else os.fspath(data_file)
-        timed = []  # (index in results, method, Budget) of the lines of this file that were measured
+        timed = []  # (index in results, method name, method, Budget) of the lines of this file that were measured
         for name, m in zip(names, methods):
             points = [("all", Budget(1.0))] if name == "dense" else points_all
             policies = None
@@ -235,7 +235,7 @@ def evaluate(
                 if key in done:
                     _check_gates(done[key], name, digest, out)
                     if "reused_from" not in done[key]:
-                        timed.append((len(results), m, b))
+                        timed.append((len(results), name, m, b))
                     results.append(done[key])
                     continue
                 twin = done.get(_key(dense_task, "dense", data_label, 1.0, limit))
@@ -254,7 +254,7 @@ def evaluate(
                     record = dict(dense, method=name, budget=budget_field(b), reused_from="dense",
                                   budget_axes={"layers": b.layers, "heads": b.heads, "think": b.think})
                 else:
-                    timed.append((len(results), m, b))
+                    timed.append((len(results), name, m, b))
                     record = _run_point(model, task_obj, rows, b, policies, cfg, cost, name, progress, warmup)
                     record.update(task=task_name, data=data_label, source=source, config=asdict(cfg),
                                   provenance=provenance)
@@ -271,10 +271,10 @@ def evaluate(
             from .retime import retime_file
 
             policies = {}  # one (first-seed) policy per method, built as the scoring pass builds them
-            for _, m, _ in timed:
-                name = m if isinstance(m, str) else m.name
-                policies.setdefault(name, _policies(m, 1, calibration, tuned_gates)[0])
-            points = [(i, policies[m if isinstance(m, str) else m.name], b) for i, m, b in timed]
+            for _, name, m, _ in timed:
+                if name not in policies:
+                    policies[name] = _policies(m, 1, calibration, tuned_gates)[0]
+            points = [(i, policies[name], b) for i, name, _, b in timed]
             retime_file(model, task_obj, rows, results, points, data_label, cfg, out, timing_repeats, timing_items, progress)
     return results
 
@@ -312,6 +312,23 @@ def _policies(m, seeds: int, calibration: Calibration, tuned_gates=None) -> list
     return [first] + [make_method(m, seed=s, calibration=calibration) for s in range(1, seeds)]
 
 
+def decider(model, policy, budget: Budget, task=None, warm_rows=None, max_new_tokens: int = 4):
+    """`decide(ids, mask)` of `policy` at `budget` for every row, after the policy's calibration (a one-time
+    cost kept out of measured time), seeding torch with 0, and, with `task` and `warm_rows`, an untimed
+    warm-up on the first row."""
+    if hasattr(policy, "prepare"):
+        policy.prepare(model)
+
+    def decide(ids, mask):
+        return policy.decide(model, ids, mask, [budget] * ids.shape[0])
+
+    torch.manual_seed(0)
+    if task is not None and warm_rows:
+        for _ in task.run(model, warm_rows[:1], decide, batch_size=1, max_new_tokens=min(4, max_new_tokens)):
+            pass
+    return decide
+
+
 def _run_point(model, task, rows, budget: Budget, policies, cfg: EvalConfig, cost: CostModel, name: str,
                progress: bool, warmup: bool) -> dict:
     from tqdm.auto import tqdm
@@ -321,16 +338,7 @@ def _run_point(model, task, rows, budget: Budget, policies, cfg: EvalConfig, cos
                disable=not progress, leave=False, file=sys.stderr)
     try:
         for policy in policies:
-            if hasattr(policy, "prepare"):
-                policy.prepare(model)  # calibration: a one-time cost, kept out of measured time
-
-            def decide(ids, mask, policy=policy):
-                return policy.decide(model, ids, mask, [budget] * ids.shape[0])
-
-            torch.manual_seed(0)
-            if warmup and rows:
-                for _ in task.run(model, rows[:1], decide, batch_size=1, max_new_tokens=min(4, cfg.max_new_tokens)):
-                    pass
+            decide = decider(model, policy, budget, task if warmup else None, rows, cfg.max_new_tokens)
             items = []
             t0 = time.perf_counter()
             for batch in task.run(model, rows, decide, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens):

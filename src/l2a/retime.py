@@ -36,18 +36,10 @@ def retime(model, task, rows, points, repeats: int = 5, items: int = 100, batch_
 
     if repeats < 1 or items < 1:
         raise ValueError(f"timing repeats and items must be >= 1, got {repeats}, {items}")
+    from .evaluate import decider  # calibration and warm-up exactly as the scoring pass does them
+
     rows = rows[:items]
-    deciders = []
-    for policy, b in points:
-        if hasattr(policy, "prepare"):
-            policy.prepare(model)  # calibration: a one-time cost, kept out of measured time
-
-        def decide(ids, mask, policy=policy, b=b):
-            return policy.decide(model, ids, mask, [b] * ids.shape[0])
-
-        deciders.append(decide)
-        for _ in task.run(model, rows[:1], decide, batch_size=1, max_new_tokens=min(4, max_new_tokens)):
-            pass  # warm-up
+    deciders = [decider(model, policy, b, task, rows, max_new_tokens) for policy, b in points]
     n = len(points)
     seconds, tokens = [[] for _ in range(n)], [0] * n
     bar = tqdm(total=repeats * n, desc="interleaved timing", disable=not progress, leave=False)
