@@ -7,7 +7,7 @@ import types
 import pytest
 import torch
 from chartok import char_tokenizer
-from conftest import tiny_model
+from conftest import tiny_model, write_math
 
 from l2a import data
 from l2a.decision import GateDecision
@@ -130,15 +130,18 @@ def test_batched_left_padded_scores_equal_one_by_one(gm):
 def test_mc_scores_match_manual_and_decide_once_per_item(gm, tmp_path):
     task = get_task("mc")
     rows, _ = task.load(write_jsonl(tmp_path / "mc.jsonl", MC_ROWS))
-    calls = []
+    seen = []
 
     def decide(ids, mask):
-        calls.append(ids.shape[0])
+        seen.extend(ids[i][mask[i].bool()].tolist() for i in range(ids.shape[0]))
         return [gm.dense_decision()] * ids.shape[0]
 
     items = [it for batch in task.run(gm, rows, decide, batch_size=2) for it in batch]
-    assert calls == [2, 1]  # one decision per item (not per choice), from the question prompt
     tok = gm.tokenizer
+    # one decision per item (not per choice), from the question prompt; WinoGrande: the sentences' shared start
+    assert seen == [tok(f"Question: {rows[0]['question']}\nAnswer:")["input_ids"],
+                    [tok.eos_token_id] + tok("The cup fell so it ", add_special_tokens=False)["input_ids"],
+                    tok(f"Question: {rows[2]['question']}\nAnswer:")["input_ids"]]
     for row, it in zip(rows, items):
         if row["question"]:
             ctx = tok(f"Question: {row['question']}\nAnswer:")["input_ids"]
@@ -205,6 +208,76 @@ def test_loglik_task(gm):
     agg = GSM8KLoglik().aggregate(items)
     assert agg["nll"] > 0 and 0 <= agg["token_acc"] <= 1
     assert all(it.score in (0.0, 1.0) and it.metrics["logprob"] < 0 for it in items)
+
+
+def _gated_with_router(seed=2):
+    from l2a.gates import GateConfig, GatePolicy
+
+    m = GatedModel(tiny_model("llama", n_layers=6), tokenizer=char_tokenizer())
+    torch.manual_seed(seed)
+    m.policy = GatePolicy(GateConfig(n_layers=6, n_groups=4, hidden=64, width=32))
+    with torch.no_grad():
+        for p in m.policy.parameters():
+            p.normal_(0, 0.7)
+    m.policy.eval()
+    return m
+
+
+@pytest.mark.parametrize("task_name", ["mc", "gsm8k-loglik"])
+def test_learned_gates_decide_inside_the_scoring_pass_as_if_decided_first(tmp_path, task_name):
+    """The learned gates' router pass starts the scoring pass (the prompt runs once): same decisions and
+    scores as deciding on the prompts first, with one pass of the first layer instead of two."""
+    from l2a.baselines import L2APolicy
+    from l2a.budget import Budget
+    from l2a.evaluate import decider
+
+    gm = _gated_with_router()
+    task = get_task(task_name)
+    if task_name == "mc":
+        rows = MC_ROWS + [{"question": f"Item {k}: what follows {k}?", "choices": [str(k + 1), "x" * (k + 1), "no"],
+                           "answer": 0} for k in range(6)]
+        rows, _ = task.load(write_jsonl(tmp_path / "mc.jsonl", rows))
+    else:
+        rows, _ = task.load(write_math(tmp_path / "m.jsonl", n=8))
+    b = Budget(layers=0.6)
+    fused = decider(gm, L2APolicy(), b)
+    assert hasattr(fused, "score")
+
+    def first(ids, mask):  # decide on the prompts, then score: the two-pass way
+        return gm.decide(ids, [b] * ids.shape[0], attention_mask=mask)
+
+    layer0, calls = [], []
+    hooks = [gm.hf.model.layers[0].base_layer.register_forward_hook(lambda *a: layer0.append(1)),
+             gm.hf.model.register_forward_hook(lambda *a: calls.append(1))]
+    got = [it for batch in task.run(gm, rows, fused, batch_size=4) for it in batch]
+    n_layer0, n_calls = len(layer0), len(calls)
+    layer0[:], calls[:] = [], []
+    want = [it for batch in task.run(gm, rows, first, batch_size=4) for it in batch]
+    for h in hooks:
+        h.remove()
+    assert n_layer0 * 2 == len(layer0) and n_calls * 2 == len(calls)  # one model call per batch, not two
+    assert [it.decision for it in got] == [it.decision for it in want]
+    assert len({it.decision.layers for it in got}) > 1  # input-aware: the test can tell prompts apart
+    key = "logprobs" if task_name == "mc" else "logprob"
+    for g, w in zip(got, want):
+        assert g.metrics[key] == pytest.approx(w.metrics[key], abs=1e-5)
+        assert g.score == w.score
+
+
+def test_route_from_gives_a_row_another_row_s_decision(tmp_path):
+    from l2a.tasks import left_pad
+
+    gm = _gated_with_router()
+    rows, _ = GSM8KLoglik().load(write_math(tmp_path / "m.jsonl", n=8))
+    prompts = [math_prompt(gm.tokenizer, r["question"]) for r in rows]
+    ids, mask = left_pad(prompts, 0)
+    own = gm.decide(ids, 0.6, attention_mask=mask)
+    a, b = next((i, j) for i in range(8) for j in range(8) if own[i] != own[j])
+    ids, mask = left_pad([prompts[a], prompts[b]], 0)
+    gm.forward(ids, mask, budget=0.6, route_mask=mask.bool(), route_from=torch.tensor([0, 0]))
+    assert gm.last_decisions == [own[a], own[a]]
+    with pytest.raises(ValueError, match="only apply with budget"):
+        gm.forward(ids, mask, route_mask=mask.bool())
 
 
 def test_unknown_task_lists_names():

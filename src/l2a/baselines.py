@@ -222,9 +222,22 @@ class L2APolicy:
             self.name = "l2a-strict"
 
     def decide(self, model, input_ids, attention_mask, budgets) -> list[GateDecision]:
+        self._check(model)
+        return list(model.decide(input_ids, list(budgets), attention_mask=attention_mask, mode=self.mode))
+
+    def score(self, model, input_ids, attention_mask, budgets, route_mask, route_from, **forward_kw):
+        """(logits, one decision per row) of a scoring pass that decides as it goes: its first layers are the
+        router pass, which reads each row's prompt positions (`route_mask`), so the prompt is not run twice.
+        Row i runs the decision read from row `route_from[i]`."""
+        self._check(model)
+        logits = model.forward(input_ids, attention_mask, budget=list(budgets), mode=self.mode,
+                               route_mask=route_mask, route_from=route_from, **forward_kw)
+        return logits, list(model.last_decisions)
+
+    @staticmethod
+    def _check(model):
         if getattr(model, "policy", None) is None:
             raise ValueError("no gates loaded: pass --gates DIR or use a model with shipped gates")
-        return list(model.decide(input_ids, list(budgets), attention_mask=attention_mask, mode=self.mode))
 
 
 class TunedStaticPolicy(_StaticPolicy):

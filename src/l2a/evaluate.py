@@ -322,6 +322,9 @@ def decider(model, policy, budget: Budget, task=None, warm_rows=None, max_new_to
     def decide(ids, mask):
         return policy.decide(model, ids, mask, [budget] * ids.shape[0])
 
+    if hasattr(policy, "score"):  # decides inside the scoring pass (tasks.routed_logprobs)
+        decide.score = lambda ids, mask, *route, **kw: policy.score(model, ids, mask, [budget] * ids.shape[0], *route, **kw)
+
     torch.manual_seed(0)
     if task is not None and warm_rows:
         for _ in task.run(model, warm_rows[:1], decide, batch_size=1, max_new_tokens=min(4, max_new_tokens)):

@@ -174,30 +174,65 @@ class GatedModel:
         replay = {i: (plan.captured if i == k - 1 else None, slots[i].keys, slots[i].values) for i in range(k)}
         return plan.captured, replay
 
-    def _decide(self, input_ids, attention_mask, budget, mode, position_ids):
-        if self.policy is None:
-            raise ValueError("no gates loaded: pass gates=DIR to l2a.load, or give decisions= explicitly")
-        budgets = as_budgets(budget, input_ids.shape[0])
+    def _decide(self, input_ids, attention_mask, budget, mode, position_ids, route_mask=None, route_from=None):
+        """(decisions, replay of the router pass), the router pass run on its own."""
+        budgets = self._budgets(budget, input_ids.shape[0])
         if not hasattr(self.policy, "pool"):  # a static Policy: no router pass to reuse
             return self.policy.decide(self, input_ids, attention_mask, budgets), None
         hidden, replay = self._router_pass(input_ids, attention_mask, position_ids)
-        pooled = self.policy.pool(hidden, attention_mask)  # (B, H)
         mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+        return self._route(hidden, mask, route_mask, route_from, budgets, mode), replay
+
+    def _budgets(self, budget, batch: int):
+        if self.policy is None:
+            raise ValueError("no gates loaded: pass gates=DIR to l2a.load, or give decisions= explicitly")
+        return as_budgets(budget, batch)
+
+    def _route(self, hidden, mask, route_mask, route_from, budgets, mode) -> list[GateDecision]:
+        """Decisions from the router layers' output (B, T, H): the router reads the rows' `route_mask`
+        positions (default: the real tokens, `mask`) and row i takes row `route_from[i]`'s decision."""
+        mask = route_mask if route_mask is not None else mask
+        pooled = self.policy.pool(hidden, mask)  # (B, H)
         lengths = mask.sum(1)  # (B,) prompt tokens: the think head reads them
-        return self.policy.decisions(pooled, budgets, mode=mode, lengths=lengths), replay
+        if route_from is not None:  # rows that share a prompt share one decision, bit for bit
+            pooled, lengths = pooled[route_from], lengths[route_from]
+        return self.policy.decisions(pooled, budgets, mode=mode, lengths=lengths)
+
+    def _plan_in_pass(self, input_ids, attention_mask, budget, mode, route_mask, route_from):
+        """A plan that decides inside its own forward: the router layers run densely on every row, then
+        their output decides the rest of the plan (`Plan.then`). One model call, the prompt run once."""
+        budgets = self._budgets(budget, input_ids.shape[0])
+        k = self.policy.config.router_layers
+        early = [GateDecision(layers=tuple(i < k for i in range(self.n_layers)))] * input_ids.shape[0]
+        plan = self.plan(early)
+        plan.capture = k - 1
+        mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+
+        def then(hidden):  # hidden: (B, T, H) after the router layers
+            ds = self._route(hidden, mask, route_mask, route_from, budgets, mode)
+            rest = self.plan(ds)
+            if any(rest.parts[i] != plan.parts[i] for i in range(k)):  # the policy always keeps them whole
+                raise RuntimeError("internal error: a decision drops or prunes a router layer")
+            plan.parts[k:] = rest.parts[k:]
+            plan.decisions = ds
+
+        plan.then = then
+        return plan
 
     def decide(self, input_ids, budget, attention_mask=None, mode: str = "threshold") -> list[GateDecision]:
         """One GateDecision per row for `budget` (a Budget, number, or one per row) from the loaded gates."""
         self._check_attached()
         return self._decide(input_ids, attention_mask, budget, mode, _positions(attention_mask))[0]
 
-    def _plan_for(self, input_ids, attention_mask, decisions, budget, mode, position_ids):
+    def _plan_for(self, input_ids, attention_mask, decisions, budget, mode, position_ids, **route):
         """(decisions, plan) from explicit decisions or a budget; a budget's router pass is replayed."""
         if budget is not None and decisions is not None:
             raise ValueError("give either decisions= or budget=, not both")
+        if budget is None and any(v is not None for v in route.values()):
+            raise ValueError("route_mask= and route_from= only apply with budget=")
         replay = None
         if budget is not None:
-            ds, replay = self._decide(input_ids, attention_mask, budget, mode, position_ids)
+            ds, replay = self._decide(input_ids, attention_mask, budget, mode, position_ids, **route)
         else:
             ds = self._decisions(decisions, input_ids.shape[0])
         plan = self.plan(ds)
@@ -216,6 +251,8 @@ class GatedModel:
         budget=None,
         mode: str = "threshold",
         reuse: dict[int, torch.Tensor] | None = None,
+        route_mask: torch.Tensor | None = None,
+        route_from: torch.Tensor | None = None,
         **kwargs,
     ) -> torch.Tensor:
         """Logits (B, T, V) with each row running its decision (or the gates' decision for `budget`).
@@ -223,15 +260,29 @@ class GatedModel:
         With `use_cache`, fills a RowCache (pass it back to continue); `m.last_cache` holds it and
         `m.last_decisions` the decisions used. `reuse` {layer: output (B, T, H)} returns those outputs
         instead of running the layers: outputs of an earlier pass over the same inputs whose decisions
-        agree up to there (a search that varies one layer resumes after the shared prefix)."""
+        agree up to there (a search that varies one layer resumes after the shared prefix).
+
+        With `budget`, the router pass over these inputs is the start of this pass (no second pass over the
+        prompt). `route_mask` (B, T) says which positions the router reads (a prompt followed by text to
+        score: the prompt's), `route_from` (B,) which row's reading decides each row (rows that continue one
+        prompt get one decision); the causal layers before the router see only the prompt there."""
+        if budget is not None and decisions is not None:
+            raise ValueError("give either decisions= or budget=, not both")
         if budget is not None and past_key_values is not None:
             raise ValueError("a budget is decided at prefill; continue a cache with its decisions")
         if reuse and (budget is not None or use_cache or past_key_values is not None):
             raise ValueError("reuse= needs explicit decisions and no cache")
         pos = kwargs.get("position_ids")
-        ds, plan = self._plan_for(input_ids, attention_mask, decisions, budget, mode,
-                                  pos if pos is not None else _positions(attention_mask))
-        if pos is None and attention_mask is not None and not bool(attention_mask.all()):
+        hf_positions = pos is None and attention_mask is not None and not bool(attention_mask.all())
+        in_pass = (budget is not None and not use_cache and past_key_values is None and not hf_positions
+                   and hasattr(self.policy, "pool"))
+        if in_pass:  # decided inside this pass, at this pass's positions (those `decide` uses)
+            ds, plan = None, self._plan_in_pass(input_ids, attention_mask, budget, mode, route_mask, route_from)
+        else:
+            ds, plan = self._plan_for(input_ids, attention_mask, decisions, budget, mode,
+                                      pos if pos is not None else _positions(attention_mask),
+                                      route_mask=route_mask, route_from=route_from)
+        if hf_positions:
             plan.replay = None  # routed at generate's positions (as `decide`); this pass uses HF's defaults
         if reuse:
             plan.replay = {i: (h, None, None) for i, h in reuse.items()}
@@ -244,7 +295,7 @@ class GatedModel:
                 use_cache=cache is not None,
                 **kwargs,
             )
-        self.last_cache, self.last_decisions = cache, ds
+        self.last_cache, self.last_decisions = cache, ds if ds is not None else plan.decisions
         return out.logits
 
     __call__ = forward

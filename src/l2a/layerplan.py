@@ -38,6 +38,8 @@ class Plan:
         self.capture: int | None = None  # layer whose output to keep in `captured`
         self.captured: torch.Tensor | None = None
         self.replay: dict[int, tuple] | None = None  # layer -> (output or None, keys, values), one prefill
+        self.then = None  # called with the captured output: completes the plan inside the pass (gated.py)
+        self.decisions = None  # the decisions `then` made
 
     def sliced(self, part: Part, kwargs: dict) -> dict:
         """kwargs (mask, position ids/embeddings) restricted to the part's rows, memoised per forward."""
@@ -97,6 +99,8 @@ class GatedLayer(nn.Module):
         out = self._run(plan, hidden_states, args, past_key_values, kwargs)
         if plan.capture == self.index:
             plan.captured = out
+            if plan.then is not None:
+                plan.then(out)
         return out
 
     def _replay(self, plan: Plan, hidden_states, past_key_values):

@@ -158,9 +158,44 @@ def continuation_logprobs(model, seqs: list[list[int]], conts: list[int], decisi
     every continuation at the right end, so only the last K+1 positions need logits (`logits_to_keep`).
     """
     ids, mask = left_pad(seqs, pad_id, model.device)  # (B, T)
+    logits = model.forward(ids, mask, decisions=decisions, **_scoring_kw(mask, conts))
+    return _continuations(logits, ids, conts)
+
+
+@torch.inference_mode()
+def routed_logprobs(model, decide: Decide, seqs: list[list[int]], conts: list[int], prompt_lens: list[int],
+                    owner: list[int], pad_id: int):
+    """(`continuation_logprobs` of the rows, the decision each row ran) when the decisions come from prompts.
+
+    Row i's first `prompt_lens[i]` tokens are its prompt, and the prompt of row `owner[i]` decides it: rows
+    that continue one prompt (the choices of an item) run one decision. A decider that decides inside the
+    scoring pass (`decide.score`: the learned gates, whose router pass then starts this pass) runs each
+    prompt once; any other decides on the prompts first, then scores.
+    """
+    ids, mask = left_pad(seqs, pad_id, model.device)  # (B, T)
+    kw = _scoring_kw(mask, conts)
+    score = getattr(decide, "score", None)
+    if score is not None:
+        T = ids.shape[1]
+        start = T - torch.tensor([len(s) for s in seqs])  # (B,) first real position of each row
+        col = torch.arange(T)  # (T,)
+        route = (col >= start[:, None]) & (col < (start + torch.tensor(prompt_lens))[:, None])  # (B, T)
+        logits, ds = score(ids, mask, route.to(ids.device), torch.tensor(owner, device=ids.device), **kw)
+    else:
+        firsts = sorted(set(owner))
+        made = dict(zip(firsts, _decide_on(model, decide, [seqs[i][:prompt_lens[i]] for i in firsts], pad_id)))
+        ds = [made[o] for o in owner]
+        logits = model.forward(ids, mask, decisions=ds, **kw)
+    return _continuations(logits, ids, conts), ds
+
+
+def _scoring_kw(mask, conts: list[int]) -> dict:
+    return {"position_ids": positions(mask), "logits_to_keep": max(conts) + 1}
+
+
+def _continuations(logits, ids, conts: list[int]) -> list:
     B, T = ids.shape
     K = max(conts)
-    logits = model.forward(ids, mask, decisions=decisions, position_ids=positions(mask), logits_to_keep=K + 1)
     logp = torch.log_softmax(logits[:, :K].float(), dim=-1)  # (B, K, V): position j predicts token T-K+j
     target = ids[:, T - K:]  # (B, K)
     tok_lp = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)  # (B, K)
@@ -279,7 +314,6 @@ class GSM8KLoglik(_MathTask):
         plain = not getattr(tok, "chat_template", None)
         for idx in _batches(len(rows), batch_size):
             prompts = [math_prompt(tok, rows[i]["question"]) for i in idx]
-            ds = _decide_on(model, decide, prompts, pad)
             seqs, conts, n_answer = [], [], []
             for p, i in zip(prompts, idx):
                 head, number = rows[i]["answer"].rsplit("####", 1)
@@ -288,7 +322,7 @@ class GSM8KLoglik(_MathTask):
                 seqs.append(p + head_ids + num_ids)
                 conts.append(len(head_ids) + len(num_ids))
                 n_answer.append(len(num_ids))
-            scored = continuation_logprobs(model, seqs, conts, ds, pad)
+            scored, ds = routed_logprobs(model, decide, seqs, conts, [len(p) for p in prompts], list(range(len(seqs))), pad)
             results = []
             for j, (total, lp, hit) in enumerate(scored):
                 answer_hit = bool(hit[-n_answer[j]:].all())
@@ -316,31 +350,41 @@ class MultipleChoice:
         return data.load("mc", path)
 
     @staticmethod
-    def _context(tok, row) -> tuple[list[int], list[list[int]], list[int]]:
-        """(context ids, continuation ids per choice, decision prompt ids)."""
+    def _context(tok, row) -> tuple[list[int], list[list[int]], int]:
+        """(context ids, continuation ids per choice, length of the decision prompt in each choice's sequence)."""
         if row["question"]:
             ctx = _encode(tok, f"Question: {row['question']}\nAnswer:", special=True)
-            return ctx, [_encode(tok, " " + c) for c in row["choices"]], ctx
+            return ctx, [_encode(tok, " " + c) for c in row["choices"]], len(ctx)
         # WinoGrande: whole sentences after one prefix token; decide on their shared start (before the blank).
-        ctx = [_prefix_id(tok)]
-        shared = _common_words(row["choices"])
-        return ctx, [_encode(tok, c) for c in row["choices"]], ctx + (_encode(tok, shared) if shared else [])
+        conts = [_encode(tok, c) for c in row["choices"]]
+        return [_prefix_id(tok)], conts, 1 + _common_prefix(conts)
 
     def run(self, model, rows, decide: Decide, batch_size: int = 8, max_new_tokens: int = 0) -> Iterator[list[ItemResult]]:
+        """Items are scored whole: all choices of an item run in one forward (up to `batch_size` rows per
+        forward, items of similar length together), so the item's one decision is made in that pass."""
         tok = model.tokenizer
         pad = _pad_id(tok)
         for idx in _batches(len(rows), batch_size):
             built = [self._context(tok, rows[i]) for i in idx]
-            ds = _decide_on(model, decide, [b[2] for b in built], pad)
-            flat = [(j, c) for j, b in enumerate(built) for c in range(len(b[1]))]  # (item in batch, choice)
-            flat.sort(key=lambda jc: -len(built[jc[0]][0]) - len(built[jc[0]][1][jc[1]]))  # less padding
-            sums: dict = {}
-            for chunk in _batches(len(flat), batch_size):
-                part = [flat[k] for k in chunk]
-                seqs = [built[j][0] + built[j][1][c] for j, c in part]
-                conts = [len(built[j][1][c]) for j, c in part]
-                for (j, c), (total, _, _) in zip(part, continuation_logprobs(model, seqs, conts, [ds[j] for j, _ in part], pad)):
-                    sums[j, c] = total
+            size = [sum(len(built[j][0]) + len(c) for c in built[j][1]) for j in range(len(built))]
+            order = sorted(range(len(built)), key=lambda j: -size[j] / len(built[j][1]))  # less padding
+            sums, decision = {}, {}
+            for group in _pack([len(built[j][1]) for j in order], batch_size):
+                items = [order[g] for g in group]
+                seqs, conts, plens, owner, keys = [], [], [], [], []
+                for j in items:
+                    ctx, choices, plen = built[j]
+                    first = len(seqs)
+                    for c, cont in enumerate(choices):
+                        seqs.append(ctx + cont)
+                        conts.append(len(cont))
+                        plens.append(plen)
+                        owner.append(first)
+                        keys.append((j, c))
+                scored, ds = routed_logprobs(model, decide, seqs, conts, plens, owner, pad)
+                for key, (total, _, _), d in zip(keys, scored, ds):
+                    sums[key] = total
+                    decision[key[0]] = d
             results = []
             for j, i in enumerate(idx):
                 choices, gold = rows[i]["choices"], rows[i]["answer"]
@@ -348,7 +392,7 @@ class MultipleChoice:
                 norm = [s / len(ch) for s, ch in zip(raw, choices)]
                 lengths = [len(built[j][0]) + len(x) for x in built[j][1]]
                 results.append(ItemResult(
-                    score=float(_argmax(raw) == gold), decision=ds[j], context=round(sum(lengths) / len(lengths)),
+                    score=float(_argmax(raw) == gold), decision=decision[j], context=round(sum(lengths) / len(lengths)),
                     tokens=sum(lengths), metrics={"acc_norm": float(_argmax(norm) == gold), "logprobs": raw},
                 ))
             yield results
@@ -361,15 +405,26 @@ def _argmax(xs: list[float]) -> int:
     return max(range(len(xs)), key=lambda k: xs[k])  # first of ties, deterministic
 
 
-def _common_words(texts: list[str]) -> str:
-    """The longest whole-word prefix all `texts` share."""
-    words = [t.split(" ") for t in texts]
-    out = []
-    for ws in zip(*words):
-        if len(set(ws)) != 1:
+def _common_prefix(seqs: list[list[int]]) -> int:
+    """Length of the longest token prefix all `seqs` share."""
+    n = 0
+    for toks in zip(*seqs):
+        if len(set(toks)) != 1:
             break
-        out.append(ws[0])
-    return " ".join(out)
+        n += 1
+    return n
+
+
+def _pack(sizes: list[int], limit: int) -> list[list[int]]:
+    """Consecutive indices of `sizes` in groups of total size <= `limit` (an item larger than it goes alone)."""
+    groups, cur, total = [], [], 0
+    for i, n in enumerate(sizes):
+        if cur and total + n > limit:
+            groups.append(cur)
+            cur, total = [], 0
+        cur.append(i)
+        total += n
+    return groups + [cur] if cur else groups
 
 
 TASKS = {"gsm8k": GSM8K, "gsm8k-budget": GSM8KBudget, "gsm8k-concise": GSM8KConcise, "gsm8k-loglik": GSM8KLoglik,
