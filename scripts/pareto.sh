@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The full-size Pareto sweep behind the README's published table (resumable: rerun to continue).
 #   bash scripts/pareto.sh [extra l2a eval flags]
-# 1. tuned-static: one budget-only gate set trained per budget (0.85, 0.7; 150 steps each, ~10 min each here).
+# 1. tuned-static: one budget-only gate set trained per budget (0.85, 0.7, 0.55; 150 steps each, ~20 min each here).
 # 2. MC sets by log-likelihood (n=500 each) and the full GSM8K test split (1,319) by teacher-forced
 #    log-likelihood of the reference solution, on the embedded default with its shipped gates, bf16, 2 threads.
 #    Scoring tasks have no thinking to cut, so the layer axis alone is swept (`--axes layers`).
@@ -13,11 +13,11 @@ DATA="${L2A_DATA_ROOT:-$L2A_ROOT/../shared/data}"
 OUT="${L2A_PARETO_OUT:-$L2A_ROOT/runs/pareto}"
 TUNED="${L2A_TUNED_GATES:-$L2A_ROOT/runs/tuned}"
 mkdir -p "$OUT"
-for b in 0.85 0.70; do
-    [ -f "$TUNED/b$b/l2a_gates.safetensors" ] || l2a train --fixed-budget "$b" --steps 150 --gates-out "$TUNED/b$b"
+for b in 0.85 0.70 0.55; do
+    [ -f "$TUNED/b$b/l2a_gates.safetensors" ] || l2a train --fixed-budget "$b" --steps 150 --max-len 176 --gates-out "$TUNED/b$b"
 done
 METHODS="dense,l2a,block-influence,angular,tuned-static"
-BUDGETS="1.0,0.85,0.7"
+BUDGETS="1.0,0.85,0.7,0.55"
 l2a eval --dtype bfloat16 --task mc --data "$DATA/mc/arc_easy.jsonl" --data "$DATA/mc/piqa.jsonl" \
     --data "$DATA/mc/winogrande.jsonl" --limit 500 --budgets "$BUDGETS" --axes layers --methods "$METHODS" --seeds 1 \
     --tuned-gates "$TUNED" --timing-repeats 5 --timing-items 100 --results "$OUT/mc.jsonl" "$@"

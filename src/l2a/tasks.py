@@ -16,10 +16,13 @@ The tasks, in the registry `TASKS` (errors list the names):
   number of *characters* of the choice (lm-eval's acc_norm). WinoGrande rows (empty question) score the
   whole sentence after a single prefix token (eos, as lm-eval's prefix token).
 
-Each row's decision is made once from its question prompt (`decide(ids, mask)`) and reused for all its
-choices / generated tokens (DESIGN decision 1). Batches are left-padded; scoring runs
-`model.forward(ids, mask, decisions=..., position_ids=...)` so every row carries its own decision. This
-module does not time anything or aggregate across items (`evaluate.py` does) and does not choose decisions.
+Each row's decision is made once from its question prompt and reused for all its choices / generated
+tokens (DESIGN decision 1). Batches are left-padded; every row carries its own decision. Scoring tasks run
+an item's choices in one forward (`routed_logprobs`): the learned gates (a decider with `score`) decide
+inside that forward, their router layers reading the prompt positions, so the prompt runs once; other
+deciders decide on the prompts (`decide(ids, mask)`), then score. Generation decides on the prompt first
+(its cost is the decode). This module does not time anything or aggregate across items (`evaluate.py`
+does) and does not choose decisions.
 """
 
 from __future__ import annotations
