@@ -147,3 +147,25 @@ def test_report_compares_budget_aware_prompting_with_the_plain_tasks_caps(tmp_pa
     family = [p for p in got["plots"] if p.name == "gsm8k_family_t_think.png"]
     assert family and family[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "## gsm8k family — t.jsonl" in got["markdown"].read_text()
+
+
+def test_at_equal_latency_interpolates_the_learned_curve_at_each_best_static_point():
+    from l2a.pareto import at_equal_latency
+
+    def line(method, budget, s, acc, nll=None):
+        r = {"method": method, "budget": {"layers": budget}, "axis": "layers", "seconds_per_item": s, "accuracy": acc}
+        return r if nll is None else dict(r, nll=nll)
+
+    lines = [dict(line("dense", 1.0, 1.0, 0.60), axis="all"), line("l2a", 1.0, 1.0, 0.60),
+             line("l2a", 0.8, 0.8, 0.50), line("l2a", 0.6, 0.6, 0.40),
+             line("angular", 0.8, 0.7, 0.46), line("block-influence", 0.8, 0.75, 0.44),  # best at 0.8: angular
+             line("angular", 0.6, 0.5, 0.30), line("l2a-strict", 0.6, 0.55, 0.9)]  # faster than every l2a point
+    y, rows = at_equal_latency(lines)
+    assert y == "accuracy" and [r["budget"] for r in rows] == [0.8, 0.6]
+    assert rows[0]["static"] == "angular" and rows[0]["learned_y"] == pytest.approx(0.45)  # 0.40 + 0.1 * 0.5
+    assert rows[0]["gain"] == pytest.approx(-0.01)
+    assert rows[1]["learned_y"] is None and rows[1]["gain"] is None  # l2a-strict is not a static baseline
+    # NLL (lower is better) when every line has it: the best static is the lowest, the gain's sign flips
+    nll = [dict(r, nll=2.0 - r["accuracy"]) for r in lines]
+    y, rows = at_equal_latency(nll)
+    assert y == "nll" and rows[0]["static"] == "angular" and rows[0]["gain"] == pytest.approx(-0.01)

@@ -8,7 +8,9 @@
   item and accuracy vs modeled FLOPs per token, one curve per method, the Pareto frontier over all
   methods highlighted;
 - per method, the largest realized layer sparsity (1 - realized_layers) whose accuracy stays within one
-  point (0.01) of dense; None when no sparse point does (or there is no dense line).
+  point (0.01) of dense; None when no sparse point does (or there is no dense line);
+- per budget, the best static point against l2a's curve interpolated at that point's measured latency
+  (`at_equal_latency`: accuracy, or NLL for teacher-forced math).
 
 `pareto_front(points)` is the pure core: indices of the non-dominated (cost, accuracy) points.
 """
@@ -133,6 +135,37 @@ def at_equal_think(lines: list[dict], y_key: str, baseline: list[dict] | None = 
         other = interpolate(caps, x)
         out.append({"think_tokens": x, "l2a": y, "think-cap": other, "gain": None if other is None else y - other})
     return out
+
+
+def _layers_budget(b) -> float:
+    return b.get("layers", 1.0) if isinstance(b, dict) else float(b)
+
+
+def at_equal_latency(lines: list[dict], learned: str = "l2a") -> tuple[str, list[dict]]:
+    """(y_key, rows): per budget below 1, the best static point at that budget against the `learned`
+    method's curve (its points and dense, y vs measured seconds per item) interpolated at that point's
+    measured latency, the comparison "above the best static baseline at equal measured latency" is judged
+    by. y is NLL per token (lower is better) where every line has one (gsm8k-loglik), else accuracy. A row's
+    `gain` is None when the static point is faster or slower than every learned point (no interpolation)."""
+    y = "nll" if lines and all(r.get("nll") is not None for r in lines) else "accuracy"
+    sign = -1.0 if y == "nll" else 1.0  # gain > 0: the learned method is better
+    ok = [r for r in lines if _finite(r.get("seconds_per_item"), r.get(y))]
+    axes = {r.get("axis") for r in ok if r["method"] == learned}
+    curve = [(r["seconds_per_item"], r[y]) for r in ok if r["method"] == learned or r["method"] == "dense"]
+    best: dict = {}
+    for r in ok:
+        if r["method"] in ("dense", learned) or r["method"].startswith("l2a") or r.get("axis") not in axes:
+            continue
+        b = _layers_budget(r["budget"])
+        if b < 1.0 and (b not in best or sign * r[y] > sign * best[b][y]):
+            best[b] = r
+    rows = []
+    for b in sorted(best, reverse=True):
+        r = best[b]
+        at = interpolate(curve, r["seconds_per_item"]) if curve else None
+        rows.append({"budget": b, "static": r["method"], "static_y": r[y], "seconds": r["seconds_per_item"],
+                     "learned_y": at, "gain": None if at is None else sign * (at - r[y])})
+    return y, rows
 
 
 def markdown_table(lines: list[dict]) -> str:
@@ -278,6 +311,17 @@ def report(results_path, out_dir=None, plots: bool = True) -> dict:
         for method, s in sp.items():
             md.append(f"- {method}: " + ("none" if s is None else f"{100 * s:.1f}% of layers skipped"))
         md.append("")
+        y_key, rows = at_equal_latency(rs)
+        if rows:
+            pct, f = (1.0, ".3f") if y_key == "nll" else (100.0, ".1f")
+            md.append(f"l2a vs the best static point of each budget at equal measured latency ({y_key}; l2a's "
+                      "curve through its points and dense, interpolated at the static point's s/item):\n")
+            md.append(f"| budget | best static | its {y_key} | its s/item | l2a at that s/item | gain |\n|---|---|---|---|---|---|")
+            md += [f"| {r['budget']:g} | {r['static']} | {pct * r['static_y']:{f}} | {r['seconds']:.4f} | "
+                   + ("– (outside l2a's measured range) | – |" if r["gain"] is None else
+                      f"{pct * r['learned_y']:{f}} | {pct * r['gain']:+{f}} |") for r in rows]
+            won = sum(1 for r in rows if r["gain"] is not None and r["gain"] > 0)
+            md.append(f"\nl2a above the best static point at equal latency at {won} of {len(rows)} budgets.\n")
         twin = _dense_task(task)
         baselines = [(rs, "a fixed cap", twin == task)] + (  # (caps, named, dense ends the cap curve)
             [(groups[(twin, data)], f"`{twin}`'s fixed cap (its prompt, s1-style)", True)] if (twin, data) in groups else [])
