@@ -244,3 +244,9 @@ def test_interleaved_timing_rewrites_only_the_timing(gm, files, tmp_path, monkey
     monkeypatch.setattr(E, "_run_point", lambda *a, **k: pytest.fail("a finished point ran again"))
     monkeypatch.setattr(R, "_time_once", lambda *a, **k: pytest.fail("timed again"))
     assert run(gm, files, out, timing_repeats=3, timing_items=2) == timed
+    # --retime: the finished points are timed again (not scored again), the single-pass timing kept
+    calls.clear()
+    monkeypatch.setattr(R, "_time_once", lambda *a, **k: (calls.append(a[3]) or 0.9, 7))
+    again = run(gm, files, out, timing_repeats=3, timing_items=2, retime=True)
+    assert len(calls) == 9 and all(r["seconds_per_item"] == pytest.approx(0.45) for r in again)
+    assert [r["seconds_per_item_single"] for r in again] == [r["seconds_per_item_single"] for r in timed]

@@ -188,7 +188,8 @@ def cmd_eval(args) -> int:
     lines = evaluate(gm, args.task, args.data or [None], args.budgets, args.methods.split(","), limit=args.limit,
                      batch_size=args.batch_size, seeds=args.seeds, out=args.results,
                      max_new_tokens=args.max_new_tokens, model_name=args.model, axes=args.axes,
-                     tuned_gates=args.tuned_gates, timing_repeats=args.timing_repeats, timing_items=args.timing_items)
+                     tuned_gates=args.tuned_gates, timing_repeats=args.timing_repeats, timing_items=args.timing_items,
+                     retime=args.retime)
     keys = ("method", "data", "budget", "n", "accuracy", "ci_low", "ci_high", "realized_layers", "seconds_per_item")
     for r in lines:
         print(" ".join(f"{k}={r.get(k)}" for k in keys), file=sys.stderr)
@@ -344,6 +345,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="then time each data file's points again together, round-robin, this many rounds (median), "
                         "on their first --timing-items items; the lines are rewritten with those timings (default 0: off)")
     e.add_argument("--timing-items", type=_positive, default=100)
+    e.add_argument("--retime", action="store_true",
+                   help="time the points again even when they were timed with these settings (after a runtime change)")
     e.set_defaults(func=cmd_eval)
 
     r = sub.add_parser("report", help="markdown table and Pareto plots from `l2a eval` results")

@@ -178,6 +178,7 @@ def evaluate(
     tuned_gates=None,
     timing_repeats: int = 0,
     timing_items: int = 100,
+    retime: bool = False,
 ) -> list[dict]:
     """Evaluate every (method, data file, budget) point; append each to `out`; return all points' lines.
 
@@ -186,7 +187,8 @@ def evaluate(
     dicts or Budgets. methods: names from `baselines.METHODS` or Policy objects. axes: for numeric budgets,
     the axes swept (`AXES`): each number b becomes `axis_budget(b, axis)` for every axis given. With
     `timing_repeats` > 0, the points of each data file are then timed again together (retime.py) on their
-    first `timing_items` items and their lines rewritten with those timings (skipped when already done).
+    first `timing_items` items and their lines rewritten with those timings (skipped when already done,
+    unless `retime`: after a change to the runtime, finished points are timed again).
     """
     if isinstance(model, (str, os.PathLike)):
         from .loading import load
@@ -275,7 +277,8 @@ def evaluate(
                 if name not in policies:
                     policies[name] = _policies(m, 1, calibration, tuned_gates)[0]
             points = [(i, policies[name], b) for i, name, _, b in timed]
-            retime_file(model, task_obj, rows, results, points, data_label, cfg, out, timing_repeats, timing_items, progress)
+            retime_file(model, task_obj, rows, results, points, data_label, cfg, out, timing_repeats, timing_items,
+                        progress, force=retime)
     return results
 
 

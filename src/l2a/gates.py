@@ -244,9 +244,16 @@ class GatePolicy(nn.Module):
         feats = self.features(pooled)  # (B, W)
         anchor = self.gate_logits(feats, torch.ones(len(budgets), 2, device=feats.device))[1].argmax(-1)  # (B, L)
         mu, sigma = self.think_params(pooled, lengths)  # (B,), (B,)
+        rows_at: dict = {}  # rows sharing a budget are decided together
+        for i, b in enumerate(budgets):
+            rows_at.setdefault((b.layers, b.heads), []).append(i)
+        nested_l = torch.empty(len(budgets), c.n_layers, dtype=torch.bool, device=feats.device)  # (B, L)
+        nested_g = torch.empty(len(budgets), c.n_layers, c.n_groups, dtype=torch.bool, device=feats.device)
+        for (lay, head), rows in rows_at.items():
+            nested_l[rows], nested_g[rows] = self._nested(feats[rows], lay, head)
         out = []
         for i, b in enumerate(budgets):
-            keep_l, keep_g = self._nested(feats[i], b.layers, b.heads)  # (L,), (L, G)
+            keep_l, keep_g = nested_l[i], nested_g[i]  # (L,), (L, G)
             if mode == "strict":
                 keep_l, keep_g = self._strict(feats[i], b, keep_l, keep_g, anchor[i])
             keep_g[: c.router_layers] = True  # the router pass runs these densely and prefill reuses it
@@ -260,27 +267,30 @@ class GatePolicy(nn.Module):
                                     think_tokens=self.allowance(float(mu[i]), float(sigma[i]), b.think)))
         return out
 
-    def _logits(self, feat: torch.Tensor, points: list[tuple[float, float]]):
-        """One row's features (W,) at budget points [(b_layer, b_head)] -> ((P, n_gate), (P, L, G)).
+    def _logits(self, feats: torch.Tensor, points: list[tuple[float, float]]):
+        """Rows' features (R, W) at budget points [(b_layer, b_head)] -> ((R, P, n_gate), (R, P, L, G)).
 
         Layer logits are returned relative to each point's calibrated threshold (keep where > 0)."""
-        b = torch.tensor([[self.effective(lay), head] for lay, head in points], device=feat.device)
-        thr = torch.tensor([self.threshold(lay) for lay, _ in points], device=feat.device)  # (P,)
-        lg, gg = self.gate_logits(feat.expand(len(points), -1), b)
-        return lg - thr[:, None], gg
+        c = self.config
+        R, P = feats.shape[0], len(points)
+        b = torch.tensor([[self.effective(lay), head] for lay, head in points], device=feats.device)  # (P, 2)
+        thr = torch.tensor([self.threshold(lay) for lay, _ in points], device=feats.device)  # (P,)
+        lg, gg = self.gate_logits(feats.repeat_interleave(P, 0), b.repeat(R, 1))  # (R*P, n_gate), (R*P, L, G)
+        return lg.view(R, P, -1) - thr[None, :, None], gg.view(R, P, c.n_layers, c.n_groups)
 
-    def _nested(self, feat: torch.Tensor, lay: float, head: float):
-        """Threshold sets ANDed over every grid point that dominates (lay, head) on both axes.
+    def _nested(self, feats: torch.Tensor, lay: float, head: float):
+        """Threshold sets ANDed over every grid point that dominates (lay, head) on both axes, for rows'
+        features (R, W) -> kept layers (R, L), kept groups (R, L, G).
 
         Any budget that is at most another on both axes then keeps a subset of its layers and groups:
         nesting holds by construction, including along the scalar schedule (monotone on every axis).
         """
         c = self.config
         points = [(l2, h2) for l2 in {lay, *GRID} if l2 >= lay for h2 in {head, *GRID} if h2 >= head]
-        lg, gg = self._logits(feat, points)  # (P, n_gate), (P, L, G)
-        keep_l = torch.ones(c.n_layers, dtype=torch.bool, device=feat.device)
-        keep_l[list(c.gateable)] = (lg > 0).all(0)
-        return keep_l, (gg > 0).all(0)
+        lg, gg = self._logits(feats, points)  # (R, P, n_gate), (R, P, L, G)
+        keep_l = torch.ones(feats.shape[0], c.n_layers, dtype=torch.bool, device=feats.device)
+        keep_l[:, list(c.gateable)] = (lg > 0).all(1)
+        return keep_l, (gg > 0).all(1)
 
     def _strict(self, feat, b: Budget, keep_l, keep_g, anchor):
         """Never above floor(b * L) layers or floor(b * G) groups per layer, staying nested."""
@@ -288,14 +298,14 @@ class GatePolicy(nn.Module):
         limit = max(c.protected, math.floor(b.layers * c.n_layers + 1e-9))
         if int(keep_l.sum()) > limit:
             for g in sorted((g for g in GRID if g < b.layers), reverse=True):
-                lower, _ = self._nested(feat, g, b.heads)
+                lower = self._nested(feat[None], g, b.heads)[0][0]
                 if int(lower.sum()) <= limit:
                     keep_l = lower
                     break
             else:  # even the lowest grid budget keeps too many: the best-ranked of that set, ranked at
                 # that budget (one ranking for every budget, so sets stay nested as the limit grows)
-                lowest, _ = self._nested(feat, GRID[0], b.heads)
-                lg = self._logits(feat, [(GRID[0], b.heads)])[0][0]  # (n_gate,)
+                lowest = self._nested(feat[None], GRID[0], b.heads)[0][0]
+                lg = self._logits(feat[None], [(GRID[0], b.heads)])[0][0, 0]  # (n_gate,)
                 lg = lg.masked_fill(~lowest[list(c.gateable)], float("-inf"))
                 keep_l = torch.zeros(c.n_layers, dtype=torch.bool, device=feat.device)
                 keep_l[: c.router_layers] = True
@@ -307,7 +317,7 @@ class GatePolicy(nn.Module):
         keep_g[torch.arange(c.n_layers), anchor] = True  # the anchor group is always kept: count it
         over = keep_g.sum(-1) > g_limit  # (L,) layers keeping too many groups
         if over.any():
-            gg = self._logits(feat, [(b.layers, b.heads)])[1][0].masked_fill(~keep_g, float("-inf"))  # (L, G)
+            gg = self._logits(feat[None], [(b.layers, b.heads)])[1][0, 0].masked_fill(~keep_g, float("-inf"))  # (L, G)
             gg[torch.arange(c.n_layers), anchor] = float("inf")
             limited = torch.zeros_like(keep_g).scatter_(1, gg.topk(g_limit, -1).indices, True) & keep_g
             keep_g = torch.where(over[:, None], limited, keep_g)

@@ -58,12 +58,14 @@ def retime(model, task, rows, points, repeats: int = 5, items: int = 100, batch_
     return out
 
 
-def retime_file(model, task, rows, results, points, data_label, cfg, out, repeats, items, progress=True) -> None:
+def retime_file(model, task, rows, results, points, data_label, cfg, out, repeats, items, progress=True,
+                force: bool = False) -> None:
     """Interleaved re-timing of one data file's measured lines: `points` [(index in results, policy, Budget)].
     Lines copied from another (`reused_from`, e.g. a static method at budget 1.0 = dense) take their
-    source's timing. `results` is updated in place and `out` rewritten (other lines unchanged)."""
+    source's timing. `results` is updated in place and `out` rewritten (other lines unchanged). Skipped when
+    every line was already timed with these settings, unless `force`."""
     want = {"method": "interleaved", "repeats": repeats, "items": min(items, len(rows))}
-    if all({k: results[i].get("timing", {}).get(k) for k in want} == want for i, _, _ in points):
+    if not force and all({k: results[i].get("timing", {}).get(k) for k in want} == want for i, _, _ in points):
         return  # already timed together with these settings
     fields = retime(model, task, rows, [(p, b) for _, p, b in points], repeats, items, cfg.batch_size,
                     cfg.max_new_tokens, progress)
