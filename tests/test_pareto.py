@@ -150,7 +150,7 @@ def test_report_compares_budget_aware_prompting_with_the_plain_tasks_caps(tmp_pa
 
 
 def test_at_equal_latency_interpolates_the_learned_curve_at_each_best_static_point():
-    from l2a.pareto import at_equal_latency
+    from l2a.pareto import at_equal_latency, static_at_learned
 
     def line(method, budget, s, acc, nll=None):
         r = {"method": method, "budget": {"layers": budget}, "axis": "layers", "seconds_per_item": s, "accuracy": acc}
@@ -169,3 +169,11 @@ def test_at_equal_latency_interpolates_the_learned_curve_at_each_best_static_poi
     nll = [dict(r, nll=2.0 - r["accuracy"]) for r in lines]
     y, rows = at_equal_latency(nll)
     assert y == "nll" and rows[0]["static"] == "angular" and rows[0]["gain"] == pytest.approx(-0.01)
+    # the other direction: static curves (with dense) at each l2a point's latency, the best of them
+    y, rows = static_at_learned(lines)
+    assert [r["budget"] for r in rows] == [0.8, 0.6]
+    # at 0.8 s: angular (0.7, 0.46)-(1.0, 0.60) gives 0.50667, BI (0.75, 0.44)-(1.0, 0.60) gives 0.472
+    assert rows[0]["static"] == "angular" and rows[0]["gain"] == pytest.approx(0.50 - (0.46 + 0.14 / 3))
+    assert rows[1]["static"] == "angular" and rows[1]["static_y"] == pytest.approx(0.38)  # (0.5, 0.30)-(0.7, 0.46)
+    y, rows = static_at_learned(nll)
+    assert rows[1]["gain"] == pytest.approx(0.02)  # NLL 1.60 against the curve's 1.62: lower is better

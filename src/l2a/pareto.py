@@ -10,7 +10,8 @@
 - per method, the largest realized layer sparsity (1 - realized_layers) whose accuracy stays within one
   point (0.01) of dense; None when no sparse point does (or there is no dense line);
 - per budget, the best static point against l2a's curve interpolated at that point's measured latency
-  (`at_equal_latency`: accuracy, or NLL for teacher-forced math).
+  (`at_equal_latency`: accuracy, or NLL for teacher-forced math), and each l2a point against the best
+  static curve at its latency (`static_at_learned`).
 
 `pareto_front(points)` is the pure core: indices of the non-dominated (cost, accuracy) points.
 """
@@ -168,6 +169,30 @@ def at_equal_latency(lines: list[dict], learned: str = "l2a") -> tuple[str, list
     return y, rows
 
 
+def static_at_learned(lines: list[dict], learned: str = "l2a") -> tuple[str, list[dict]]:
+    """The other direction of `at_equal_latency`: per point of the learned method below budget 1, every
+    static method's curve (its points and dense) interpolated at that point's measured latency, the best
+    of them, and the learned point's `gain` over it (None when no static curve spans that latency)."""
+    y, _ = at_equal_latency(lines, learned)
+    sign = -1.0 if y == "nll" else 1.0
+    ok = [r for r in lines if _finite(r.get("seconds_per_item"), r.get(y))]
+    axes = {r.get("axis") for r in ok if r["method"] == learned}
+    dense = [(r["seconds_per_item"], r[y]) for r in ok if r["method"] == "dense"]
+    curves: dict = {}
+    for r in ok:
+        if r["method"] not in ("dense", learned) and not r["method"].startswith("l2a") and r.get("axis") in axes:
+            curves.setdefault(r["method"], []).append((r["seconds_per_item"], r[y]))
+    rows = []
+    for r in sorted((r for r in ok if r["method"] == learned and _layers_budget(r["budget"]) < 1.0),
+                    key=lambda r: -_layers_budget(r["budget"])):
+        at = {m: interpolate(pts + dense, r["seconds_per_item"]) for m, pts in curves.items()}
+        at = {m: v for m, v in at.items() if v is not None}
+        top = max(at, key=lambda m: sign * at[m]) if at else None
+        rows.append({"budget": _layers_budget(r["budget"]), "learned_y": r[y], "seconds": r["seconds_per_item"],
+                     "static": top, "static_y": at.get(top), "gain": None if top is None else sign * (r[y] - at[top])})
+    return y, rows
+
+
 def markdown_table(lines: list[dict]) -> str:
     """One row per (method, budget): accuracy +- CI and cost columns."""
     norm = any("acc_norm" in r for r in lines)
@@ -322,6 +347,13 @@ def report(results_path, out_dir=None, plots: bool = True) -> dict:
                       f"{pct * r['learned_y']:{f}} | {pct * r['gain']:+{f}} |") for r in rows]
             won = sum(1 for r in rows if r["gain"] is not None and r["gain"] > 0)
             md.append(f"\nl2a above the best static point at equal latency at {won} of {len(rows)} budgets.\n")
+            md.append("The other direction: each l2a point against the best static curve interpolated at its s/item:\n")
+            md.append(f"| budget | l2a {y_key} | its s/item | best static curve there | gain |\n|---|---|---|---|---|")
+            md += [f"| {r['budget']:g} | {pct * r['learned_y']:{f}} | {r['seconds']:.4f} | "
+                   + ("– (no static curve spans it) | – |" if r["gain"] is None else
+                      f"{r['static']} {pct * r['static_y']:{f}} | {pct * r['gain']:+{f}} |")
+                   for r in static_at_learned(rs)[1]]
+            md.append("")
         twin = _dense_task(task)
         baselines = [(rs, "a fixed cap", twin == task)] + (  # (caps, named, dense ends the cap curve)
             [(groups[(twin, data)], f"`{twin}`'s fixed cap (its prompt, s1-style)", True)] if (twin, data) in groups else [])
