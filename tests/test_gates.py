@@ -49,6 +49,9 @@ def test_budget_one_is_dense_exactly(gm):
     assert all(d.layer_fraction == 1.0 and d.kv_groups is None for d in m.decide(ids, 1.0, attention_mask=mask))
     # the router pass is replayed as the start of prefill; the result is still exactly HF's
     assert torch.equal(m.generate(ids, attention_mask=mask, budget=Budget(1.0), max_new_tokens=5), want)
+    # a forward that decides inside its own pass (no cache, unpadded) is HF's forward, bit for bit
+    assert torch.equal(m.forward(ids[:, 5:], budget=Budget(1.0)), ref(ids[:, 5:]).logits)
+    assert m.last_decisions == [m.dense_decision()] * ids.shape[0]
 
 
 @torch.no_grad()

@@ -159,12 +159,18 @@ class GatedModel:
 
     # -- deciding --------------------------------------------------------------------------------------
 
+    def _router_plan(self, batch: int) -> tuple[Plan, list[GateDecision]]:
+        """The plan of the router layers alone (run densely on every row), capturing their output."""
+        k = self.policy.config.router_layers
+        early = [GateDecision(layers=tuple(i < k for i in range(self.n_layers)))] * batch
+        plan = self.plan(early)
+        plan.capture = k - 1
+        return plan, early
+
     def _router_pass(self, input_ids, attention_mask, position_ids):
         """Run the first `router_layers` layers densely on all rows: (hidden (B, T, H), replay dict)."""
         k = self.policy.config.router_layers
-        early = [GateDecision(layers=tuple(i < k for i in range(self.n_layers)))] * input_ids.shape[0]
-        plan = self.plan(early)
-        plan.capture = k - 1
+        plan, early = self._router_plan(input_ids.shape[0])
         cache = RowCache(len(early), tuple(early))
         owner, _ = arch.decoder_owner(self.hf)
         with self._active(plan), torch.no_grad():
@@ -203,9 +209,7 @@ class GatedModel:
         their output decides the rest of the plan (`Plan.then`). One model call, the prompt run once."""
         budgets = self._budgets(budget, input_ids.shape[0])
         k = self.policy.config.router_layers
-        early = [GateDecision(layers=tuple(i < k for i in range(self.n_layers)))] * input_ids.shape[0]
-        plan = self.plan(early)
-        plan.capture = k - 1
+        plan, _ = self._router_plan(input_ids.shape[0])
         mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
 
         def then(hidden):  # hidden: (B, T, H) after the router layers
