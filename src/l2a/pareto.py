@@ -142,21 +142,29 @@ def _layers_budget(b) -> float:
     return b.get("layers", 1.0) if isinstance(b, dict) else float(b)
 
 
+def _latency_view(lines: list[dict], learned: str):
+    """What both equal-latency comparisons read: (y_key, sign (gain > 0: the learned method is better),
+    the learned method's lines, the static methods' lines (on the learned method's axes), dense's (s, y)).
+    y is NLL per token (lower is better) where every line has one (gsm8k-loglik), else accuracy."""
+    y = "nll" if lines and all(r.get("nll") is not None for r in lines) else "accuracy"
+    ok = [r for r in lines if _finite(r.get("seconds_per_item"), r.get(y))]
+    ours = [r for r in ok if r["method"] == learned]
+    axes = {r.get("axis") for r in ours}
+    statics = [r for r in ok if r["method"] != "dense" and not r["method"].startswith("l2a")
+               and r["method"] != learned and r.get("axis") in axes]
+    dense = [(r["seconds_per_item"], r[y]) for r in ok if r["method"] == "dense"]
+    return y, (-1.0 if y == "nll" else 1.0), ours, statics, dense
+
+
 def at_equal_latency(lines: list[dict], learned: str = "l2a") -> tuple[str, list[dict]]:
     """(y_key, rows): per budget below 1, the best static point at that budget against the `learned`
     method's curve (its points and dense, y vs measured seconds per item) interpolated at that point's
     measured latency, the comparison "above the best static baseline at equal measured latency" is judged
-    by. y is NLL per token (lower is better) where every line has one (gsm8k-loglik), else accuracy. A row's
-    `gain` is None when the static point is faster or slower than every learned point (no interpolation)."""
-    y = "nll" if lines and all(r.get("nll") is not None for r in lines) else "accuracy"
-    sign = -1.0 if y == "nll" else 1.0  # gain > 0: the learned method is better
-    ok = [r for r in lines if _finite(r.get("seconds_per_item"), r.get(y))]
-    axes = {r.get("axis") for r in ok if r["method"] == learned}
-    curve = [(r["seconds_per_item"], r[y]) for r in ok if r["method"] == learned or r["method"] == "dense"]
+    by. A row's `gain` is None when the static point is faster or slower than every learned point."""
+    y, sign, ours, statics, dense = _latency_view(lines, learned)
+    curve = [(r["seconds_per_item"], r[y]) for r in ours] + dense
     best: dict = {}
-    for r in ok:
-        if r["method"] in ("dense", learned) or r["method"].startswith("l2a") or r.get("axis") not in axes:
-            continue
+    for r in statics:
         b = _layers_budget(r["budget"])
         if b < 1.0 and (b not in best or sign * r[y] > sign * best[b][y]):
             best[b] = r
@@ -173,18 +181,12 @@ def static_at_learned(lines: list[dict], learned: str = "l2a") -> tuple[str, lis
     """The other direction of `at_equal_latency`: per point of the learned method below budget 1, every
     static method's curve (its points and dense) interpolated at that point's measured latency, the best
     of them, and the learned point's `gain` over it (None when no static curve spans that latency)."""
-    y, _ = at_equal_latency(lines, learned)
-    sign = -1.0 if y == "nll" else 1.0
-    ok = [r for r in lines if _finite(r.get("seconds_per_item"), r.get(y))]
-    axes = {r.get("axis") for r in ok if r["method"] == learned}
-    dense = [(r["seconds_per_item"], r[y]) for r in ok if r["method"] == "dense"]
+    y, sign, ours, statics, dense = _latency_view(lines, learned)
     curves: dict = {}
-    for r in ok:
-        if r["method"] not in ("dense", learned) and not r["method"].startswith("l2a") and r.get("axis") in axes:
-            curves.setdefault(r["method"], []).append((r["seconds_per_item"], r[y]))
+    for r in statics:
+        curves.setdefault(r["method"], []).append((r["seconds_per_item"], r[y]))
     rows = []
-    for r in sorted((r for r in ok if r["method"] == learned and _layers_budget(r["budget"]) < 1.0),
-                    key=lambda r: -_layers_budget(r["budget"])):
+    for r in sorted((r for r in ours if _layers_budget(r["budget"]) < 1.0), key=lambda r: -_layers_budget(r["budget"])):
         at = {m: interpolate(pts + dense, r["seconds_per_item"]) for m, pts in curves.items()}
         at = {m: v for m, v in at.items() if v is not None}
         top = max(at, key=lambda m: sign * at[m]) if at else None
