@@ -219,6 +219,24 @@ def test_l2a_lines_resume_only_for_the_gates_that_wrote_them(gm, files, tmp_path
     assert run(gm, files, out, methods=["dense", "l2a"], budgets=[1.0]) == first
 
 
+def test_lines_of_an_older_metric_version_are_scored_again(gm, files, tmp_path, capsys):
+    from l2a.pareto import report
+
+    kw = dict(data_files=[str(files[1])], methods=["dense", "even-spaced"], budgets=[1.0, 0.5], limit=3, batch_size=2,
+              seeds=1, out=tmp_path / "r.jsonl", progress=False)
+    first = E.evaluate(gm, "gsm8k-loglik", **kw)
+    assert [r["metric_version"] for r in first if "reused_from" not in r] == [2, 2]  # whitespace tokens unscored
+    old = [dict({k: v for k, v in r.items() if k != "metric_version"}, accuracy=-1.0) for r in first]  # version 1
+    kw["out"].write_text("".join(json.dumps(r) + "\n" for r in old))
+    again = E.evaluate(gm, "gsm8k-loglik", **kw)
+    assert "3 line(s) of gsm8k-loglik were scored by metric version 1 (now 2); scoring them again" in capsys.readouterr().err
+    assert [r["accuracy"] for r in again] == [r["accuracy"] for r in first]
+    lines = E.read_results(kw["out"])  # the new lines supersede the old ones, in the report too
+    assert len(lines) == 3 and all(r["accuracy"] >= 0 for r in lines)
+    assert "-100.0" not in open(report(kw["out"], out_dir=tmp_path / "rep")["markdown"]).read()
+    assert E.evaluate(gm, "gsm8k-loglik", **kw) == again  # current lines are reused
+
+
 def test_interleaved_timing_rewrites_only_the_timing(gm, files, tmp_path, monkeypatch):
     out = tmp_path / "r.jsonl"
     res = run(gm, files, out)

@@ -382,6 +382,23 @@ def test_artifact_round_trip_and_mismatch(tmp_path):
     load_gates(tmp_path / "a", copy.deepcopy(base).to(torch.bfloat16))
 
 
+def test_depth_oracle_by_hand():
+    from l2a.gatecheck import depth_oracle
+
+    # two chains of 10 tokens, 1 or 2 or 3 layers: chain 0 gains much from a second layer, chain 1 little
+    sums = torch.tensor([[9.0, 4.0], [3.0, 3.5], [2.5, 3.0]])  # (K, N) KL sums at counts 1, 2, 3
+    n = torch.tensor([10.0, 10.0])
+    d = depth_oracle(sums, n, [1, 2, 3], 2)
+    assert d["fixed"] == 6.5 / 20 and d["per_chain_oracle"] == 6.5 / 20  # (3, 1) only ties (2, 2): 2.5 + 4
+    d = depth_oracle(sums, n, [1, 2, 3], 1.5)  # mean 1.5: chain 0 at 2 and chain 1 at 1 -> 3 + 4 = 7
+    assert d["fixed"] is None and abs(d["per_chain_oracle"] - 7 / 20) < 1e-12
+    # unequal lengths: compute is token-weighted, so the long chain's extra layer costs more
+    d = depth_oracle(torch.tensor([[9.0, 8.0], [3.0, 7.0]]), torch.tensor([10.0, 30.0]), [1, 2], 1.25)
+    assert abs(d["per_chain_oracle"] - 11 / 40) < 1e-12  # chain 0 at 2 layers, chain 1 at 1: mean (20 + 30) / 40
+    with pytest.raises(ValueError, match="outside the counts"):
+        depth_oracle(sums, n, [1, 2, 3], 3.5)
+
+
 def test_check_gates_reports_every_property(tmp_path):
     from l2a.gatecheck import check_gates, render
     from l2a.static import Calibration
@@ -404,6 +421,8 @@ def test_check_gates_reports_every_property(tmp_path):
     h = res["headroom"]  # the greedy set and its boundary swaps (4 and 2 dropped; 1 or 3 out, 4 or 2 back in)
     assert h["sets"] == 5 and abs(h["greedy"] - res["kl"]["greedy-kl (warm start, static)"]["kl"]) < 1e-6
     assert h["per_chain_oracle"] <= h["best_static"] + 1e-9 <= h["greedy"] + 2e-9
+    d = res["depth_headroom"]  # the greedy order at 2..6 kept layers; the fixed count is the warm start's set
+    assert d["counts"] == [2, 6] and abs(d["fixed"] - h["greedy"]) < 1e-6 and d["per_chain_oracle"] <= d["fixed"] + 1e-9
     # equal realized compute: the static KL interpolated between the layer counts around l2a's fraction, by hand
     from l2a.gatecheck import _prompts_and_answers, teacher_forced_kl
     from l2a.baselines import make_method

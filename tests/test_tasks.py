@@ -114,7 +114,11 @@ def test_batched_left_padded_scores_equal_one_by_one(gm):
     conts = [3, 1, 4]
     skip = GateDecision(layers=(True, False, True, True))
     ds = [gm.dense_decision(), skip, gm.dense_decision()]
+    rows = []  # positions reaching the LM head: only those predicting a continuation token
+    hook = gm.hf.lm_head.register_forward_hook(lambda mod, args, out: rows.append(args[0].shape))
     got = continuation_logprobs(gm, seqs, conts, ds, pad_id=0)
+    hook.remove()
+    assert [r[:-1] for r in rows] == [(sum(conts),)]
     for i, (s, k) in enumerate(zip(seqs, conts)):
         if i == 1:
             ids = torch.tensor([s])
@@ -208,6 +212,26 @@ def test_loglik_task(gm):
     agg = GSM8KLoglik().aggregate(items)
     assert agg["nll"] > 0 and 0 <= agg["token_acc"] <= 1
     assert all(it.score in (0.0, 1.0) and it.metrics["logprob"] < 0 for it in items)
+
+
+@pytest.mark.parametrize("misses,hit", [((), 1.0), ((-3,), 1.0), ((-2,), 0.0), ((-1,), 0.0), ((-4,), 1.0)])
+def test_loglik_answer_match_skips_whitespace_tokens(gm, monkeypatch, misses, hit):
+    """The char tokenizer splits " 18" into " ", "1", "8", as SmolLM2's does: a miss on the bare " "
+    (position -3) or on the reasoning before "####" (-4) keeps the answer; a missed digit loses it."""
+    import l2a.tasks as T
+
+    def fake(model, decide, seqs, conts, prompt_lens, owner, pad):  # every continuation token hit but `misses`
+        out = []
+        for c in conts:
+            h = torch.ones(c, dtype=torch.bool)
+            h[list(misses)] = False
+            out.append((-1.0, None, h))
+        return out, [gm.dense_decision()] * len(seqs)
+
+    monkeypatch.setattr(T, "routed_logprobs", fake)
+    rows = [{"question": "Two and 16?", "answer": "2 + 16 = 18\n#### 18"}]
+    (item,) = next(GSM8KLoglik().run(gm, rows, None))
+    assert item.score == hit
 
 
 def _gated_with_router(seed=2):

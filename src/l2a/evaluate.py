@@ -46,7 +46,7 @@ from .budget import Budget
 from .checkpoint import policy_digest
 from .cost import CostModel
 from .static import Calibration
-from .tasks import get_task
+from .tasks import TASKS, get_task
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,9 @@ def _line_key(r: dict) -> str:
 
 
 def read_results(path) -> list[dict]:
-    """The lines of a results file; a torn last line (killed run) is skipped with a warning."""
+    """The lines of a results file, the last one per point (task, method, data, budget, limit): a point
+    scored again (after a change of its task's metric) supersedes its old line. A torn last line (killed
+    run) is skipped with a warning."""
     if path is None or not os.path.exists(path):
         return []
     out = []
@@ -131,7 +133,8 @@ def read_results(path) -> list[dict]:
                 print(f"l2a eval: ignoring a torn last line in {path}", file=sys.stderr)
                 continue
             raise ValueError(f"{path}:{n}: not a JSON line; a results file holds one JSON object per line") from None
-    return out
+    last = {_line_key(r): i for i, r in enumerate(out) if "method" in r}
+    return [r for i, r in enumerate(out) if "method" not in r or last[_line_key(r)] == i]
 
 
 def _append(path, record: dict) -> None:
@@ -219,7 +222,7 @@ def evaluate(
     cfg = EvalConfig(model_name, task_name, limit, seeds, batch_size, max_new_tokens,
                      str(dtype).removeprefix("torch."), asdict(calibration))
     cost = CostModel.from_config(model.hf.config, dtype_bytes=torch.empty((), dtype=dtype).element_size())
-    done = {_line_key(r): r for r in read_results(out)}
+    done = _finished(out)
     provenance = _provenance()
     dense_task = getattr(task_obj, "dense_task", task_name)  # a task whose dense line equals this one's
     digest = None if getattr(model, "policy", None) is None else policy_digest(model.policy)
@@ -260,6 +263,8 @@ def evaluate(
                     record = _run_point(model, task_obj, rows, b, policies, cfg, cost, name, progress, warmup)
                     record.update(task=task_name, data=data_label, source=source, config=asdict(cfg),
                                   provenance=provenance)
+                    if getattr(task_obj, "metric_version", 1) != 1:
+                        record["metric_version"] = task_obj.metric_version
                     if dense is not None and dense.get("predictions") and record.get("predictions"):
                         pairs = list(zip(record["predictions"], dense["predictions"]))
                         record["agreement"] = sum(p == q for p, q in pairs) / len(pairs)
@@ -280,6 +285,23 @@ def evaluate(
             retime_file(model, task_obj, rows, results, points, data_label, cfg, out, timing_repeats, timing_items,
                         progress, force=retime)
     return results
+
+
+def _finished(out) -> dict[str, dict]:
+    """The finished lines of a results file by point key, but those scored by an older version of their
+    task's metric (`metric_version`, 1 when absent): those are scored again, and the new line, appended,
+    supersedes the old one (`read_results`)."""
+    done, stale = {}, {}
+    for r in read_results(out):
+        now = getattr(TASKS.get(r.get("task")), "metric_version", 1)
+        if r.get("metric_version", 1) == now:
+            done[_line_key(r)] = r
+        else:
+            stale.setdefault((r.get("task"), r.get("metric_version", 1), now), []).append(r)
+    for (task, was, now), lines in stale.items():
+        print(f"l2a eval: {out}: {len(lines)} line(s) of {task} were scored by metric version {was} (now {now}); "
+              f"scoring them again", file=sys.stderr)
+    return done
 
 
 def _check_gates(line: dict, name: str, digest: str | None, out) -> None:

@@ -127,6 +127,30 @@ def swap_headroom(m, pairs, order: list[int], count: int, width: int = 3) -> dic
             "per_chain_oracle": oracle, "oracle_gain_over_best_static": 1 - oracle / best_static}
 
 
+def depth_oracle(sums: torch.Tensor, n_tok: torch.Tensor, counts: list[int], target: float) -> dict:
+    """How much giving each prompt its own layer *count* along one nested order could gain at all.
+    `sums` (K, N): per-chain KL sums with `counts[k]` layers kept; `n_tok` (N,): answer tokens per chain.
+    Each chain takes the count minimising its KL + λ · tokens · count; λ is swept, and the two allocations
+    around a token-weighted mean count of `target` (the same modeled compute as `target` layers for every
+    chain) are mixed to meet it exactly. Chosen on the test chains themselves: an upper bound."""
+    S, w = sums.double(), n_tok.double()  # (K, N), (N,)
+    c = torch.tensor(counts, dtype=torch.double)  # (K,)
+    total, rows = float(w.sum()), torch.arange(S.shape[1])
+    pts = set()  # (token-weighted mean count, mean KL) of each λ's allocation: the lower convex hull
+    for lam in torch.logspace(-5, 3, 801, dtype=torch.double):
+        pick = (S + lam * c[:, None] * w[None]).argmin(0)  # (N,) each chain's count index
+        pts.add((float((c[pick] * w).sum()) / total, float(S[pick, rows].sum()) / total))
+    lo = max((p for p in pts if p[0] <= target + 1e-9), default=None)
+    hi = min((p for p in pts if p[0] >= target - 1e-9), default=None)
+    if lo is None or hi is None:
+        raise ValueError(f"target {target} outside the counts {counts[0]}..{counts[-1]}")
+    oracle = lo[1] if hi[0] - lo[0] < 1e-9 else lo[1] + (target - lo[0]) / (hi[0] - lo[0]) * (hi[1] - lo[1])
+    k = min(range(len(counts)), key=lambda i: abs(counts[i] - target))
+    fixed = float(S[k].sum()) / total if abs(counts[k] - target) < 1e-9 else None
+    return {"counts": [counts[0], counts[-1]], "target": target, "fixed": fixed, "per_chain_oracle": oracle,
+            "oracle_gain_over_fixed": None if fixed is None else 1 - oracle / fixed}
+
+
 def check_gates(m, data=None, limit=200, kl_limit=100, kl_fraction=0.7, ablation=None, progress=True,
                 calibration=None, warm_order=None, headroom=False) -> dict:
     """Measure tracking, nesting, input-awareness and KL for `m.policy` (and an ablation policy).
@@ -241,6 +265,8 @@ def check_gates(m, data=None, limit=200, kl_limit=100, kl_fraction=0.7, ablation
     res["kl"] = kl
     if headroom and warm_order:
         res["headroom"] = swap_headroom(m, kl_pairs, warm_order, k)
+        counts = list(range(max(L - len(warm_order), k - 3), min(L, k + 3) + 1))
+        res["depth_headroom"] = depth_oracle(torch.stack([sums_at(WARM, c) for c in counts]), n_tok, counts, k)
     res["n_layers"] = L
     return res
 
@@ -276,4 +302,9 @@ def render(res: dict) -> str:
         lines.append(f"per-prompt headroom at {h['layers_kept']} layers ({h['sets']} sets: the greedy set and boundary swaps): "
                      f"greedy {h['greedy']:.4f}, best one for all {h['best_static']:.4f}, each chain's best {h['per_chain_oracle']:.4f} "
                      f"({100 * h['oracle_gain_over_best_static']:.1f}% below the best single set, an oracle bound)")
+    if "depth_headroom" in res:
+        d = res["depth_headroom"]
+        lines.append(f"per-prompt depth headroom along the greedy order ({d['counts'][0]}–{d['counts'][1]} layers per chain, "
+                     f"token-weighted mean {d['target']:g}): fixed {d['fixed']:.4f}, each chain's best count "
+                     f"{d['per_chain_oracle']:.4f} ({100 * d['oracle_gain_over_fixed']:.1f}% lower, an oracle bound)")
     return "\n".join(lines)

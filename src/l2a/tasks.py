@@ -9,8 +9,8 @@ The tasks, in the registry `TASKS` (errors list the names):
   decided again on that prompt; ``gsm8k-concise`` asks every row for it (the uncapped reference).
 - ``gsm8k-loglik``: the prefill-only way to score math at scale: teacher-forced log-likelihood of the
   reference solution given the same prompt. Per item: total logprob and token count (``nll`` in the
-  record is total NLL / total tokens); its ``accuracy`` is *teacher-forced answer match*: every token of the
-  final number after ``####`` is the greedy argmax given the reference reasoning before it.
+  record is total NLL / total tokens); its ``accuracy`` is *teacher-forced answer match*: every
+  non-whitespace token of the final number after ``####`` is the greedy argmax given the reference before it.
 - ``mc``: multiple choice by log-likelihood: ``"Question: q\\nAnswer:"`` + ``" " + choice``, summed logprob of
   the choice tokens. ``accuracy`` = argmax of the raw sum; ``acc_norm`` = argmax of the sum divided by the
   number of *characters* of the choice (lm-eval's acc_norm). WinoGrande rows (empty question) score the
@@ -157,8 +157,8 @@ def math_prompt(tok, question: str, style: str = "steps") -> list[int]:
 def continuation_logprobs(model, seqs: list[list[int]], conts: list[int], decisions: list, pad_id: int):
     """Per sequence: (summed logprob of its last `conts[i]` tokens, (k_i,) logprobs, (k_i,) greedy hits).
 
-    seqs[i] = context + continuation; the continuation is the last conts[i] tokens. Left padding puts
-    every continuation at the right end, so only the last K+1 positions need logits (`logits_to_keep`).
+    seqs[i] = context + continuation; the continuation is the last conts[i] tokens. Only the positions
+    predicting them reach the LM head (`logits_to_keep` as a (B, T) mask).
     """
     ids, mask = left_pad(seqs, pad_id, model.device)  # (B, T)
     logits = model.forward(ids, mask, decisions=decisions, **_scoring_kw(mask, conts))
@@ -193,20 +193,27 @@ def routed_logprobs(model, decide: Decide, seqs: list[list[int]], conts: list[in
 
 
 def _scoring_kw(mask, conts: list[int]) -> dict:
-    return {"position_ids": positions(mask), "logits_to_keep": max(conts) + 1}
+    """Forward arguments of a scoring pass: only the positions predicting a continuation token reach the
+    LM head and the log-softmax (left padding puts row i's `conts[i]` tokens at the right end)."""
+    T = mask.shape[1]
+    k = torch.tensor(conts, device=mask.device)[:, None]  # (B, 1)
+    col = torch.arange(T, device=mask.device)  # (T,)
+    keep = (col >= T - 1 - k) & (col < T - 1)  # (B, T): position t predicts token t + 1
+    return {"position_ids": positions(mask), "logits_to_keep": keep}
 
 
 def _continuations(logits, ids, conts: list[int]) -> list:
-    B, T = ids.shape
-    K = max(conts)
-    logp = torch.log_softmax(logits[:, :K].float(), dim=-1)  # (B, K, V): position j predicts token T-K+j
-    target = ids[:, T - K:]  # (B, K)
-    tok_lp = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)  # (B, K)
-    hit = logp.argmax(-1) == target  # (B, K)
-    out = []
-    for i, k in enumerate(conts):
-        lp = tok_lp[i, K - k:]
-        out.append((float(lp.sum()), lp, hit[i, K - k:]))
+    """Split packed logits (M, V), row i's last `conts[i]` predictions in order, into per-row results."""
+    T = ids.shape[1]
+    logp = torch.log_softmax(logits.float(), dim=-1)  # (M, V)
+    target = torch.cat([ids[i, T - k:] for i, k in enumerate(conts)])  # (M,)
+    tok_lp = logp.gather(-1, target[:, None]).squeeze(-1)  # (M,)
+    hit = logp.argmax(-1) == target  # (M,)
+    out, start = [], 0
+    for k in conts:
+        lp = tok_lp[start : start + k]
+        out.append((float(lp.sum()), lp, hit[start : start + k]))
+        start += k
     return out
 
 
@@ -307,9 +314,14 @@ class GSM8KBudget(GSM8K):
 
 
 class GSM8KLoglik(_MathTask):
-    """Teacher-forced log-likelihood of the reference solution (prefill only, no generation)."""
+    """Teacher-forced log-likelihood of the reference solution (prefill only, no generation). Score: every
+    non-whitespace token of the final number after ``####`` is the greedy argmax given the reference before
+    it. Whitespace-only tokens are not scored: a tokenizer may split " 18" into " ", "1", "8", and a model
+    that would write " 18" as " 1", "8" misses the bare " " whatever its digits (metric version 2; version 1
+    scored every token and was near 0 for SmolLM2, whose dense model predicts " N" after "####" there)."""
 
     name = "gsm8k-loglik"
+    metric_version = 2  # resume refuses lines scored by another version (evaluate._check_line)
 
     def run(self, model, rows, decide: Decide, batch_size: int = 8, max_new_tokens: int = 256) -> Iterator[list[ItemResult]]:
         tok = model.tokenizer
@@ -324,11 +336,12 @@ class GSM8KLoglik(_MathTask):
                 num_ids = _encode(tok, number)  # the final answer's tokens (" 18")
                 seqs.append(p + head_ids + num_ids)
                 conts.append(len(head_ids) + len(num_ids))
-                n_answer.append(len(num_ids))
+                n_answer.append([bool(tok.decode([t]).strip()) for t in num_ids])  # scored: not whitespace-only
             scored, ds = routed_logprobs(model, decide, seqs, conts, [len(p) for p in prompts], list(range(len(seqs))), pad)
             results = []
             for j, (total, lp, hit) in enumerate(scored):
-                answer_hit = bool(hit[-n_answer[j]:].all())
+                scored_tokens = torch.tensor(n_answer[j], dtype=torch.bool)  # (n_answer,)
+                answer_hit = bool(scored_tokens.any() and hit[-len(n_answer[j]):][scored_tokens].all())
                 results.append(ItemResult(
                     score=float(answer_hit), decision=ds[j], context=len(seqs[j]), tokens=len(seqs[j]),
                     metrics={"logprob": total, "n_tokens": conts[j], "token_acc": float(hit.float().mean())},
