@@ -399,6 +399,23 @@ def test_depth_oracle_by_hand():
         depth_oracle(sums, n, [1, 2, 3], 3.5)
 
 
+def test_length_rule_gives_layers_to_the_prompts_that_need_them():
+    from l2a.gatecheck import length_rule
+
+    # 40 chains of 10 tokens at 20, 21, 22 layers; short prompts lose much from a missing layer, long ones little
+    sensitive, robust = torch.tensor([30.0, 20.0, 10.0]), torch.tensor([11.0, 10.0, 9.0])  # KL sums (K,)
+    n = torch.full((40,), 10.0)
+    short = torch.arange(40) % 2 == 0  # (N,)
+    sums = torch.where(short[None], sensitive[:, None], robust[:, None])  # (K, N)
+    lens = [10 if s else 50 for s in short]
+    r = length_rule(sums, n, [20, 21, 22], 21, lens)
+    assert r["fixed"] == pytest.approx((20 * 20 + 20 * 10) / 400)
+    assert r["in_sample"] < r["fixed"] and r["cv_gain_min"] > 0.1 and r["alpha_in_sample"] > 0
+    # when long prompts are the sensitive ones the rule (shorter -> more) is never chosen: no gain, none claimed
+    r = length_rule(sums, n, [20, 21, 22], 21, [50 if s else 10 for s in short])
+    assert r["alpha_in_sample"] == 0 and r["cv_gain_max"] == 0 and r["in_sample"] == r["fixed"]
+
+
 def test_check_gates_reports_every_property(tmp_path):
     from l2a.gatecheck import check_gates, render
     from l2a.static import Calibration
@@ -423,6 +440,7 @@ def test_check_gates_reports_every_property(tmp_path):
     assert h["per_chain_oracle"] <= h["best_static"] + 1e-9 <= h["greedy"] + 2e-9
     d = res["depth_headroom"]  # the greedy order at 2..6 kept layers; the fixed count is the warm start's set
     assert d["counts"] == [2, 6] and abs(d["fixed"] - h["greedy"]) < 1e-6 and d["per_chain_oracle"] <= d["fixed"] + 1e-9
+    assert res["depth_by_prompt_length"]["in_sample"] <= d["fixed"] + 1e-9 and "prompt length" in render(res)
     # equal realized compute: the static KL interpolated between the layer counts around l2a's fraction, by hand
     from l2a.gatecheck import _prompts_and_answers, teacher_forced_kl
     from l2a.baselines import make_method
