@@ -115,9 +115,8 @@ def _line_key(r: dict) -> str:
 
 
 def read_results(path) -> list[dict]:
-    """The lines of a results file, the last one per point (task, method, data, budget, limit): a point
-    scored again (after a change of its task's metric) supersedes its old line. A torn last line (killed
-    run) is skipped with a warning."""
+    """The lines of a results file, but those a point's line scored again supersedes (after a change of
+    its task's metric: `_stale`). A torn last line (killed run) is skipped with a warning."""
     if path is None or not os.path.exists(path):
         return []
     out = []
@@ -133,8 +132,13 @@ def read_results(path) -> list[dict]:
                 print(f"l2a eval: ignoring a torn last line in {path}", file=sys.stderr)
                 continue
             raise ValueError(f"{path}:{n}: not a JSON line; a results file holds one JSON object per line") from None
-    last = {_line_key(r): i for i, r in enumerate(out) if "method" in r}
-    return [r for i, r in enumerate(out) if "method" not in r or last[_line_key(r)] == i]
+    current = {_line_key(r) for r in out if "method" in r and not _stale(r)}
+    return [r for r in out if not (_stale(r) and _line_key(r) in current)]
+
+
+def _stale(line: dict) -> bool:
+    """Whether a line was scored by an older version of its task's metric (`metric_version`, 1 if absent)."""
+    return line.get("metric_version", 1) != getattr(TASKS.get(line.get("task")), "metric_version", 1)
 
 
 def _append(path, record: dict) -> None:
@@ -289,18 +293,16 @@ def evaluate(
 
 def _finished(out) -> dict[str, dict]:
     """The finished lines of a results file by point key, but those scored by an older version of their
-    task's metric (`metric_version`, 1 when absent): those are scored again, and the new line, appended,
-    supersedes the old one (`read_results`)."""
+    task's metric: those are scored again, and the new line, appended, supersedes the old one."""
     done, stale = {}, {}
     for r in read_results(out):
-        now = getattr(TASKS.get(r.get("task")), "metric_version", 1)
-        if r.get("metric_version", 1) == now:
-            done[_line_key(r)] = r
+        if _stale(r):
+            stale.setdefault((r.get("task"), r.get("metric_version", 1)), []).append(r)
         else:
-            stale.setdefault((r.get("task"), r.get("metric_version", 1), now), []).append(r)
-    for (task, was, now), lines in stale.items():
-        print(f"l2a eval: {out}: {len(lines)} line(s) of {task} were scored by metric version {was} (now {now}); "
-              f"scoring them again", file=sys.stderr)
+            done[_line_key(r)] = r
+    for (task, was), lines in stale.items():
+        print(f"l2a eval: {out}: {len(lines)} line(s) of {task} were scored by metric version {was} (now "
+              f"{getattr(TASKS.get(task), 'metric_version', 1)}); scoring them again", file=sys.stderr)
     return done
 
 
