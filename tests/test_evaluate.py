@@ -9,6 +9,7 @@ from conftest import tiny_model
 from l2a import evaluate as E
 from l2a.data import generate_gsm8k
 from l2a.gated import GatedModel
+from l2a.results import read_results
 from l2a.static import Calibration
 
 FIELDS = {"method", "task", "data", "budget", "n", "accuracy", "ci_low", "ci_high", "realized_layers",
@@ -65,7 +66,7 @@ def test_lines_resume_and_reuse(gm, files, tmp_path, monkeypatch):
     again = run(gm, files, out)
     assert [r["accuracy"] for r in again] == [r["accuracy"] for r in res]  # deterministic
     assert all(json.loads(line) for line in out.read_text().splitlines()[-1:])  # the file parses again
-    assert len(E.read_results(out)) == 5
+    assert len(read_results(out)) == 5
 
 
 def test_random_averages_over_seeds(gm, files, tmp_path):
@@ -231,7 +232,7 @@ def test_lines_of_an_older_metric_version_are_scored_again(gm, files, tmp_path, 
     again = E.evaluate(gm, "gsm8k-loglik", **kw)
     assert "3 line(s) of gsm8k-loglik were scored by metric version 1 (now 2); scoring them again" in capsys.readouterr().err
     assert [r["accuracy"] for r in again] == [r["accuracy"] for r in first]
-    lines = E.read_results(kw["out"])  # the new lines supersede the old ones, in the report too
+    lines = read_results(kw["out"])  # the new lines supersede the old ones, in the report too
     assert len(lines) == 3 and all(r["accuracy"] >= 0 for r in lines)
     assert "-100.0" not in open(report(kw["out"], out_dir=tmp_path / "rep")["markdown"]).read()
     assert E.evaluate(gm, "gsm8k-loglik", **kw) == again  # current lines are reused
@@ -257,7 +258,7 @@ def test_interleaved_timing_rewrites_only_the_timing(gm, files, tmp_path, monkey
         assert r1["seconds_per_item_single"] == r0["seconds_per_item"] or "reused_from" in r1
     by = {(r["method"], r["budget"]): r for r in timed}
     assert by[("even-spaced", 1.0)]["timing"] == by[("dense", 1.0)]["timing"]  # a copy of dense takes its timing
-    assert E.read_results(out) == timed  # the file holds the rewritten lines, nothing else
+    assert read_results(out) == timed  # the file holds the rewritten lines, nothing else
     # a second run with the same settings neither scores nor times again
     monkeypatch.setattr(E, "_run_point", lambda *a, **k: pytest.fail("a finished point ran again"))
     monkeypatch.setattr(R, "_time_once", lambda *a, **k: pytest.fail("timed again"))

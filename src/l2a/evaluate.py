@@ -32,7 +32,6 @@ This module does not plot (`pareto.py`) and does not parse command lines (`cli.p
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -46,7 +45,8 @@ from .budget import Budget
 from .checkpoint import policy_digest
 from .cost import CostModel
 from .static import Calibration
-from .tasks import TASKS, get_task
+from .results import append, finished, point_key
+from .tasks import get_task
 
 
 @dataclass(frozen=True)
@@ -104,55 +104,6 @@ def axis_budget(value: float, axis: str) -> Budget:
     if axis not in AXES:
         raise ValueError(f"unknown budget axis {axis!r}; valid: {', '.join(AXES)}, all:SCHEDULE")
     return Budget(value) if axis == "all" else Budget(**{axis: value})
-
-
-def _key(task: str, method: str, data, budget, limit) -> str:
-    return json.dumps([task, method, data, budget, limit], sort_keys=True)
-
-
-def _line_key(r: dict) -> str:
-    return _key(r.get("task"), r.get("method"), r.get("data"), r.get("budget"), r.get("config", {}).get("limit"))
-
-
-def read_results(path) -> list[dict]:
-    """The lines of a results file, but those a point's line scored again supersedes (after a change of
-    its task's metric: `_stale`). A torn last line (killed run) is skipped with a warning."""
-    if path is None or not os.path.exists(path):
-        return []
-    out = []
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            if n == len(lines):
-                print(f"l2a eval: ignoring a torn last line in {path}", file=sys.stderr)
-                continue
-            raise ValueError(f"{path}:{n}: not a JSON line; a results file holds one JSON object per line") from None
-    current = {_line_key(r) for r in out if "method" in r and not _stale(r)}
-    return [r for r in out if not (_stale(r) and _line_key(r) in current)]
-
-
-def _stale(line: dict) -> bool:
-    """Whether a line was scored by an older version of its task's metric (`metric_version`, 1 if absent)."""
-    return line.get("metric_version", 1) != getattr(TASKS.get(line.get("task")), "metric_version", 1)
-
-
-def _append(path, record: dict) -> None:
-    """Append one line; a torn last line left by a killed run (no trailing newline) is cut off first."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "a+b") as f:
-        size = f.seek(0, os.SEEK_END)
-        if size:
-            f.seek(0)
-            body = f.read()
-            if not body.endswith(b"\n"):
-                f.truncate(body.rfind(b"\n") + 1)
-        f.seek(0, os.SEEK_END)
-        f.write((json.dumps(record) + "\n").encode("utf-8"))
 
 
 def _provenance() -> dict:
@@ -226,7 +177,7 @@ def evaluate(
     cfg = EvalConfig(model_name, task_name, limit, seeds, batch_size, max_new_tokens,
                      str(dtype).removeprefix("torch."), asdict(calibration))
     cost = CostModel.from_config(model.hf.config, dtype_bytes=torch.empty((), dtype=dtype).element_size())
-    done = _finished(out)
+    done = finished(out)
     provenance = _provenance()
     dense_task = getattr(task_obj, "dense_task", task_name)  # a task whose dense line equals this one's
     digest = None if getattr(model, "policy", None) is None else policy_digest(model.policy)
@@ -240,24 +191,24 @@ def evaluate(
             points = [("all", Budget(1.0))] if name == "dense" else points_all
             policies = None
             for axis, b in points:
-                key = _key(task_name, name, data_label, budget_field(b), limit)
+                key = point_key(task_name, name, data_label, budget_field(b), limit)
                 if key in done:
                     _check_gates(done[key], name, digest, out)
                     if "reused_from" not in done[key]:
                         timed.append((len(results), name, m, b))
                     results.append(done[key])
                     continue
-                twin = done.get(_key(dense_task, "dense", data_label, 1.0, limit))
+                twin = done.get(point_key(dense_task, "dense", data_label, 1.0, limit))
                 if name == "dense" and twin is not None:  # prompted and run alike: the same line, labelled
                     record = dict(twin, task=task_name, reused_from=f"{dense_task} dense")
                     if out is not None:
-                        _append(out, record)
+                        append(out, record)
                     results.append(record)
                     continue
                 if policies is None:  # built once per method and data file: memo and calibration are reused
                     policies = _policies(m, seeds, calibration, tuned_gates)
                 dense = next((r for r in results if r["method"] == "dense" and r.get("data") == data_label),
-                             done.get(_key(task_name, "dense", data_label, 1.0, limit), twin))  # or an earlier run's
+                             done.get(point_key(task_name, "dense", data_label, 1.0, limit), twin))  # or an earlier run's
                 if dense is not None and all(_static_dense(p, model, b) for p in policies):
                     # A static method at a budget that keeps everything runs exactly dense: reuse its line.
                     record = dict(dense, method=name, budget=budget_field(b), reused_from="dense",
@@ -276,7 +227,7 @@ def evaluate(
                 if name.startswith("l2a") and "reused_from" not in record:
                     record["gates_digest"] = digest  # which gates made the line (resume checks it)
                 if out is not None:
-                    _append(out, record)
+                    append(out, record)
                 results.append(record)
         if timing_repeats > 0:
             from .retime import retime_file
@@ -289,21 +240,6 @@ def evaluate(
             retime_file(model, task_obj, rows, results, points, data_label, cfg, out, timing_repeats, timing_items,
                         progress, force=retime)
     return results
-
-
-def _finished(out) -> dict[str, dict]:
-    """The finished lines of a results file by point key, but those scored by an older version of their
-    task's metric: those are scored again, and the new line, appended, supersedes the old one."""
-    done, stale = {}, {}
-    for r in read_results(out):
-        if _stale(r):
-            stale.setdefault((r.get("task"), r.get("metric_version", 1)), []).append(r)
-        else:
-            done[_line_key(r)] = r
-    for (task, was), lines in stale.items():
-        print(f"l2a eval: {out}: {len(lines)} line(s) of {task} were scored by metric version {was} (now "
-              f"{getattr(TASKS.get(task), 'metric_version', 1)}); scoring them again", file=sys.stderr)
-    return done
 
 
 def _check_gates(line: dict, name: str, digest: str | None, out) -> None:

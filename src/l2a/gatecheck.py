@@ -193,7 +193,8 @@ def length_rule(sums: torch.Tensor, n_tok: torch.Tensor, counts: list[int], targ
     everyone = torch.arange(N)
     alpha = min(alphas, key=lambda a: kl(a, everyone))
     return {"alpha_in_sample": alpha, "in_sample": kl(alpha, everyone), "fixed": kl(0.0, everyone),
-            "cv_gain_mean": sum(gains) / len(gains), "cv_gain_min": min(gains), "cv_gain_max": max(gains)}
+            "cv_gain_mean": sum(gains) / len(gains), "cv_gain_min": min(gains), "cv_gain_max": max(gains),
+            "repeats": repeats}
 
 
 def check_gates(m, data=None, limit=200, kl_limit=100, kl_fraction=0.7, ablation=None, progress=True,
@@ -358,6 +359,6 @@ def render(res: dict) -> str:
         d = res["depth_by_prompt_length"]
         lines.append(f"depth by prompt length alone (shorter prompts more layers, same token-weighted compute): "
                      f"{100 * d['cv_gain_mean']:.1f}% lower KL than the fixed count on held-out halves "
-                     f"({100 * d['cv_gain_min']:.1f} to {100 * d['cv_gain_max']:.1f}% over 20 random halves); "
+                     f"({100 * d['cv_gain_min']:.1f} to {100 * d['cv_gain_max']:.1f}% over {d['repeats']} random halves); "
                      f"in sample {d['in_sample']:.4f} vs {d['fixed']:.4f} (α {d['alpha_in_sample']:g})")
     return "\n".join(lines)

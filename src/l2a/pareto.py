@@ -303,7 +303,7 @@ def report(results_path, out_dir=None, plots: bool = True) -> dict:
     out_dir defaults to `<results stem>_report/` beside the results file. Returns {"markdown": path,
     "plots": [paths], "sparsity": {(task, data): {method: sparsity or None}}}.
     """
-    from .evaluate import read_results
+    from .results import read_results
 
     if not os.path.exists(results_path):
         raise FileNotFoundError(f"no results file {os.fspath(results_path)!r}; run `l2a eval ... --out FILE` first")

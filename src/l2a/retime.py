@@ -86,10 +86,10 @@ def _rewrite(path, records: list[dict]) -> None:
     import json
     import os
 
-    from .evaluate import _line_key, read_results
+    from .results import line_key, read_results
 
-    new = {_line_key(r): r for r in records}
-    lines = [new.get(_line_key(r), r) for r in read_results(path)]
+    new = {line_key(r): r for r in records}
+    lines = [new.get(line_key(r), r) for r in read_results(path)]
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r) + "\n" for r in lines)

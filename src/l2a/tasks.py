@@ -321,7 +321,7 @@ class GSM8KLoglik(_MathTask):
     scored every token and was near 0 for SmolLM2, whose dense model predicts " N" after "####" there)."""
 
     name = "gsm8k-loglik"
-    metric_version = 2  # resume refuses lines scored by another version (evaluate._check_line)
+    metric_version = 2  # lines scored by another version are scored again (results.finished)
 
     def run(self, model, rows, decide: Decide, batch_size: int = 8, max_new_tokens: int = 256) -> Iterator[list[ItemResult]]:
         tok = model.tokenizer
