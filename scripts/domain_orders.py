@@ -1,6 +1,6 @@
 """Do different kinds of text need different layers? (the input-aware headroom across domains)
 
-    python scripts/domain_orders.py [--out runs/domain_orders.json]     # ~15 min on 2 cores, bf16
+    python scripts/domain_orders.py [--out runs/domain_orders.json]     # ~12 min on 2 cores, bf16
 
 Three domains: GSM8K train chains of thought (chat prompt -> solution), English prose (the docstrings of
 Python's standard library) and Python code (its source files); both text domains are split into windows
