@@ -40,8 +40,9 @@ def read_results(path) -> list[dict]:
                 print(f"l2a eval: ignoring a torn last line in {path}", file=sys.stderr)
                 continue
             raise ValueError(f"{path}:{n}: not a JSON line; a results file holds one JSON object per line") from None
-    current = {line_key(r) for r in out if "method" in r and not stale(r)}
-    return [r for r in out if not (stale(r) and line_key(r) in current)]
+    old = [stale(r) for r in out]
+    current = {line_key(r) for r, o in zip(out, old) if "method" in r and not o}
+    return [r for r, o in zip(out, old) if not (o and line_key(r) in current)]
 
 
 def stale(line: dict) -> bool:

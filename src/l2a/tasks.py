@@ -329,19 +329,19 @@ class GSM8KLoglik(_MathTask):
         plain = not getattr(tok, "chat_template", None)
         for idx in _batches(len(rows), batch_size):
             prompts = [math_prompt(tok, rows[i]["question"]) for i in idx]
-            seqs, conts, n_answer = [], [], []
+            seqs, conts, scored_at = [], [], []
             for p, i in zip(prompts, idx):
                 head, number = rows[i]["answer"].rsplit("####", 1)
                 head_ids = _encode(tok, (" " if plain else "") + head + "####")
                 num_ids = _encode(tok, number)  # the final answer's tokens (" 18")
                 seqs.append(p + head_ids + num_ids)
                 conts.append(len(head_ids) + len(num_ids))
-                n_answer.append([bool(tok.decode([t]).strip()) for t in num_ids])  # scored: not whitespace-only
+                scored_at.append(torch.tensor([bool(tok.decode([t]).strip()) for t in num_ids], dtype=torch.bool))  # not whitespace
             scored, ds = routed_logprobs(model, decide, seqs, conts, [len(p) for p in prompts], list(range(len(seqs))), pad)
             results = []
             for j, (total, lp, hit) in enumerate(scored):
-                scored_tokens = torch.tensor(n_answer[j], dtype=torch.bool)  # (n_answer,)
-                answer_hit = bool(scored_tokens.any() and hit[-len(n_answer[j]):][scored_tokens].all())
+                at = scored_at[j]  # (answer tokens,) bool
+                answer_hit = bool(at.any() and hit[-len(at):][at].all())
                 results.append(ItemResult(
                     score=float(answer_hit), decision=ds[j], context=len(seqs[j]), tokens=len(seqs[j]),
                     metrics={"logprob": total, "n_tokens": conts[j], "token_acc": float(hit.float().mean())},
