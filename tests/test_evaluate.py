@@ -60,6 +60,9 @@ def test_lines_resume_and_reuse(gm, files, tmp_path, monkeypatch):
     # Resume: nothing reruns; a torn last line (killed run) is ignored and the point it held is redone.
     monkeypatch.setattr(E, "_run_point", lambda *a, **k: pytest.fail("a finished point ran again"))
     assert run(gm, files, out) == res
+    other = files[0].parent / "sub" / ".." / files[0].name  # the same file, spelled another way
+    (files[0].parent / "sub").mkdir()
+    assert [r["accuracy"] for r in run(gm, files, out, data_files=[str(other)])] == [r["accuracy"] for r in res]
     lines = out.read_text().splitlines()
     out.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:20])
     monkeypatch.undo()

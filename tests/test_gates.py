@@ -242,6 +242,14 @@ def test_training_lowers_the_objective_and_resumes(tmp_path):
     assert [r["step"] for r in log] == list(range(1, 36))
     with pytest.raises(ValueError, match="another config"):
         train(TrainConfig(**{**cfg.__dict__, "lr": 0.5}), model=m, progress=False)
+    # a state written before a config field existed resumes when the field has its default value
+    state = tmp_path / "gates" / "train_state.json"
+    meta = json.loads(state.read_text())
+    del meta["config"]["cost"], meta["config"]["row_tol"]
+    state.write_text(json.dumps(meta))
+    train(cfg2, model=m, progress=False)
+    with pytest.raises(ValueError, match="another config"):
+        train(TrainConfig(**{**cfg2.__dict__, "cost": "batch"}), model=m, progress=False)
 
 
 def test_greedy_kl_warm_start(tmp_path):
@@ -266,6 +274,22 @@ def test_greedy_kl_warm_start(tmp_path):
     assert bias[gate.index(got[-1])] > bias[gate.index(got[0])] + 1.0
     with pytest.raises(ValueError, match="warm_start must be one of"):
         TrainConfig(warm_start="magic")
+
+
+def test_batch_cost_lets_rows_trade_but_not_overspend_on_average():
+    from l2a.losses import batch_cost_hinge, cost_hinge
+
+    b = torch.tensor([0.7, 0.7, 1.0])
+    traded = torch.tensor([0.78, 0.62, 0.9])  # one row above, one below by as much; the budget-1 row is left out
+    assert cost_hinge(traded, b, 0.02).mean() > 0  # per request: the row above pays
+    assert batch_cost_hinge(traded, b, 0.02, 0.1) == 0  # per batch: the mean is on budget, the row within 0.1
+    far = torch.tensor([0.9, 0.5, 0.2])  # mean on budget again (the budget-1 row's slack does not count), one row 0.2 over
+    assert batch_cost_hinge(far, b, 0.02, 0.1) == pytest.approx((0.2 - 0.1) ** 2 / 2)
+    both = torch.tensor([0.8, 0.8, 1.0])  # every row 0.1 over: the mean pays past tol
+    assert batch_cost_hinge(both, b, 0.02, 0.1) == pytest.approx((0.1 - 0.02) ** 2)
+    assert batch_cost_hinge(torch.tensor([1.0]), torch.tensor([1.0]), 0.02, 0.1) == 0
+    with pytest.raises(ValueError, match="cost must be"):
+        TrainConfig(cost="global")
 
 
 def test_row_mean_of_packed_positions_equals_the_full_form():
@@ -468,6 +492,21 @@ def test_check_gates_reports_every_property(tmp_path):
     assert abs(res["kl"]["ablation"]["kl"] - (at[c0] + (f - c0) * (at[c0 + 1] - at[c0]))) < 1e-6
     lo, hi = res["kl_reduction_vs_ablation"]["ci95"]
     assert lo <= res["kl_reduction_vs_ablation"]["threshold"] + 1e-9 and hi >= res["kl_reduction_vs_ablation"]["threshold"] - 1e-9
+    # and at l2a's answer-token-weighted count, by hand from its own decisions and the chains' answer tokens
+    from l2a.tasks import left_pad as pad_prompts
+
+    ds = []
+    for p, _ in pairs:  # one prompt at a time
+        ids, mask = pad_prompts([p], 0)
+        ds.append(m.decide(ids, Budget(layers=0.7), attention_mask=mask)[0])  # one prompt at a time
+    n_tok = torch.tensor([float(min(len(a), 320 - len(p))) for p, a in pairs])
+    f_w = float((torch.tensor([d.layer_fraction for d in ds]) * n_tok).sum() / n_tok.sum()) * L
+    w = res["kl_reduction_vs_ablation"]["token_weighted"]
+    assert abs(w["realized_layers"] * L - f_w) < 1e-6
+    c0 = min(L - 1, int(f_w + 1e-9))
+    at = {c: teacher_forced_kl(m, pairs, topk_decisions(abl, pooled, c / L)) for c in (c0, c0 + 1)}
+    assert abs(w["ablation_kl"] - (at[c0] + (f_w - c0) * (at[c0 + 1] - at[c0]))) < 1e-6
+    assert "token-weighted" in render(res)
 
 
 def test_reduction_ci_is_paired_over_chains():

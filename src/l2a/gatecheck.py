@@ -246,8 +246,10 @@ def check_gates(m, data=None, limit=200, kl_limit=100, kl_fraction=0.7, ablation
     for mode in ("threshold", "strict"):
         ds = _decide_all(m, m.policy, kl_prompts, Budget(layers=kl_fraction), mode=mode)
         l2a_sums[mode], n_tok = chain_kl(m, kl_pairs, ds)
-        kl[f"l2a-{mode}"] = {"kl": float(l2a_sums[mode].sum() / n_tok.sum()),
-                             "realized_layers": sum(d.layer_fraction for d in ds) / len(ds)}
+        frac = torch.tensor([d.layer_fraction for d in ds], dtype=torch.double)  # (N,)
+        kl[f"l2a-{mode}"] = {"kl": float(l2a_sums[mode].sum() / n_tok.sum()), "realized_layers": float(frac.mean()),
+                             # weighted by each chain's answer tokens: the modeled compute of scoring them
+                             "realized_layers_token_weighted": float((frac * n_tok).sum() / n_tok.sum())}
     statics = {name: make_method(name, calibration=calibration) for name in ("block-influence", "angular", "even-spaced")}
     abl_pooled = None
     if ablation is not None:
@@ -308,6 +310,13 @@ def check_gates(m, data=None, limit=200, kl_limit=100, kl_fraction=0.7, ablation
                           "distinct_decisions": len({d.layers for d in fixed_count("ablation", c0)})}
         res["kl_reduction_vs_ablation"] = {"threshold": 1 - kl["l2a-threshold"]["kl"] / kl["ablation"]["kl"],
                                            "ci95": reduction_ci(l2a_sums["threshold"], abl)}
+        # Per-prompt depth can move compute between chains of different lengths: the same comparison at l2a's
+        # token-weighted layer count (the modeled compute of the answer tokens), and the verdict is the lower.
+        f_w = kl["l2a-threshold"]["realized_layers_token_weighted"] * L
+        abl_w = at_layers(lambda c: sums_at("ablation", c), f_w, L)
+        res["kl_reduction_vs_ablation"]["token_weighted"] = {
+            "realized_layers": f_w / L, "ablation_kl": mean(abl_w),
+            "reduction": 1 - kl["l2a-threshold"]["kl"] / mean(abl_w), "ci95": reduction_ci(l2a_sums["threshold"], abl_w)}
     res["kl"] = kl
     if headroom and warm_order:
         res["headroom"] = swap_headroom(m, kl_pairs, warm_order, k)
@@ -345,6 +354,10 @@ def render(res: dict) -> str:
         lines.append(f"against the budget-only ablation at equal layers (its top-{res['kl']['ablation']['layers_kept'][0]}/"
                      f"{res['kl']['ablation']['layers_kept'][1]} interpolated): l2a {100 * a['threshold']:.1f}% lower KL "
                      f"(95% CI {100 * a['ci95'][0]:.1f}–{100 * a['ci95'][1]:.1f}%)")
+        if "token_weighted" in a:
+            w = a["token_weighted"]
+            lines.append(f"the same at l2a's answer-token-weighted layers ({w['realized_layers']:.3f}): l2a "
+                         f"{100 * w['reduction']:.1f}% lower KL (95% CI {100 * w['ci95'][0]:.1f}–{100 * w['ci95'][1]:.1f}%)")
     if "headroom" in res:
         h = res["headroom"]
         lines.append(f"per-prompt headroom at {h['layers_kept']} layers ({h['sets']} sets: the greedy set and boundary swaps): "

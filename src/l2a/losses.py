@@ -87,6 +87,19 @@ def cost_hinge(expected: torch.Tensor, budget: torch.Tensor, tol: float) -> torc
     return F.relu(expected - budget - tol).pow(2)
 
 
+def batch_cost_hinge(expected: torch.Tensor, budget: torch.Tensor, tol: float, row_tol: float) -> torch.Tensor:
+    """Cost penalty on a batch's *mean* spend: hinge²(mean over rows of E[cost] − b, minus tol), plus each
+    row's hinge² past a wide `row_tol`. Rows at budget 1 are left out (they cannot overspend, and their
+    slack must not pay for other rows). Within the tolerance a prompt may run more layers than its
+    budget if another runs fewer: the shared multiplier prices a layer alike for every prompt, so the
+    layers go where they lower the task cost most (per-prompt depth). expected, budget (B,) -> scalar."""
+    free = budget < 1
+    if not free.any():
+        return expected.sum() * 0
+    over = expected[free] - budget[free]  # (F,)
+    return F.relu(over.mean() - tol).pow(2) + F.relu(over - row_tol).pow(2).mean()
+
+
 def nesting(p_low: torch.Tensor, p_high: torch.Tensor) -> torch.Tensor:
     """Cross-budget consistency of kept sets: a lower budget should not keep with higher probability."""
     return F.relu(p_low - p_high).mean()

@@ -3,6 +3,11 @@
     ce·CE + kl·KL(dense ‖ gated) + agree·KL(gated_hi ‖ gated_lo) + mono·nesting
           + Σ λ_axis·hinge²(E[cost] − b − tol) + track·(E[cost] − b)²
 
+The cost hinge is per row (`cost = "request"`: each prompt kept near its own budget), or on the batch's
+mean spend with a wide per-row tolerance (`cost = "batch"`: prompts may trade layers, so the gates can
+learn per-prompt depth; calibration then makes the *mean* realized fraction track each budget, and strict
+mode still caps every request).
+
 The cost, nesting and tracking terms are functions of the keep probabilities and are differentiated
 exactly. The task terms (CE, KL, agreement) depend on which gates were sampled; their gradient comes from
 one of two estimators (`TrainConfig.estimator`):
@@ -45,8 +50,12 @@ def objective(m, policy, ids, attn, ans_mask, teacher, pooled, b_hi, b_lo, tau, 
     task_loss, terms, share = task(m, policy, logits, ids, attn, ans_mask, teacher, budgets, tau, gen, cfg, noise)
     e_layers = (c.protected + p_layers.sum(-1)) / L  # (2N,) expected fraction of layers run
     e_heads = (k + p_groups.mean(-1).sum(-1)) / L  # (2N,) expected fraction of groups kept
-    pen_l = losses.cost_hinge(e_layers, budgets[:, 0], cfg.tol).mean()
-    pen_h = losses.cost_hinge(e_heads, budgets[:, 1], cfg.tol).mean()
+    if cfg.cost == "batch":  # the mean spend of the batch against its budgets; each row within row_tol
+        pen_l = losses.batch_cost_hinge(e_layers, budgets[:, 0], cfg.tol, cfg.row_tol)
+        pen_h = losses.batch_cost_hinge(e_heads, budgets[:, 1], cfg.tol, cfg.row_tol)
+    else:  # every row against its own budget
+        pen_l = losses.cost_hinge(e_layers, budgets[:, 0], cfg.tol).mean()
+        pen_h = losses.cost_hinge(e_heads, budgets[:, 1], cfg.tol).mean()
     track = (e_layers - budgets[:, 0]).pow(2).mean() + (e_heads - budgets[:, 1]).pow(2).mean()
     mono = losses.nesting(p_layers[n:], p_layers[:n]) + losses.nesting(p_groups[n:], p_groups[:n])
     loss = task_loss + cfg.mono * mono + lambdas["layers"] * pen_l + lambdas["heads"] * pen_h + cfg.track * track

@@ -15,6 +15,10 @@ from .tasks import TASKS
 
 
 def point_key(task: str, method: str, data, budget, limit) -> str:
+    """A point's identity. An existing data file is keyed by its resolved path, so the same file given as
+    `../shared/data/x.jsonl` or `/abs/.../x.jsonl` is one point (lines keep the path as given)."""
+    if isinstance(data, str) and os.path.exists(data):
+        data = os.path.realpath(data)
     return json.dumps([task, method, data, budget, limit], sort_keys=True)
 
 

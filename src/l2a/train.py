@@ -55,6 +55,8 @@ class TrainConfig:
     mono: float = 1.0  # weight of the kept-set nesting term
     agree: float = 0.1  # weight of answer agreement across the two budgets
     tol: float = 0.02  # cost tolerance above the budget
+    cost: str = "request"  # cost hinge per "request" (row), or on the "batch" mean (+ row_tol per row; objective.py)
+    row_tol: float = 0.1  # cost = "batch": how far one row may spend above its budget before its own hinge
     track: float = 0.0  # weight of (E[cost] - b)^2 per axis (10 tracked budgets to ±0.013 but chose worse layers)
     warm_start: str | None = None  # initial layer ranking: "block-influence" or "greedy-kl" (WARM_STARTS)
     warm_scale: float = 1.5  # warm start: the static ranking's z-scores times this are added to the logit bias
@@ -89,6 +91,8 @@ class TrainConfig:
             raise ValueError(f"dual must be violations|signed and select last|val-kl, got {self.dual!r}, {self.select!r}")
         if not 0 < self.noise_end <= 1 or self.val_every < 1 or self.samples < 1:
             raise ValueError("noise_end must be in (0, 1], val_every and samples >= 1")
+        if self.cost not in ("request", "batch") or not 0 <= self.row_tol <= 1:
+            raise ValueError(f"cost must be request or batch and row_tol in [0, 1], got {self.cost!r}, {self.row_tol!r}")
         if self.estimator not in ("st", "score"):
             raise ValueError(f"estimator must be st or score, got {self.estimator!r}")
         if self.warm_start is not None and self.warm_start not in WARM_STARTS:
@@ -179,7 +183,8 @@ def _load_state(out: Path, policy, opt, gen, cfg) -> tuple[int, dict] | None:
     if not (t_path.exists() and j_path.exists()):
         return None
     meta = json.loads(j_path.read_text())
-    saved = {k: v for k, v in meta["config"].items() if k not in ("steps", "save_every")}
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # fields added since the run
+    saved = {k: v for k, v in {**defaults, **meta["config"]}.items() if k not in ("steps", "save_every")}
     now = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("steps", "save_every")}
     if saved != now:
         diff = {k: (saved.get(k), now.get(k)) for k in now if saved.get(k) != now.get(k)}
