@@ -454,6 +454,10 @@ def test_check_gates_reports_every_property(tmp_path):
     assert res["n_prompts"] == 12 and res["nested_share"] == 1.0  # nested by construction
     assert not res["strict_ever_exceeds"]
     assert [t["requested"] for t in res["tracking"]][0] == 0.5
+    from l2a.gatecheck import _corr
+
+    assert _corr([1, 2, 3], [2, 4, 7]) == pytest.approx(0.9933, abs=1e-4) and _corr([1, 2, 3], [5, 5, 5]) is None
+    assert all(t["length_corr"] is None or -1 <= t["length_corr"] <= 1 for t in res["tracking"])
     assert res["kl"]["ablation"]["distinct_decisions"] == 1
     assert res["kl"]["greedy-kl (warm start, static)"]["realized_layers"] == 4 / L  # layers 4 and 2 dropped
     for v in res["kl"].values():

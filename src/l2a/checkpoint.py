@@ -103,5 +103,7 @@ def load_gates(directory: str | os.PathLike, hf_model) -> GatePolicy:
         )
     policy = GatePolicy(GateConfig(**meta["gate_config"]))
     state = load_file(str(Path(directory) / WEIGHTS_NAME))
+    if "depth_w" in state:  # gates with a fitted depth head (depth.py)
+        policy.set_depth(state["depth_w"], float(state["depth_b"]))
     policy.load_state_dict(state, strict=True)
     return policy.eval()

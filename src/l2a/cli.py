@@ -152,7 +152,7 @@ def cmd_train(args) -> int:
                           ablation=args.ablation, limit=args.limit, track=args.track, warm_start=args.warm_start,
                           fixed_budget=args.fixed_budget, dual=args.dual, noise_end=args.noise_end, select=args.select,
                           estimator=args.estimator, samples=args.samples, dense_at_full=args.dense_at_full,
-                          warm_scale=args.warm_scale, cost=args.cost, row_tol=args.row_tol,
+                          warm_scale=args.warm_scale, cost=args.cost, row_tol=args.row_tol, depth_pairs=args.depth_pairs,
                           **({"calib_prompts": 0} if args.fixed_budget else {}))
     summary = train(cfg)
     print(f"gates written to {cfg.out} ({summary['gate_params']} parameters, {summary['seconds']} s)", file=sys.stderr)
@@ -307,6 +307,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="cost hinge per request, or on the batch's mean spend (prompts may trade layers: per-prompt depth)")
     t.add_argument("--row-tol", type=_fraction, default=0.1,
                    help="--cost batch: how far one request may spend above its budget (default: %(default)s)")
+    t.add_argument("--depth-pairs", type=int, default=0,
+                   help="fit a depth head (per-prompt layer count) on this many held-out train chains after training")
     t.add_argument("--dense-at-full", action="store_true", help="rows at budget 1.0 run dense in training, as at inference")
     t.add_argument("--warm-scale", type=float, default=1.5, help="weight of the warm-start ranking in the logit bias")
     t.add_argument("--select", choices=("last", "val-kl"), default="last",

@@ -76,6 +76,14 @@ def chain_kl(m, pairs, decisions: list[GateDecision], max_len=320, batch=8) -> t
     return torch.cat(sums), torch.cat(counts)
 
 
+def _corr(x, y) -> float | None:
+    """Pearson correlation of two equal-length sequences; None when either is constant."""
+    t = torch.tensor([list(x), list(y)], dtype=torch.double)  # (2, N)
+    if (t.std(1) == 0).any():
+        return None
+    return float(torch.corrcoef(t)[0, 1])
+
+
 def teacher_forced_kl(m, pairs, decisions: list[GateDecision], max_len=320, batch=8) -> float:
     """Mean over answer tokens of KL(dense ‖ gated), each row under its own decision."""
     sums, counts = chain_kl(m, pairs, decisions, max_len, batch)
@@ -224,6 +232,7 @@ def check_gates(m, data=None, limit=200, kl_limit=100, kl_fraction=0.7, ablation
         track.append({
             "requested": b, "realized_mean": sum(real) / len(real), "realized_min": min(real),
             "realized_max": max(real), "distinct_decisions": len({d.layers for d in ds}),
+            "length_corr": _corr([len(p) for p in prompts], real),  # do longer prompts get more layers?
             "strict_max": max(d.layer_fraction for d in strict),
             "strict_mean": sum(d.layer_fraction for d in strict) / len(strict),
         })
@@ -330,10 +339,12 @@ def check_gates(m, data=None, limit=200, kl_limit=100, kl_fraction=0.7, ablation
 
 def render(res: dict) -> str:
     """Markdown summary of a check_gates result."""
-    lines = ["| requested | realized mean (min–max) | strict max | distinct decisions |", "|---|---|---|---|"]
+    lines = ["| requested | realized mean (min–max) | strict max | distinct decisions | corr(prompt length, layers) |",
+             "|---|---|---|---|---|"]
     for t in res["tracking"]:
+        r = t.get("length_corr")
         lines.append(f"| {t['requested']:.2f} | {t['realized_mean']:.3f} ({t['realized_min']:.2f}–{t['realized_max']:.2f}) "
-                     f"| {t['strict_max']:.3f} | {t['distinct_decisions']} |")
+                     f"| {t['strict_max']:.3f} | {t['distinct_decisions']} | {'–' if r is None else f'{r:+.2f}'} |")
     lines += ["", f"tracking mean |realized − requested|: {res['tracking_mean_abs_error']:.3f}; "
               f"strict ever exceeds: {res['strict_ever_exceeds']}; nested pairs: {100 * res['nested_share']:.2f}%", "",
               "| method | teacher-forced KL | realized layers |", "|---|---|---|"]

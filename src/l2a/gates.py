@@ -16,6 +16,9 @@ A calibration table (fit after training on held-out prompts, calibration.calibra
 budget an effective budget and a logit threshold, so the mean realized fraction tracks the request even
 where the raw gates saturate (a layer is kept where its logit exceeds the threshold; budget 1.0 keeps all).
 
+An optional depth head (depth.py; gates without one hold no depth buffers) moves each prompt's
+threshold-mode layer budget by a few layers, up or down, fit so that the mean stays on the request.
+
 The think head predicts, per prompt, a log-normal distribution of the shortest sufficient chain of
 thought (the fewest think tokens after which forcing the answer still gives the dense answer; fit by
 truncation probing, think.py). The allowance at b_think follows one of two rules (`allowances`): the
@@ -38,6 +41,8 @@ from .budget import Budget
 from .decision import GateDecision
 
 GRID = tuple(round(0.05 * i, 2) for i in range(1, 21))  # budgets 0.05 .. 1.0 used for nesting
+DEPTH_MAX = 3.0  # largest depth-head shift, in layers
+DEPTH_TOP = 0.99  # a shifted layer budget stays below 1: only a request of 1.0 is the dense model
 THINK_OFFSET = 8.0  # think lengths are modeled as log(tokens + THINK_OFFSET): zero thinking is allowed
 
 
@@ -167,6 +172,21 @@ class GatePolicy(nn.Module):
         mu = self.think_mu(self.think_input(pooled, lengths))[:, 0]  # (B,)
         return mu, self.think_log_sigma.exp().expand_as(mu)
 
+    # -- depth head (optional, depth.py) ---------------------------------------------------------------
+
+    def set_depth(self, weight: torch.Tensor, bias: float) -> None:
+        """Install a depth head: a linear map of `think_input` (H + 1,) to a shift in layers (depth.fit_depth).
+        Gates without one keep no depth buffers, so their weights and digest stay as they were."""
+        self.register_buffer("depth_w", weight.detach().float().reshape(-1).clone())
+        self.register_buffer("depth_b", torch.tensor([float(bias)]))
+
+    def depth_shift(self, pooled: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,) layers each prompt's threshold-mode decision moves by (0 without a depth head), within ±DEPTH_MAX."""
+        if not hasattr(self, "depth_w"):
+            return torch.zeros(pooled.shape[0], device=pooled.device)
+        shift = self.think_input(pooled, lengths) @ self.depth_w + self.depth_b  # (B,)
+        return shift.clamp(-DEPTH_MAX, DEPTH_MAX)
+
     @staticmethod
     def log_allowance(mu: torch.Tensor, sigma: torch.Tensor, b_think: torch.Tensor) -> torch.Tensor:
         """log(allowance + OFFSET) at quantile level b_think (B,) in (0, 1); increasing in b_think."""
@@ -244,9 +264,12 @@ class GatePolicy(nn.Module):
         feats = self.features(pooled)  # (B, W)
         anchor = self.gate_logits(feats, torch.ones(len(budgets), 2, device=feats.device))[1].argmax(-1)  # (B, L)
         mu, sigma = self.think_params(pooled, lengths)  # (B,), (B,)
+        # The depth head moves each prompt's layer budget by its shift (threshold mode; strict caps at the request).
+        shift = self.depth_shift(pooled, lengths) if mode == "threshold" else torch.zeros(len(budgets))  # (B,) layers
         rows_at: dict = {}  # rows sharing a budget are decided together
         for i, b in enumerate(budgets):
-            rows_at.setdefault((b.layers, b.heads), []).append(i)
+            lay = b.layers if b.layers >= 1.0 else min(DEPTH_TOP, max(GRID[0], b.layers + float(shift[i]) / c.n_layers))
+            rows_at.setdefault((lay, b.heads), []).append(i)
         nested_l = torch.empty(len(budgets), c.n_layers, dtype=torch.bool, device=feats.device)  # (B, L)
         nested_g = torch.empty(len(budgets), c.n_layers, c.n_groups, dtype=torch.bool, device=feats.device)
         for (lay, head), rows in rows_at.items():

@@ -78,6 +78,7 @@ class TrainConfig:
     fixed_budget: float | None = None  # tuned-static baseline: every row at this layer budget, budget-only gates
     save_every: int = 50  # checkpoint period (steps)
     calib_prompts: int = 64  # held-out train prompts for the calibration table (0 = none)
+    depth_pairs: int = 0  # held-out train chains to fit a depth head on after training (0 = none; depth.py)
     limit: int | None = None  # use only the first N training examples
 
     def __post_init__(self):
@@ -91,6 +92,8 @@ class TrainConfig:
             raise ValueError(f"dual must be violations|signed and select last|val-kl, got {self.dual!r}, {self.select!r}")
         if not 0 < self.noise_end <= 1 or self.val_every < 1 or self.samples < 1:
             raise ValueError("noise_end must be in (0, 1], val_every and samples >= 1")
+        if self.depth_pairs < 0 or 0 < self.depth_pairs < 8:
+            raise ValueError(f"depth_pairs must be 0 (no depth head) or at least 8, got {self.depth_pairs}")
         if self.cost not in ("request", "batch") or not 0 <= self.row_tol <= 1:
             raise ValueError(f"cost must be request or batch and row_tol in [0, 1], got {self.cost!r}, {self.row_tol!r}")
         if self.estimator not in ("st", "score"):
@@ -184,8 +187,9 @@ def _load_state(out: Path, policy, opt, gen, cfg) -> tuple[int, dict] | None:
         return None
     meta = json.loads(j_path.read_text())
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # fields added since the run
-    saved = {k: v for k, v in {**defaults, **meta["config"]}.items() if k not in ("steps", "save_every")}
-    now = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("steps", "save_every")}
+    after = ("steps", "save_every", "out", "depth_pairs")  # may change between a run and its resumption
+    saved = {k: v for k, v in {**defaults, **meta["config"]}.items() if k not in after}
+    now = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in after}
     if saved != now:
         diff = {k: (saved.get(k), now.get(k)) for k in now if saved.get(k) != now.get(k)}
         raise ValueError(f"{out} holds a run with another config {diff}; use a new --out or the same config")
@@ -219,14 +223,16 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     calib = [examples[i] for i in order[: cfg.calib_prompts]]
     # The end of the order is held out: the last WARM_PAIRS for the greedy warm-start search, the VAL_PAIRS
     # before them for checkpoint selection (disjoint, so selection does not favour the searched ranking).
-    reserve = (WARM_PAIRS if cfg.warm_start == "greedy-kl" or cfg.select == "val-kl" else 0) + (
-        VAL_PAIRS if cfg.select == "val-kl" else 0)
+    reserve = (WARM_PAIRS if cfg.warm_start == "greedy-kl" or cfg.select == "val-kl" or cfg.depth_pairs else 0) + (
+        VAL_PAIRS if cfg.select == "val-kl" or cfg.depth_pairs else 0) + cfg.depth_pairs
     if len(order) - cfg.calib_prompts - reserve < cfg.examples:
         raise ValueError(f"{len(order)} examples leave too few to train on after {cfg.calib_prompts} calibration "
                          f"and {reserve} held-out prompts")
     train_idx = order[cfg.calib_prompts : len(order) - reserve]
     held_out = [examples[i] for i in order[len(order) - WARM_PAIRS :]]
     val = [examples[i] for i in order[len(order) - WARM_PAIRS - VAL_PAIRS : len(order) - WARM_PAIRS]]
+    end = len(order) - WARM_PAIRS - VAL_PAIRS  # the depth head's chains come just before those
+    depth_set = [examples[i] for i in order[end - cfg.depth_pairs : end]] if cfg.depth_pairs else []
 
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     gcfg = gate_config(m, cfg, budget_only=cfg.ablation or cfg.fixed_budget is not None)
@@ -290,10 +296,15 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
 
     table = calibrate(m, policy, [p for p, _ in calib], pad_id) if calib else []
     policy.config.calibration = table
+    depth = None
+    if cfg.depth_pairs and not gcfg.budget_only:  # the ablation reads no input: no depth head
+        from .depth import fit_depth
+
+        depth = fit_depth(m, policy, depth_set, pad_id, progress=progress)
     summary = {"config": dataclasses.asdict(cfg), "data_source": source, "train_examples": len(train_idx),
                "seconds": round(time.time() - t0, 1), "lambdas": lambdas, "calibration": table,
                "gate_params": policy.n_params(), **({"warm_start_order": warm_order} if warm_order else {}),
-               **({"selected": selected} if selected else {})}
+               **({"selected": selected} if selected else {}), **({"depth": depth} if depth else {})}
     save_gates(policy, out, m.hf, extra=summary)
     return summary
 
