@@ -320,7 +320,7 @@ def check_gates(m, data=None, limit=200, kl_limit=100, kl_fraction=0.7, ablation
         res["kl_reduction_vs_ablation"] = {"threshold": 1 - kl["l2a-threshold"]["kl"] / kl["ablation"]["kl"],
                                            "ci95": reduction_ci(l2a_sums["threshold"], abl)}
         # Per-prompt depth can move compute between chains of different lengths: the same comparison at l2a's
-        # token-weighted layer count (the modeled compute of the answer tokens), and the verdict is the lower.
+        # token-weighted layer count (the modeled compute of the answer tokens); both are reported.
         f_w = kl["l2a-threshold"]["realized_layers_token_weighted"] * L
         abl_w = at_layers(lambda c: sums_at("ablation", c), f_w, L)
         res["kl_reduction_vs_ablation"]["token_weighted"] = {

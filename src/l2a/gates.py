@@ -265,7 +265,7 @@ class GatePolicy(nn.Module):
         anchor = self.gate_logits(feats, torch.ones(len(budgets), 2, device=feats.device))[1].argmax(-1)  # (B, L)
         mu, sigma = self.think_params(pooled, lengths)  # (B,), (B,)
         # The depth head moves each prompt's layer budget by its shift (threshold mode; strict caps at the request).
-        shift = self.depth_shift(pooled, lengths) if mode == "threshold" else torch.zeros(len(budgets))  # (B,) layers
+        shift = self.depth_shift(pooled, lengths) if mode == "threshold" else torch.zeros(len(budgets), device=feats.device)  # (B,)
         rows_at: dict = {}  # rows sharing a budget are decided together
         for i, b in enumerate(budgets):
             lay = b.layers if b.layers >= 1.0 else min(DEPTH_TOP, max(GRID[0], b.layers + float(shift[i]) / c.n_layers))
