@@ -73,22 +73,20 @@ def shifted_kl(S: torch.Tensor, C: torch.Tensor, n_tok: torch.Tensor, shift: tor
                shifts, target: float) -> float:
     """Token-mean KL of chains `rows` at fractional shifts (N,) (each mixes its two neighbouring grid shifts),
     after moving every shift alike so the chains' mean count is `target` (the same mean compute)."""
+    from .gatecheck import mix
+
     lo, hi = float(shifts[0]), float(shifts[-1])
-    cols = rows
 
     def at(x):  # x (N,) shifts -> (KL sums, counts) of `rows`
         x = x.clamp(lo, hi)
-        i0 = (x.floor().long() - shifts[0]).clamp(0, len(shifts) - 2)
-        f = x - (i0 + shifts[0])
-        pick = lambda T: T[i0, torch.arange(T.shape[1])] * (1 - f) + T[i0 + 1, torch.arange(T.shape[1])] * f  # noqa: E731
-        return pick(S)[cols], pick(C)[cols]
+        return mix(S, shifts[0], x)[rows], mix(C, shifts[0], x)[rows]
 
     a, b = -(hi - lo), hi - lo  # bisect a common offset: the mean count rises with it
     for _ in range(50):
         mid = (a + b) / 2
         a, b = (mid, b) if float(at(shift + mid)[1].mean()) < target else (a, mid)
     kl, _ = at(shift + (a + b) / 2)
-    return float(kl.sum() / n_tok[cols].sum())
+    return float(kl.sum() / n_tok[rows].sum())
 
 
 def fit_depth(m, policy, pairs, pad_id: int, budget: float = 0.7, shifts=SHIFTS, folds: int = 5, seed: int = 0,

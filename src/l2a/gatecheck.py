@@ -159,14 +159,19 @@ def depth_oracle(sums: torch.Tensor, n_tok: torch.Tensor, counts: list[int], tar
             "oracle_gain_over_fixed": None if fixed is None else 1 - oracle / fixed}
 
 
+def mix(T: torch.Tensor, first: int, x: torch.Tensor) -> torch.Tensor:
+    """(N,) values of T (K, N), tabulated at the contiguous grid first, first + 1, ..., read at fractional
+    points x (N,): each column mixes its two grid neighbours linearly (as `at_layers`)."""
+    i0 = (x.floor().long() - first).clamp(0, T.shape[0] - 2)  # (N,)
+    frac = x - (i0 + first)
+    cols = torch.arange(T.shape[1])
+    return T[i0, cols] * (1 - frac) + T[i0 + 1, cols] * frac
+
+
 def _mixed_kl(S: torch.Tensor, w: torch.Tensor, counts: list[int], k: torch.Tensor, rows: torch.Tensor) -> float:
-    """Token-mean KL of chains `rows` keeping fractional counts k (N,): the mixture of the two counts around
-    each (as `at_layers`). S (K, N) per-chain KL sums at `counts` (contiguous), w (N,) tokens per chain."""
-    i0 = (k.floor().long() - counts[0]).clamp(0, len(counts) - 2)  # (N,)
-    frac = k - (i0 + counts[0])
-    cols = torch.arange(S.shape[1])
-    v = S[i0, cols] * (1 - frac) + S[i0 + 1, cols] * frac  # (N,)
-    return float(v[rows].sum() / w[rows].sum())
+    """Token-mean KL of chains `rows` keeping fractional counts k (N,). S (K, N) per-chain KL sums at
+    `counts` (contiguous), w (N,) tokens per chain."""
+    return float(mix(S, counts[0], k)[rows].sum() / w[rows].sum())
 
 
 def length_rule(sums: torch.Tensor, n_tok: torch.Tensor, counts: list[int], target: float, prompt_lens,
