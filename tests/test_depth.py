@@ -6,7 +6,7 @@ from conftest import tiny_model, tiny_tokenizer, write_math
 
 from l2a.budget import Budget
 from l2a.checkpoint import load_gates, policy_digest, save_gates
-from l2a.depth import best_shifts, fit_depth, shifted_kl
+from l2a.depth import best_shifts, fit_artifact, fit_depth, shifted_kl, spend
 from l2a.gated import GatedModel
 from l2a.gates import GateConfig, GatePolicy
 
@@ -38,6 +38,25 @@ def test_best_shifts_by_hand():
         ((2.0 + 1.0) / 2 + (1.1 + 1.0) / 2) / 2)
     # shifts that raise the mean count are moved back down together: +1 for both is the same as 0
     assert shifted_kl(S, C, n_tok, torch.ones(2, dtype=torch.double), rows, (-1, 0, 1), 4.0) == pytest.approx(1.5)
+
+
+def test_best_shifts_keep_both_counts_of_compute():
+    # chain 0 is long (9 answer tokens) and gains 3 per layer; chain 1 is short (1 token) and gains little
+    S = torch.tensor([[12.0, 2.0], [9.0, 1.0], [6.0, 0.5]], dtype=torch.double)  # (K=3, N=2) KL sums
+    C = torch.tensor([[3.0, 3.0], [4.0, 4.0], [5.0, 5.0]], dtype=torch.double)
+    T = torch.tensor([9.0, 1.0], dtype=torch.double)
+    # a price per chain alone moves a layer to the long chain: the same mean count, more token-weighted compute
+    assert best_shifts(S, C, 1).tolist() == [2, 0]
+    assert spend(C[[2, 0], [0, 1]], T) == pytest.approx(4.8) and spend(C[1], T) == 4.0
+    # counted both ways that trade is not free, and nothing cheaper beats the request
+    pick = best_shifts(S, C, 1, T)
+    assert pick.tolist() == [1, 1] and spend(C[pick, [0, 1]], T) <= 4.0
+    # shifted_kl holds the larger of the two counts: +1/-1 is moved down until the token-weighted count is 4
+    rows = torch.arange(2)
+    got = shifted_kl(S, C, T, torch.tensor([1.0, -1.0], dtype=torch.double), rows, (-1, 0, 1), 4.0)
+    # chain 1 stays clipped at shift -1 (3 layers); chain 0 at 1 + o: 9 (5 + o) + 3 = 40 → o = -8/9
+    o = -8 / 9
+    assert got == pytest.approx(((9.0 + (6.0 - 9.0) * (1 + o)) + 2.0) / 10)
 
 
 @torch.no_grad()
@@ -95,3 +114,25 @@ def test_fit_depth_runs_on_a_tiny_model_and_refuses_the_ablation(tmp_path):
     abl = GatePolicy(GateConfig(n_layers=L, n_groups=G, hidden=H, width=32, budget_only=True))
     with pytest.raises(ValueError, match="budget-only"):
         fit_depth(m, abl, pairs, 0, progress=False)
+
+
+def test_fit_artifact_uses_unseen_whole_chains_and_writes_the_head(tmp_path):
+    from l2a.train import TrainConfig, _examples, train
+
+    m = GatedModel(tiny_model("llama", n_layers=L), tokenizer=tiny_tokenizer())
+    for prm in m.hf.parameters():
+        prm.requires_grad_(False)
+    cfg = TrainConfig(data=str(write_math(tmp_path / "m.jsonl", 120)), out=str(tmp_path / "gates"), steps=2, examples=2,
+                      max_len=40, width=32, calib_prompts=4, dtype="float32")
+    train(cfg, model=m, progress=False)
+    cut, _ = _examples(cfg, m.tokenizer)
+    whole, _ = _examples(cfg, m.tokenizer, cut=200)  # the same examples, answers no longer cut at max_len
+    assert [p for p, _ in whole] == [p for p, _ in cut]
+    assert all(w[: len(c)] == c for (_, w), (_, c) in zip(whole, cut)) and sum(map(len, (a for _, a in whole))) > \
+        sum(map(len, (a for _, a in cut)))
+    rec = fit_artifact(m, cfg.out, tmp_path / "depth", pairs=8, max_len=200, progress=False)
+    assert rec["pairs"] == 8 and rec["max_len"] == 200
+    q = load_gates(tmp_path / "depth", m.hf)
+    assert hasattr(q, "depth_w") == (rec["alpha"] > 0)
+    with pytest.raises(ValueError, match="unseen chains remain"):
+        fit_artifact(m, cfg.out, tmp_path / "depth2", pairs=70, progress=False)

@@ -39,6 +39,9 @@ def calibrate(m, policy, prompts, pad_id, grid=None) -> list[list[float]]:
         above = torch.ones(n, len(c.gateable), dtype=torch.bool)  # kept at every higher grid budget
         table = [[1.0, 1.0, round(float(logits_at(1.0).min()) - 1.0, 4)]]
         for want in reversed(grid):
+            if not above.any():  # a higher budget already keeps only the protected layers: so does this one
+                table.append([want, want, table[-1][2]])
+                continue
             lg = logits_at(want).masked_fill(~above, float("-inf"))  # (N, n_gate)
             vals = lg[above].unique()  # sorted; a threshold between neighbours realizes one level
             cuts = torch.cat([vals[:1] - 1.0, (vals[1:] + vals[:-1]) / 2, vals[-1:] + 1.0])  # (V + 1,)

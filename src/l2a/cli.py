@@ -153,6 +153,7 @@ def cmd_train(args) -> int:
                           fixed_budget=args.fixed_budget, dual=args.dual, noise_end=args.noise_end, select=args.select,
                           estimator=args.estimator, samples=args.samples, dense_at_full=args.dense_at_full,
                           warm_scale=args.warm_scale, cost=args.cost, row_tol=args.row_tol, depth_pairs=args.depth_pairs,
+                          depth_max_len=args.depth_max_len,
                           **({"calib_prompts": 0} if args.fixed_budget else {}))
     summary = train(cfg)
     print(f"gates written to {cfg.out} ({summary['gate_params']} parameters, {summary['seconds']} s)", file=sys.stderr)
@@ -241,6 +242,22 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def cmd_fit_depth(args) -> int:
+    from .depth import fit_artifact
+    from .record import run_record
+
+    if not args.gates or not args.gates_out:
+        raise ValueError("l2a fit-depth needs --gates DIR (a gate artifact written by `l2a train`) and --gates-out DIR")
+    args.no_gates = True
+    gm = _load(args)
+    res = fit_artifact(gm, args.gates, args.gates_out, pairs=args.pairs, max_len=args.max_len)
+    got = f"cross-validated KL {res['cv_gain']:+.1%}" if res["alpha"] > 0 else "no head (features did not predict depth)"
+    print(f"depth head fit on {res['pairs']} unseen train chains: {got}; written to {args.gates_out}", file=sys.stderr)
+    _emit(run_record("fit-depth", {k: getattr(args, k) for k in ("model", "gates", "gates_out", "pairs", "max_len", "dtype")},
+                     res), args.out)
+    return 0
+
+
 # -- parser --------------------------------------------------------------------------------------------------
 
 
@@ -309,6 +326,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="--cost batch: how far one request may spend above its budget (default: %(default)s)")
     t.add_argument("--depth-pairs", type=int, default=0,
                    help="fit a depth head (per-prompt layer count) on this many held-out train chains after training")
+    t.add_argument("--depth-max-len", type=_positive, default=320,
+                   help="the depth head's chains' length, prompt included (default: %(default)s)")
     t.add_argument("--dense-at-full", action="store_true", help="rows at budget 1.0 run dense in training, as at inference")
     t.add_argument("--warm-scale", type=float, default=1.5, help="weight of the warm-start ranking in the logit bias")
     t.add_argument("--select", choices=("last", "val-kl"), default="last",
@@ -377,6 +396,14 @@ def _parser() -> argparse.ArgumentParser:
     a.set_defaults(dtype="bfloat16")
     a.add_argument("--prompts", type=_positive, help="held-out prompts (default: the training run's calib_prompts)")
     a.set_defaults(func=cmd_calibrate)
+
+    f = sub.add_parser("fit-depth", help="add a depth head (per-prompt layer count) to trained gates (depth.py)")
+    common(f)
+    f.set_defaults(dtype="bfloat16")
+    f.add_argument("--gates-out", help="where to write the gates with the head")
+    f.add_argument("--pairs", type=_positive, default=320, help="unseen train chains to fit on (default: %(default)s)")
+    f.add_argument("--max-len", type=_positive, default=320, help="their length, prompt included (default: %(default)s)")
+    f.set_defaults(func=cmd_fit_depth)
 
     g = sub.add_parser(
         "generate", help="one-off generation at a budget",

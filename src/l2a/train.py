@@ -79,6 +79,7 @@ class TrainConfig:
     save_every: int = 50  # checkpoint period (steps)
     calib_prompts: int = 64  # held-out train prompts for the calibration table (0 = none)
     depth_pairs: int = 0  # held-out train chains to fit a depth head on after training (0 = none; depth.py)
+    depth_max_len: int = 320  # their length, prompt included: whole chains (check-gates' test chains are cut at 320)
     limit: int | None = None  # use only the first N training examples
 
     def __post_init__(self):
@@ -94,6 +95,8 @@ class TrainConfig:
             raise ValueError("noise_end must be in (0, 1], val_every and samples >= 1")
         if self.depth_pairs < 0 or 0 < self.depth_pairs < 8:
             raise ValueError(f"depth_pairs must be 0 (no depth head) or at least 8, got {self.depth_pairs}")
+        if self.depth_max_len < self.max_len:
+            raise ValueError(f"depth_max_len ({self.depth_max_len}) must be at least max_len ({self.max_len})")
         if self.cost not in ("request", "batch") or not 0 <= self.row_tol <= 1:
             raise ValueError(f"cost must be request or batch and row_tol in [0, 1], got {self.cost!r}, {self.row_tol!r}")
         if self.estimator not in ("st", "score"):
@@ -102,8 +105,9 @@ class TrainConfig:
             raise ValueError(f"warm_start must be one of {', '.join(WARM_STARTS)} or None, got {self.warm_start!r}")
 
 
-def _examples(cfg: TrainConfig, tok) -> tuple[list[tuple[list[int], list[int]]], str]:
-    """[(prompt ids, answer ids)] from GSM8K-style rows, and the data source that ran."""
+def _examples(cfg: TrainConfig, tok, cut: int | None = None) -> tuple[list[tuple[list[int], list[int]]], str]:
+    """[(prompt ids, answer ids)] from GSM8K-style rows, and the data source that ran. Prompts that fit
+    `cfg.max_len`; answers cut at `cut` tokens with the prompt (default `cfg.max_len`): the same examples."""
     from .data import load_math
     from .tasks import math_prompt
 
@@ -116,7 +120,7 @@ def _examples(cfg: TrainConfig, tok) -> tuple[list[tuple[list[int], list[int]]],
         answer = re.sub(r"<<[^>]*>>", "", r["answer"])  # GSM8K calculator annotations
         ans = tok(answer, add_special_tokens=False)["input_ids"]
         if len(prompt) + 8 <= cfg.max_len:
-            out.append((prompt, ans[: cfg.max_len - len(prompt)]))
+            out.append((prompt, ans[: (cut or cfg.max_len) - len(prompt)]))
     if len(out) < cfg.examples + cfg.calib_prompts:
         raise ValueError(f"only {len(out)} usable training examples in {source}; need more than {cfg.examples + cfg.calib_prompts}")
     return out, source
@@ -187,7 +191,7 @@ def _load_state(out: Path, policy, opt, gen, cfg) -> tuple[int, dict] | None:
         return None
     meta = json.loads(j_path.read_text())
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # fields added since the run
-    after = ("steps", "save_every", "out", "depth_pairs")  # may change between a run and its resumption
+    after = ("steps", "save_every", "out", "depth_pairs", "depth_max_len")  # may change between a run and its resumption
     saved = {k: v for k, v in {**defaults, **meta["config"]}.items() if k not in after}
     now = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in after}
     if saved != now:
@@ -232,7 +236,9 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     held_out = [examples[i] for i in order[len(order) - WARM_PAIRS :]]
     val = [examples[i] for i in order[len(order) - WARM_PAIRS - VAL_PAIRS : len(order) - WARM_PAIRS]]
     end = len(order) - WARM_PAIRS - VAL_PAIRS  # the depth head's chains come just before those
-    depth_set = [examples[i] for i in order[end - cfg.depth_pairs : end]] if cfg.depth_pairs else []
+    # the depth head's chains whole, as at inference (a head fit on chains cut at max_len did not transfer)
+    whole = _examples(cfg, tok, cut=cfg.depth_max_len)[0] if cfg.depth_pairs else examples
+    depth_set = [whole[i] for i in order[end - cfg.depth_pairs : end]] if cfg.depth_pairs else []
 
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     gcfg = gate_config(m, cfg, budget_only=cfg.ablation or cfg.fixed_budget is not None)
