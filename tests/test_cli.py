@@ -66,6 +66,13 @@ def test_calibrate_needs_a_gate_artifact(capsys):
     assert capsys.readouterr().err.startswith("l2a: error: l2a calibrate needs --gates DIR")
 
 
+def test_fit_depth_and_check_gates_without_statics_say_what_they_need(capsys):
+    assert cli.main(["fit-depth"]) == 2
+    assert capsys.readouterr().err.startswith("l2a: error: l2a fit-depth needs --gates DIR")
+    assert cli.main(["check-gates", "--no-static"]) == 2
+    assert "give --ablation DIR" in capsys.readouterr().err
+
+
 def test_demo_question_source(tmp_path, monkeypatch):
     f = tmp_path / "gsm.jsonl"
     f.write_text(json.dumps({"question": "What is 2+2?", "answer": "2+2=4\n#### 4"}) + "\n")

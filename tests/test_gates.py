@@ -511,6 +511,11 @@ def test_check_gates_reports_every_property(tmp_path):
     at = {c: teacher_forced_kl(m, pairs, topk_decisions(abl, pooled, c / L)) for c in (c0, c0 + 1)}
     assert abs(w["ablation_kl"] - (at[c0] + (f_w - c0) * (at[c0 + 1] - at[c0]))) < 1e-6
     assert "token-weighted" in render(res)
+    # without the static baselines: the same ablation comparison, and no static or strict-mode KL
+    alone = check_gates(m, data=data, limit=12, kl_limit=6, ablation=abl, progress=False, static=False)
+    assert alone["kl_reduction_vs_ablation"] == res["kl_reduction_vs_ablation"]
+    assert set(alone["kl"]) == {"l2a-threshold", "ablation"} and "kl_reduction_vs_best_static" not in alone
+    assert "ablation" in render(alone) and "BI/angular" not in render(alone)
 
 
 def test_reduction_ci_is_paired_over_chains():

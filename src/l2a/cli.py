@@ -216,13 +216,16 @@ def cmd_check_gates(args) -> int:
     from .gatecheck import check_gates, render
     from .record import run_record
 
+    if not args.static and not args.ablation:
+        raise ValueError("--no-static leaves only the ablation comparison: give --ablation DIR")
     gm = _load(args)
     ablation = load_gates(args.ablation, gm.hf) if args.ablation else None
     warm = (read_config(gm.gates_path).get("training") or {}).get("warm_start_order") if gm.gates_path else None
     res = check_gates(gm, data=args.data, limit=args.limit, kl_limit=args.kl_limit, ablation=ablation, warm_order=warm,
-                      headroom=args.headroom)
+                      headroom=args.headroom, static=args.static)
     print(render(res))
-    config = {k: getattr(args, k) for k in ("model", "gates", "ablation", "data", "limit", "kl_limit", "dtype", "headroom")}
+    config = {k: getattr(args, k) for k in ("model", "gates", "ablation", "data", "limit", "kl_limit", "dtype", "headroom",
+                                            "static")}
     config["gates"] = gm.gates_path
     _emit(run_record("check-gates", config, res), args.out)
     return 0
@@ -387,6 +390,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--data", help="GSM8K-style test JSON lines (default: shared data, hub, else generated)")
     c.add_argument("--limit", type=_positive, default=200)
     c.add_argument("--kl-limit", type=_positive, default=100)
+    c.add_argument("--static", action=argparse.BooleanOptionalAction, default=True,
+                   help="KL of the static baselines and of strict mode (--no-static: the ablation comparison alone, "
+                   "a third of the passes, for many chains)")
     c.add_argument("--headroom", action="store_true",
                    help="also measure what per-prompt choice could gain near the warm-start set (an oracle bound, ~3 min)")
     c.set_defaults(func=cmd_check_gates)

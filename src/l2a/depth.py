@@ -36,7 +36,7 @@ import torch
 from .budget import Budget
 
 SHIFTS = tuple(range(-3, 4))  # layers
-RIDGES = (1.0, 3.0, 10.0, 30.0, 100.0)
+RIDGES = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
 ALPHAS = tuple(a / 4 for a in range(9))  # 0 .. 2
 TOKEN_SHARES = tuple(w / 10 for w in range(11))  # price per layer: per chain (0) .. per answer token (1)
 

@@ -211,8 +211,10 @@ def length_rule(sums: torch.Tensor, n_tok: torch.Tensor, counts: list[int], targ
 
 
 def check_gates(m, data=None, limit=200, kl_limit=100, kl_fraction=0.7, ablation=None, progress=True,
-                calibration=None, warm_order=None, headroom=False) -> dict:
+                calibration=None, warm_order=None, headroom=False, static=True) -> dict:
     """Measure tracking, nesting, input-awareness and KL for `m.policy` (and an ablation policy).
+    `static=False` leaves out the static baselines and strict mode's KL (the ablation comparison alone: a
+    third of the passes, for many chains).
     `warm_order`: the greedy-kl ranking the gates were warm-started from (least important first),
     measured as one more static set at the same count (what training started from); with `headroom`,
     also the per-prompt headroom around it (`swap_headroom`)."""
@@ -257,7 +259,8 @@ def check_gates(m, data=None, limit=200, kl_limit=100, kl_fraction=0.7, ablation
     kl_prompts = prompts[:kl_limit]
     kl, chains = {}, {}  # chains: (method, layers kept) -> per-chain KL sums of the fixed-count set
     l2a_sums, n_tok = {}, None
-    for mode in ("threshold", "strict"):
+    modes = ("threshold", "strict") if static else ("threshold",)
+    for mode in modes:
         ds = _decide_all(m, m.policy, kl_prompts, Budget(layers=kl_fraction), mode=mode)
         l2a_sums[mode], n_tok = chain_kl(m, kl_pairs, ds)
         frac = torch.tensor([d.layer_fraction for d in ds], dtype=torch.double)  # (N,)
@@ -293,27 +296,26 @@ def check_gates(m, data=None, limit=200, kl_limit=100, kl_fraction=0.7, ablation
     from .baselines import kept_count
 
     k = kept_count(L, kl_fraction)
-    for name in (*statics, *((WARM,) if warm_order else ())):
-        kl[name] = {"kl": mean(sums_at(name, k)), "realized_layers": k / L}
-    static_best = min(kl["block-influence"]["kl"], kl["angular"]["kl"])
-    res["kl_reduction_vs_best_static"] = {
-        mode: 1 - kl[f"l2a-{mode}"]["kl"] / static_best for mode in ("threshold", "strict")
-    }
-    # Equal realized compute: each fixed-count method's per-chain KL interpolated between its neighbouring
-    # layer counts at the fraction l2a realized in each mode (l2a's threshold sets keep a varying number per
-    # prompt), with a paired bootstrap CI over chains of l2a's reduction against the best of BI/angular.
-    equal, reduction, ci = {}, {}, {}
-    for mode in ("threshold", "strict"):
-        f = kl[f"l2a-{mode}"]["realized_layers"] * L
-        interp = {name: at_layers(lambda c, nm=name: sums_at(nm, c), f, L)
-                  for name in ("block-influence", "angular") + ((WARM,) if warm_order else ())}
-        equal[mode] = {name: mean(v) for name, v in interp.items()}
-        best = min(("block-influence", "angular"), key=lambda nm: equal[mode][nm])
-        reduction[mode] = 1 - kl[f"l2a-{mode}"]["kl"] / equal[mode][best]
-        ci[mode] = reduction_ci(l2a_sums[mode], interp[best])
-    res["kl_static_at_equal_layers"] = equal
-    res["kl_reduction_vs_best_static_equal_layers"] = reduction
-    res["kl_reduction_vs_best_static_equal_layers_ci95"] = ci
+    if static:
+        for name in (*statics, *((WARM,) if warm_order else ())):
+            kl[name] = {"kl": mean(sums_at(name, k)), "realized_layers": k / L}
+        static_best = min(kl["block-influence"]["kl"], kl["angular"]["kl"])
+        res["kl_reduction_vs_best_static"] = {mode: 1 - kl[f"l2a-{mode}"]["kl"] / static_best for mode in modes}
+        # Equal realized compute: each fixed-count method's per-chain KL interpolated between its neighbouring
+        # layer counts at the fraction l2a realized in each mode (l2a's threshold sets keep a varying number per
+        # prompt), with a paired bootstrap CI over chains of l2a's reduction against the best of BI/angular.
+        equal, reduction, ci = {}, {}, {}
+        for mode in modes:
+            f = kl[f"l2a-{mode}"]["realized_layers"] * L
+            interp = {name: at_layers(lambda c, nm=name: sums_at(nm, c), f, L)
+                      for name in ("block-influence", "angular") + ((WARM,) if warm_order else ())}
+            equal[mode] = {name: mean(v) for name, v in interp.items()}
+            best = min(("block-influence", "angular"), key=lambda nm: equal[mode][nm])
+            reduction[mode] = 1 - kl[f"l2a-{mode}"]["kl"] / equal[mode][best]
+            ci[mode] = reduction_ci(l2a_sums[mode], interp[best])
+        res["kl_static_at_equal_layers"] = equal
+        res["kl_reduction_vs_best_static_equal_layers"] = reduction
+        res["kl_reduction_vs_best_static_equal_layers_ci95"] = ci
     if ablation is not None:
         # The budget-only ablation the same way (it keeps the same layers for every prompt): its own top-c
         # layers at c = floor(f) and floor(f) + 1, interpolated per chain at l2a's realized count f (threshold).
@@ -355,8 +357,9 @@ def render(res: dict) -> str:
               "| method | teacher-forced KL | realized layers |", "|---|---|---|"]
     for name, v in res["kl"].items():
         lines.append(f"| {name} | {v['kl']:.4f} | {v['realized_layers']:.3f} |")
-    red = res["kl_reduction_vs_best_static"]
-    lines.append(f"\nKL reduction vs best static (BI/angular): threshold {100 * red['threshold']:.1f}%, strict {100 * red['strict']:.1f}%")
+    if "kl_reduction_vs_best_static" in res:
+        red = res["kl_reduction_vs_best_static"]
+        lines.append(f"\nKL reduction vs best static (BI/angular): threshold {100 * red['threshold']:.1f}%, strict {100 * red['strict']:.1f}%")
     if "kl_static_at_equal_layers" in res:
         eq, red = res["kl_static_at_equal_layers"], res["kl_reduction_vs_best_static_equal_layers"]
         ci = res.get("kl_reduction_vs_best_static_equal_layers_ci95", {})
