@@ -23,10 +23,11 @@ its bias is set so the fit chains' `spend` is the request's (the mean realized f
 the request), and strict mode still caps each request. `l2a fit-depth` adds a head to a trained artifact,
 on chains its training never reached, at full length (`fit_artifact`).
 
-Measured (README): on the shipped SmolLM2 gates a fit on 320 train chains gained 6.5% in cross-validation
-but was 6.4% *worse* than the budget-only ablation on GSM8K test chains. The fit's chains are cut at the
-training `max_len` (160 tokens, prompt included), the test chains are not; fitting on full-length chains
-is the open next step. Not here: the gates (gates.py), training (train.py).
+Measured (README): fit on chains cut at the training max_len (160 tokens) the head did not transfer to whole
+test chains (6.4% worse than the budget-only ablation); fit on whole chains with a price per chain only it
+was 5.5% better at equal mean layers but 0.4% at answer-token-weighted layers. With both counts held
+(`spend`): 3.5% and 2.4% on the whole GSM8K test split (CIs 2.5–4.5% and 1.3–3.4%; the gates without a head:
+1.7% and 0.8%). Not here: the gates (gates.py), training (train.py).
 """
 
 from __future__ import annotations
