@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from .budget import Budget
-from .train import TrainConfig, _examples, pooled_prompts
+from .train import TrainConfig, _examples, example_order, pooled_prompts
 
 
 def realized_layers(m, policy, prompts: list[list[int]], pad_id: int, budget: float, mode="threshold") -> list[float]:
@@ -67,7 +67,7 @@ def recalibrate(m, directory, prompts: int | None = None) -> dict:
     cfg = TrainConfig(**{**saved, "out": str(directory)})
     n = prompts or cfg.calib_prompts
     examples, source = _examples(cfg, m.tokenizer)
-    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+    order = example_order(cfg, len(examples))
     extra = max(0, n - cfg.calib_prompts)
     seen = cfg.steps * cfg.examples  # training examples visited, from the front of the remaining order
     if extra and cfg.calib_prompts + seen + extra > len(order):

@@ -179,7 +179,7 @@ def fit_artifact(m, directory, out, pairs: int = 320, max_len: int = 320, progre
     to `out`. Its chains are training chains the artifact's run never reached (just before the ones it held
     out for warm start and validation), cut at `max_len` tokens with the prompt, as the test chains are."""
     from .checkpoint import load_gates, read_config, save_gates
-    from .train import VAL_PAIRS, WARM_PAIRS, TrainConfig, _examples
+    from .train import VAL_PAIRS, WARM_PAIRS, TrainConfig, _examples, example_order
 
     training = read_config(directory).get("training") or {}
     saved = training.get("config")
@@ -189,7 +189,7 @@ def fit_artifact(m, directory, out, pairs: int = 320, max_len: int = 320, progre
         raise ValueError(f"need at least 8 chains to fit a depth head, got {pairs}")
     cfg = TrainConfig(**{**saved, "out": str(out)})
     examples, source = _examples(cfg, m.tokenizer, cut=max_len)  # the training run's examples, uncut answers
-    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+    order = example_order(cfg, len(examples))
     end = len(order) - WARM_PAIRS - VAL_PAIRS
     reached = cfg.calib_prompts + cfg.steps * cfg.examples  # the front of the order: calibration, then training
     if end - pairs < reached:

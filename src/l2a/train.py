@@ -126,6 +126,12 @@ def _examples(cfg: TrainConfig, tok, cut: int | None = None) -> tuple[list[tuple
     return out, source
 
 
+def example_order(cfg: TrainConfig, n: int) -> list[int]:
+    """The seeded order of a run's n examples: calibration prompts first, then training; the end is held out
+    (warm-start search, validation, depth head). Calibration and the depth fit rebuild it from the config."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+
+
 def _batch(exs, pad_id: int):
     """Right-padded (ids, attention, prompt mask, answer-target mask), each (N, T)."""
     T = max(len(p) + len(a) for p, a in exs)
@@ -223,7 +229,7 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     tok = m.tokenizer
     examples, source = _examples(cfg, tok)
     gen = torch.Generator().manual_seed(cfg.seed)
-    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+    order = example_order(cfg, len(examples))
     calib = [examples[i] for i in order[: cfg.calib_prompts]]
     # The end of the order is held out: the last WARM_PAIRS for the greedy warm-start search, the VAL_PAIRS
     # before them for checkpoint selection (disjoint, so selection does not favour the searched ranking).
