@@ -136,3 +136,6 @@ def test_fit_artifact_uses_unseen_whole_chains_and_writes_the_head(tmp_path):
     assert hasattr(q, "depth_w") == (rec["alpha"] > 0)
     with pytest.raises(ValueError, match="unseen chains remain"):
         fit_artifact(m, cfg.out, tmp_path / "depth2", pairs=70, progress=False)
+    with pytest.raises(ValueError, match="shorter than training"):
+        fit_artifact(m, cfg.out, tmp_path / "depth3", pairs=8, max_len=20, progress=False)
+    TrainConfig(max_len=512)  # without a depth head its length is no constraint

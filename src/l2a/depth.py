@@ -188,6 +188,8 @@ def fit_artifact(m, directory, out, pairs: int = 320, max_len: int = 320, progre
     if pairs < 8:
         raise ValueError(f"need at least 8 chains to fit a depth head, got {pairs}")
     cfg = TrainConfig(**{**saved, "out": str(out)})
+    if max_len < cfg.max_len:
+        raise ValueError(f"max_len {max_len} would cut the chains shorter than training did ({cfg.max_len} tokens)")
     examples, source = _examples(cfg, m.tokenizer, cut=max_len)  # the training run's examples, uncut answers
     order = example_order(cfg, len(examples))
     end = len(order) - WARM_PAIRS - VAL_PAIRS

@@ -95,7 +95,7 @@ class TrainConfig:
             raise ValueError("noise_end must be in (0, 1], val_every and samples >= 1")
         if self.depth_pairs < 0 or 0 < self.depth_pairs < 8:
             raise ValueError(f"depth_pairs must be 0 (no depth head) or at least 8, got {self.depth_pairs}")
-        if self.depth_max_len < self.max_len:
+        if self.depth_pairs and self.depth_max_len < self.max_len:
             raise ValueError(f"depth_max_len ({self.depth_max_len}) must be at least max_len ({self.max_len})")
         if self.cost not in ("request", "batch") or not 0 <= self.row_tol <= 1:
             raise ValueError(f"cost must be request or batch and row_tol in [0, 1], got {self.cost!r}, {self.row_tol!r}")
