@@ -63,12 +63,12 @@ def test_unknown_model_is_a_clean_user_error(capsys):
 
 def test_calibrate_needs_a_gate_artifact(capsys):
     assert cli.main(["calibrate"]) == 2
-    assert capsys.readouterr().err.startswith("l2a: error: l2a calibrate needs --gates DIR")
+    assert capsys.readouterr().err.splitlines()[-1].startswith("l2a: error: l2a calibrate needs --gates DIR")
 
 
 def test_fit_depth_and_check_gates_without_statics_say_what_they_need(capsys):
     assert cli.main(["fit-depth"]) == 2
-    assert capsys.readouterr().err.startswith("l2a: error: l2a fit-depth needs --gates DIR")
+    assert capsys.readouterr().err.splitlines()[-1].startswith("l2a: error: l2a fit-depth needs --gates DIR")
     assert cli.main(["check-gates", "--no-static"]) == 2
     assert "give --ablation DIR" in capsys.readouterr().err
 
@@ -86,3 +86,18 @@ def test_demo_question_source(tmp_path, monkeypatch):
     monkeypatch.delenv(demo.DATA_ENV)
     monkeypatch.setattr(demo, "_REPO_DATA", tmp_path / "absent.jsonl")
     assert demo._question(None) == (*demo.BUILTIN_QUESTION, "built-in question")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_dtype_auto_is_resolved_before_the_command_runs(native, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+    args = cli._parser().parse_args(["calibrate"])  # calibrate defaults to auto
+    assert args.dtype == "auto"
+    cli._resolve_auto_dtype(args)
+    assert args.dtype == ("bfloat16" if native else "float32")  # records carry the dtype that ran, never "auto"
+    assert ("no native bfloat16" in capsys.readouterr().err) is not native
+    assert cli._parser().parse_args(["eval", "--task", "mc", "--dtype", "auto"]).dtype == "auto"
+    with pytest.raises(SystemExit):
+        cli._parser().parse_args(["eval", "--task", "mc", "--dtype", "int8"])

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from l2a.loading import REGISTRY, ModelNotInstalledError, load, resolve_dtype
+from l2a.loading import REGISTRY, ModelNotInstalledError, load, native_bf16, resolve_dtype
 from l2a.record import read_records, run_record, write_record
 
 L = importlib.import_module("l2a.loading")
@@ -158,9 +158,23 @@ def test_resolve_dtype(given, want):
     assert resolve_dtype(given) is want
 
 
+def test_auto_dtype_is_bfloat16_only_where_the_cpu_runs_it_natively(monkeypatch):
+    import l2a.loading as loading
+
+    for native, want in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda native=native: native)
+        assert loading.native_bf16() is native and loading.auto_dtype() == str(want).removeprefix("torch.")
+        assert resolve_dtype("auto") is want and resolve_dtype("AUTO") is want
+        if not native:  # an explicit bfloat16 on such a CPU still loads, with a warning that says why
+            with pytest.warns(UserWarning, match="no native bfloat16"):
+                assert load(tiny_llama(), dtype="bfloat16").hf.dtype == torch.bfloat16
+            assert load(tiny_llama(), dtype="auto").hf.dtype == torch.float32
+    assert loading.native_bf16("meta") is False
+
+
 @pytest.mark.parametrize("bad", ["int8", "float64", torch.float64, 3])
 def test_invalid_dtype_lists_choices(bad):
-    with pytest.raises(ValueError, match="float32, bfloat16, float16"):
+    with pytest.raises(ValueError, match="auto, float32, bfloat16, float16"):
         resolve_dtype(bad)
     with pytest.raises(ValueError, match="float32, bfloat16, float16"):
         load("smollm2-135m", dtype=bad)  # validated before anything is read
@@ -260,6 +274,8 @@ def test_run_record_fields(tmp_path):
     assert rec["versions"]["torch"] == torch.__version__
     assert rec["git_sha"] is None or len(rec["git_sha"]) == 40
     assert rec["threads"] == torch.get_num_threads()
+    assert rec["device"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()  # timings name their kernels
+    assert rec["device"]["native_bf16"] is native_bf16()
     assert rec["time"].endswith("+00:00")
     out = tmp_path / "runs" / "records.jsonl"
     write_record(out, rec)

@@ -273,7 +273,8 @@ def _parser() -> argparse.ArgumentParser:
 
     def common(s, threads=2):
         s.add_argument("--model", default="smollm2-135m", help="registered name, model directory or .gguf (default: %(default)s)")
-        s.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="(default: %(default)s)")
+        s.add_argument("--dtype", default="float32", choices=("auto", "float32", "bfloat16"),
+                       help="auto = bfloat16 where the CPU/GPU runs it natively, else float32 (default: %(default)s)")
         s.add_argument("--threads", type=int, default=threads, help="torch threads (default: %(default)s)")
         s.add_argument("--out", help="append the JSON record to this JSON-lines file")
         s.add_argument("--gates", help="gate artifact directory (default: the shipped gates of a registered model)")
@@ -300,11 +301,11 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--sweep-limit", type=_positive, default=100, help="GSM8K items in the sweep (default: %(default)s)")
     d.add_argument("--sweep-budgets", type=_fractions, default=(1.0, 0.85, 0.7), help="(default: 1.0,0.85,0.7)")
     d.add_argument("--sweep-out", default="runs/demo/results.jsonl", help="sweep results (default: %(default)s)")
-    d.set_defaults(func=cmd_demo, dtype="bfloat16")
+    d.set_defaults(func=cmd_demo, dtype="auto")
 
     t = sub.add_parser("train", help="train budget-conditioned gates on a frozen base model (L2A objective)")
     common(t, threads=None)
-    t.set_defaults(dtype="bfloat16")
+    t.set_defaults(dtype="auto")
     t.add_argument("--gates-out", default="runs/gates", help="artifact and training-state directory (resumes)")
     t.add_argument("--data", help="GSM8K-style train JSON lines (default: shared data, hub, else generated)")
     t.add_argument("--steps", type=_positive, default=300)
@@ -343,7 +344,7 @@ def _parser() -> argparse.ArgumentParser:
 
     k = sub.add_parser("train-think", help="fit the gates' think allowance by truncation probing (reasoning axis)")
     common(k, threads=None)
-    k.set_defaults(dtype="bfloat16")
+    k.set_defaults(dtype="auto")
     k.add_argument("--gates-out", default="runs/think", help="probes.jsonl (resumes) and the updated artifact")
     k.add_argument("--data", help="GSM8K-style train JSON lines (default: shared data, hub, else generated)")
     k.add_argument("--problems", type=_positive, default=256, help="training problems probed (default: 256)")
@@ -399,13 +400,13 @@ def _parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("calibrate", help="refit trained gates' budget calibration (tracking) on held-out prompts")
     common(a)
-    a.set_defaults(dtype="bfloat16")
+    a.set_defaults(dtype="auto")
     a.add_argument("--prompts", type=_positive, help="held-out prompts (default: the training run's calib_prompts)")
     a.set_defaults(func=cmd_calibrate)
 
     f = sub.add_parser("fit-depth", help="add a depth head (per-prompt layer count) to trained gates (depth.py)")
     common(f)
-    f.set_defaults(dtype="bfloat16")
+    f.set_defaults(dtype="auto")
     f.add_argument("--gates-out", help="where to write the gates with the head")
     f.add_argument("--pairs", type=_positive, default=320, help="unseen train chains to fit on (default: %(default)s)")
     f.add_argument("--max-len", type=_positive, default=320, help="their length, prompt included (default: %(default)s)")
@@ -426,6 +427,17 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _resolve_auto_dtype(args) -> None:
+    """`--dtype auto` becomes the dtype it means here before anything runs, so records name what ran."""
+    if getattr(args, "dtype", None) == "auto":
+        from .loading import auto_dtype
+
+        args.dtype = auto_dtype()
+        if args.dtype != "bfloat16":
+            print("l2a: --dtype auto: float32 (this CPU has no native bfloat16; emulated it is ~50-100x slower)",
+                  file=sys.stderr)
+
+
 def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -434,6 +446,7 @@ def main(argv=None) -> int:
         return 2
     _env_defaults()
     try:
+        _resolve_auto_dtype(args)
         return args.func(args)
     except KeyboardInterrupt:
         print("l2a: interrupted", file=sys.stderr)

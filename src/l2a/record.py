@@ -22,6 +22,7 @@ def run_record(command: str, config, results) -> dict:
     import torch
 
     from . import __version__
+    from .loading import native_bf16
 
     git_sha, git_dirty = _git_state()
     return {
@@ -38,6 +39,8 @@ def run_record(command: str, config, results) -> dict:
         "git_dirty": git_dirty,
         "device": {
             "cpu": _cpu_name(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # e.g. AVX2, AVX512: kernels torch picked
+            "native_bf16": native_bf16(),  # False: bfloat16 is emulated here (loading.native_bf16)
             "platform": platform.platform(),
             "accelerator": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         },

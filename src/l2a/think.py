@@ -49,13 +49,16 @@ class ThinkConfig:
     batch_size: int = 16
     holdout: float = 0.2  # share of probed problems held out for the report
     seed: int = 0
-    dtype: str = "bfloat16"
+    dtype: str = "auto"  # base model dtype; "auto" (resolved here): bfloat16 where the CPU runs it natively
     prompt: str = "steps"  # instruction style (tasks.INSTRUCTIONS) of the probed chains and the head's input
 
     def __post_init__(self):
+        from .loading import auto_dtype
         from .tasks import check_style
 
         check_style(self.prompt)
+        if self.dtype == "auto":
+            self.dtype = auto_dtype()
         if self.problems < 10 or self.max_new_tokens < 8 or self.batch_size < 1:
             raise ValueError("problems must be >= 10, max_new_tokens >= 8 and batch_size >= 1")
         if not 0.0 < self.holdout < 0.9:

@@ -43,7 +43,7 @@ class TrainConfig:
     max_len: int = 160  # tokens per example (prompt + start of the chain of thought)
     lr: float = 3e-3  # AdamW learning rate of the gates
     seed: int = 0  # data order, budgets, gate noise
-    dtype: str = "bfloat16"  # base model dtype while training
+    dtype: str = "auto"  # base model dtype while training; "auto" (resolved here): bfloat16 where native, else float32
     tau_start: float = 1.0  # Gumbel-sigmoid temperature, annealed geometrically
     tau_end: float = 0.2
     p_full: float = 0.15  # share of examples whose higher budget is 1.0 (protects dense quality)
@@ -83,6 +83,10 @@ class TrainConfig:
     limit: int | None = None  # use only the first N training examples
 
     def __post_init__(self):
+        if self.dtype == "auto":
+            from .loading import auto_dtype
+
+            self.dtype = auto_dtype()
         if self.steps < 1 or self.examples < 1 or self.max_len < 16:
             raise ValueError("steps and examples must be >= 1 and max_len >= 16")
         if not 0 < self.layer_min <= 1 or not 0 < self.head_min <= 1:
