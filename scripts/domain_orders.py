@@ -12,48 +12,12 @@ telling domains apart; the matrix shows how much.
 """
 
 import argparse
-import glob
-import importlib
-import inspect
 import json
 import os
-import random
 import re
-import sys
-import sysconfig
-import warnings
 
-P, A = 48, 112  # prompt and answer tokens of a text window
-
-
-def _docstrings() -> list[str]:
-    warnings.simplefilter("ignore")
-    out = []
-    for name in sorted(sys.stdlib_module_names):
-        if name.startswith("_") or name in {"antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo"}:
-            continue
-        try:
-            mod = importlib.import_module(name)
-        except Exception:  # noqa: BLE001 (platform-specific modules)
-            continue
-        objs = [mod] + [v for k, v in vars(mod).items() if not k.startswith("_") and getattr(v, "__module__", "") == name
-                        and (inspect.isclass(v) or inspect.isfunction(v))]
-        out += [d for d in map(inspect.getdoc, objs) if d and len(d) >= 600]
-    return out
-
-
-def _code() -> list[str]:
-    files = sorted(glob.glob(os.path.join(sysconfig.get_paths()["stdlib"], "*.py")))[:200]
-    return [open(f, encoding="utf-8", errors="ignore").read() for f in files]
-
-
-def _windows(tok, texts, n, seed):
-    out = []
-    for t in texts:
-        ids = tok(t, add_special_tokens=False)["input_ids"]
-        out += [(ids[s : s + P], ids[s + P : s + P + A]) for s in range(0, len(ids) - P - A + 1, P + A)]
-    random.Random(seed).shuffle(out)
-    return out[:n]
+from l2a.prose import ANSWER as A
+from l2a.prose import docstrings, source_files, windows
 
 
 def main() -> None:
@@ -76,7 +40,7 @@ def main() -> None:
     rows, _ = load_math(None, split="train")
     gsm = [(math_prompt(tok, r["question"]), tok(re.sub(r"<<[^>]*>>", "", r["answer"]), add_special_tokens=False)["input_ids"][:A])
            for r in rows[:400]]
-    domains = {"gsm8k": gsm, "docs": _windows(tok, _docstrings(), 400, 1), "code": _windows(tok, _code(), 400, 2)}
+    domains = {"gsm8k": gsm, "docs": windows(tok, docstrings(), 400, 1), "code": windows(tok, source_files(), 400, 2)}
     orders = {"gsm8k": read_config(m.gates_path)["training"]["warm_start_order"]}
     for name in ("docs", "code"):
         orders[name] = greedy_kl_order(m, domains[name][-16:], list(range(1, L - 1)), 12, pad_id=tok.pad_token_id or 0)

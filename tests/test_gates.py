@@ -527,3 +527,28 @@ def test_reduction_ci_is_paired_over_chains():
     ours = theirs * torch.tensor([0.5, 1.0, 0.5, 1.0, 0.5])  # halved on three chains: 1 - 16/18 overall
     lo, hi = reduction_ci(ours, theirs)
     assert 0 <= lo < 1 - ours.sum() / theirs.sum() < hi <= 0.5  # resamples range from no halved chain to all
+
+
+def test_warm_text_adds_prose_windows_to_the_greedy_search(tmp_path, monkeypatch):
+    import l2a.prose
+    import l2a.static
+    from l2a.train import WARM_PAIRS
+
+    text = "The quick brown fox jumps over the lazy dog, then rests. " * 40  # ~2,300 characters
+    wins = l2a.prose.windows(tiny_tokenizer(), [text, text[:100]], n=50, seed=0)
+    assert len(wins) == len(tiny_tokenizer()(text)["input_ids"]) // 160  # whole windows of the long text only
+    assert all(len(p) == l2a.prose.PROMPT and len(a) == l2a.prose.ANSWER for p, a in wins)
+    assert l2a.prose.windows(tiny_tokenizer(), [text], n=3, seed=0) == wins[:3]  # seeded: a prefix of the same order
+
+    seen = []
+    real = l2a.static.greedy_kl_order
+    monkeypatch.setattr(l2a.prose, "docstrings", lambda: [text])
+    monkeypatch.setattr(l2a.static, "greedy_kl_order", lambda m, pairs, *a, **k: seen.append(pairs) or real(m, pairs, *a, **k))
+    m, cfg = _setup(tmp_path)
+    cfg = TrainConfig(**{**cfg.__dict__, "warm_start": "greedy-kl", "warm_text": 3, "steps": 1, "save_every": 1})
+    train(cfg, model=m, progress=False)
+    assert len(seen) == 1 and len(seen[0]) == WARM_PAIRS + 3 and seen[0][-3:] == l2a.prose.windows(m.tokenizer, [text], 3, cfg.seed)
+    with pytest.raises(ValueError, match="warm_text needs warm_start greedy-kl"):
+        TrainConfig(warm_text=4)
+    with pytest.raises(ValueError, match="warm_text needs"):
+        TrainConfig(warm_start="greedy-kl", warm_text=-1)

@@ -60,6 +60,7 @@ class TrainConfig:
     track: float = 0.0  # weight of (E[cost] - b)^2 per axis (10 tracked budgets to ±0.013 but chose worse layers)
     warm_start: str | None = None  # initial layer ranking: "block-influence" or "greedy-kl" (WARM_STARTS)
     warm_scale: float = 1.5  # warm start: the static ranking's z-scores times this are added to the logit bias
+    warm_text: int = 0  # greedy-kl: generic prose windows (stdlib docstrings, prose.py) searched on with the task's
     lambda_init: float = 20.0  # initial cost multipliers
     dual_lr: float = 20.0  # dual ascent step on the multipliers (per unit of mean violation)
     dual: str = "violations"  # multiplier update: "violations" (only rows over budget; never decreases) or
@@ -105,6 +106,8 @@ class TrainConfig:
             raise ValueError(f"cost must be request or batch and row_tol in [0, 1], got {self.cost!r}, {self.row_tol!r}")
         if self.estimator not in ("st", "score"):
             raise ValueError(f"estimator must be st or score, got {self.estimator!r}")
+        if self.warm_text < 0 or (self.warm_text and self.warm_start != "greedy-kl"):
+            raise ValueError(f"warm_text needs warm_start greedy-kl and must be >= 0, got {self.warm_text!r}")
         if self.warm_start is not None and self.warm_start not in WARM_STARTS:
             raise ValueError(f"warm_start must be one of {', '.join(WARM_STARTS)} or None, got {self.warm_start!r}")
 
@@ -341,8 +344,9 @@ VAL_PAIRS = 32  # select = "val-kl": held-out training examples checkpoints are 
 def _warm_start(m, policy: GatePolicy, cfg: TrainConfig, held_out: list) -> list[int] | None:
     """Rank layers initially by a static ranking (z-scored, added to the keep-logit bias), so training
     starts from the static choice and refines it per input and budget: Block Influence, or the greedy
-    removal order under teacher-forced KL (static.greedy_kl_order, searched on `held_out` examples down
-    to 40% of the layers; kept in `out/warm_start.json`, so a resumed run does not search again).
+    removal order under teacher-forced KL (static.greedy_kl_order, searched on `held_out` examples and
+    `warm_text` windows of generic prose down to 40% of the layers; kept in `out/warm_start.json`, so a
+    resumed run does not search again).
     Returns the greedy order (least important first) when that ran."""
     from .static import Calibration, greedy_kl_order, stats_for
 
@@ -357,6 +361,10 @@ def _warm_start(m, policy: GatePolicy, cfg: TrainConfig, held_out: list) -> list
         else:
             pad = m.tokenizer.pad_token_id if m.tokenizer.pad_token_id is not None else 0
             n_remove = max(0, len(gate) + policy.config.protected - math.ceil(cfg.layer_min * policy.config.n_layers))
+            if cfg.warm_text:
+                from .prose import docstrings, windows
+
+                held_out = held_out + windows(m.tokenizer, docstrings(), cfg.warm_text, cfg.seed)
             order = greedy_kl_order(m, held_out, gate, n_remove, pad_id=pad)
             cache.parent.mkdir(parents=True, exist_ok=True)
             cache.write_text(json.dumps({"warm_start": cfg.warm_start, "order": order}) + "\n")
