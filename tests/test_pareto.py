@@ -177,3 +177,10 @@ def test_at_equal_latency_interpolates_the_learned_curve_at_each_best_static_poi
     assert rows[1]["static"] == "angular" and rows[1]["static_y"] == pytest.approx(0.38)  # (0.5, 0.30)-(0.7, 0.46)
     y, rows = static_at_learned(nll)
     assert rows[1]["gain"] == pytest.approx(0.02)  # NLL 1.60 against the curve's 1.62: lower is better
+    # at equal modeled FLOPs: the same comparison on `flops_per_token`, whatever the clock said
+    flops = [dict(r, flops_per_token=r["seconds_per_item"], seconds_per_item=0.95 if r["method"] == "angular"
+                  else r["seconds_per_item"]) for r in lines]
+    y, rows = at_equal_latency(flops, x="flops_per_token")
+    assert rows[0]["learned_y"] == pytest.approx(0.45) and rows[0]["seconds"] == 0.7
+    assert at_equal_latency(flops)[1][0]["learned_y"] == pytest.approx(0.575)  # on the (slow) clock: 0.50 + 0.15 * 0.5
+    assert static_at_learned(flops, x="flops_per_token")[1][0]["gain"] == pytest.approx(0.50 - (0.46 + 0.14 / 3))

@@ -142,27 +142,29 @@ def _layers_budget(b) -> float:
     return b.get("layers", 1.0) if isinstance(b, dict) else float(b)
 
 
-def _latency_view(lines: list[dict], learned: str):
-    """What both equal-latency comparisons read: (y_key, sign (gain > 0: the learned method is better),
-    the learned method's lines, the static methods' lines (on the learned method's axes), dense's (s, y)).
-    y is NLL per token (lower is better) where every line has one (gsm8k-loglik), else accuracy."""
+def _latency_view(lines: list[dict], learned: str, x: str):
+    """What both equal-cost comparisons read: (y_key, sign (gain > 0: the learned method is better),
+    the learned method's lines, the static methods' lines (on the learned method's axes), dense's (x, y)).
+    y is NLL per token (lower is better) where every line has one (gsm8k-loglik), else accuracy. x is the
+    cost: measured `seconds_per_item`, or modeled `flops_per_token` (noise-free, blind to overheads)."""
     y = "nll" if lines and all(r.get("nll") is not None for r in lines) else "accuracy"
-    ok = [r for r in lines if _finite(r.get("seconds_per_item"), r.get(y))]
+    ok = [r for r in lines if _finite(r.get(x), r.get(y))]
     ours = [r for r in ok if r["method"] == learned]
     axes = {r.get("axis") for r in ours}
     statics = [r for r in ok if r["method"] != "dense" and not r["method"].startswith("l2a")
                and r["method"] != learned and r.get("axis") in axes]
-    dense = [(r["seconds_per_item"], r[y]) for r in ok if r["method"] == "dense"]
+    dense = [(r[x], r[y]) for r in ok if r["method"] == "dense"]
     return y, (-1.0 if y == "nll" else 1.0), ours, statics, dense
 
 
-def at_equal_latency(lines: list[dict], learned: str = "l2a") -> tuple[str, list[dict]]:
+def at_equal_latency(lines: list[dict], learned: str = "l2a", x: str = "seconds_per_item") -> tuple[str, list[dict]]:
     """(y_key, rows): per budget below 1, the best static point at that budget against the `learned`
     method's curve (its points and dense, y vs measured seconds per item) interpolated at that point's
     measured latency, the comparison "above the best static baseline at equal measured latency" is judged
-    by. A row's `gain` is None when the static point is faster or slower than every learned point."""
-    y, sign, ours, statics, dense = _latency_view(lines, learned)
-    curve = [(r["seconds_per_item"], r[y]) for r in ours] + dense
+    by (`x="flops_per_token"`: at equal modeled FLOPs instead). A row's `gain` is None when the static point
+    is cheaper or costlier than every learned point; its `seconds` is the static point's x."""
+    y, sign, ours, statics, dense = _latency_view(lines, learned, x)
+    curve = [(r[x], r[y]) for r in ours] + dense
     best: dict = {}
     for r in statics:
         b = _layers_budget(r["budget"])
@@ -171,26 +173,26 @@ def at_equal_latency(lines: list[dict], learned: str = "l2a") -> tuple[str, list
     rows = []
     for b in sorted(best, reverse=True):
         r = best[b]
-        at = interpolate(curve, r["seconds_per_item"]) if curve else None
-        rows.append({"budget": b, "static": r["method"], "static_y": r[y], "seconds": r["seconds_per_item"],
+        at = interpolate(curve, r[x]) if curve else None
+        rows.append({"budget": b, "static": r["method"], "static_y": r[y], "seconds": r[x],
                      "learned_y": at, "gain": None if at is None else sign * (at - r[y])})
     return y, rows
 
 
-def static_at_learned(lines: list[dict], learned: str = "l2a") -> tuple[str, list[dict]]:
+def static_at_learned(lines: list[dict], learned: str = "l2a", x: str = "seconds_per_item") -> tuple[str, list[dict]]:
     """The other direction of `at_equal_latency`: per point of the learned method below budget 1, every
     static method's curve (its points and dense) interpolated at that point's measured latency, the best
     of them, and the learned point's `gain` over it (None when no static curve spans that latency)."""
-    y, sign, ours, statics, dense = _latency_view(lines, learned)
+    y, sign, ours, statics, dense = _latency_view(lines, learned, x)
     curves: dict = {}
     for r in statics:
-        curves.setdefault(r["method"], []).append((r["seconds_per_item"], r[y]))
+        curves.setdefault(r["method"], []).append((r[x], r[y]))
     rows = []
     for r in sorted((r for r in ours if _layers_budget(r["budget"]) < 1.0), key=lambda r: -_layers_budget(r["budget"])):
-        at = {m: interpolate(pts + dense, r["seconds_per_item"]) for m, pts in curves.items()}
+        at = {m: interpolate(pts + dense, r[x]) for m, pts in curves.items()}
         at = {m: v for m, v in at.items() if v is not None}
         top = max(at, key=lambda m: sign * at[m]) if at else None
-        rows.append({"budget": _layers_budget(r["budget"]), "learned_y": r[y], "seconds": r["seconds_per_item"],
+        rows.append({"budget": _layers_budget(r["budget"]), "learned_y": r[y], "seconds": r[x],
                      "static": top, "static_y": at.get(top), "gain": None if top is None else sign * (r[y] - at[top])})
     return y, rows
 
@@ -338,23 +340,26 @@ def report(results_path, out_dir=None, plots: bool = True) -> dict:
         for method, s in sp.items():
             md.append(f"- {method}: " + ("none" if s is None else f"{100 * s:.1f}% of layers skipped"))
         md.append("")
-        y_key, rows = at_equal_latency(rs)
-        if rows:
+        for x, what, unit, scale in (("seconds_per_item", "measured latency", "s/item", 1.0),
+                                     ("flops_per_token", "modeled FLOPs", "GFLOP/token", 1e-9)):
+            y_key, rows = at_equal_latency(rs, x=x)
+            if not rows:
+                continue
             pct, f = (1.0, ".3f") if y_key == "nll" else (100.0, ".1f")
-            md.append(f"l2a vs the best static point of each budget at equal measured latency ({y_key}; l2a's "
-                      "curve through its points and dense, interpolated at the static point's s/item):\n")
-            md.append(f"| budget | best static | its {y_key} | its s/item | l2a at that s/item | gain |\n|---|---|---|---|---|---|")
-            md += [f"| {r['budget']:g} | {r['static']} | {pct * r['static_y']:{f}} | {r['seconds']:.4f} | "
-                   + ("– (outside l2a's measured range) | – |" if r["gain"] is None else
+            md.append(f"l2a vs the best static point of each budget at equal {what} ({y_key}; l2a's "
+                      f"curve through its points and dense, interpolated at the static point's {unit}):\n")
+            md.append(f"| budget | best static | its {y_key} | its {unit} | l2a at that {unit} | gain |\n|---|---|---|---|---|---|")
+            md += [f"| {r['budget']:g} | {r['static']} | {pct * r['static_y']:{f}} | {scale * r['seconds']:.4f} | "
+                   + ("– (outside l2a's range) | – |" if r["gain"] is None else
                       f"{pct * r['learned_y']:{f}} | {pct * r['gain']:+{f}} |") for r in rows]
             won = sum(1 for r in rows if r["gain"] is not None and r["gain"] > 0)
-            md.append(f"\nl2a above the best static point at equal latency at {won} of {len(rows)} budgets.\n")
-            md.append("The other direction: each l2a point against the best static curve interpolated at its s/item:\n")
-            md.append(f"| budget | l2a {y_key} | its s/item | best static curve there | gain |\n|---|---|---|---|---|")
-            md += [f"| {r['budget']:g} | {pct * r['learned_y']:{f}} | {r['seconds']:.4f} | "
+            md.append(f"\nl2a above the best static point at equal {what} at {won} of {len(rows)} budgets.\n")
+            md.append(f"The other direction: each l2a point against the best static curve interpolated at its {unit}:\n")
+            md.append(f"| budget | l2a {y_key} | its {unit} | best static curve there | gain |\n|---|---|---|---|---|")
+            md += [f"| {r['budget']:g} | {pct * r['learned_y']:{f}} | {scale * r['seconds']:.4f} | "
                    + ("– (no static curve spans it) | – |" if r["gain"] is None else
                       f"{r['static']} {pct * r['static_y']:{f}} | {pct * r['gain']:+{f}} |")
-                   for r in static_at_learned(rs)[1]]
+                   for r in static_at_learned(rs, x=x)[1]]
             md.append("")
         twin = _dense_task(task)
         baselines = [(rs, "a fixed cap", twin == task)] + (  # (caps, named, dense ends the cap curve)
