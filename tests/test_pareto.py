@@ -181,6 +181,6 @@ def test_at_equal_latency_interpolates_the_learned_curve_at_each_best_static_poi
     flops = [dict(r, flops_per_token=r["seconds_per_item"], seconds_per_item=0.95 if r["method"] == "angular"
                   else r["seconds_per_item"]) for r in lines]
     y, rows = at_equal_latency(flops, x="flops_per_token")
-    assert rows[0]["learned_y"] == pytest.approx(0.45) and rows[0]["seconds"] == 0.7
+    assert rows[0]["learned_y"] == pytest.approx(0.45) and rows[0]["x"] == 0.7
     assert at_equal_latency(flops)[1][0]["learned_y"] == pytest.approx(0.575)  # on the (slow) clock: 0.50 + 0.15 * 0.5
     assert static_at_learned(flops, x="flops_per_token")[1][0]["gain"] == pytest.approx(0.50 - (0.46 + 0.14 / 3))

@@ -162,7 +162,7 @@ def at_equal_latency(lines: list[dict], learned: str = "l2a", x: str = "seconds_
     method's curve (its points and dense, y vs measured seconds per item) interpolated at that point's
     measured latency, the comparison "above the best static baseline at equal measured latency" is judged
     by (`x="flops_per_token"`: at equal modeled FLOPs instead). A row's `gain` is None when the static point
-    is cheaper or costlier than every learned point; its `seconds` is the static point's x."""
+    is cheaper or costlier than every learned point; its `x` is the static point's cost."""
     y, sign, ours, statics, dense = _latency_view(lines, learned, x)
     curve = [(r[x], r[y]) for r in ours] + dense
     best: dict = {}
@@ -174,7 +174,7 @@ def at_equal_latency(lines: list[dict], learned: str = "l2a", x: str = "seconds_
     for b in sorted(best, reverse=True):
         r = best[b]
         at = interpolate(curve, r[x]) if curve else None
-        rows.append({"budget": b, "static": r["method"], "static_y": r[y], "seconds": r[x],
+        rows.append({"budget": b, "static": r["method"], "static_y": r[y], "x": r[x],
                      "learned_y": at, "gain": None if at is None else sign * (at - r[y])})
     return y, rows
 
@@ -192,7 +192,7 @@ def static_at_learned(lines: list[dict], learned: str = "l2a", x: str = "seconds
         at = {m: interpolate(pts + dense, r[x]) for m, pts in curves.items()}
         at = {m: v for m, v in at.items() if v is not None}
         top = max(at, key=lambda m: sign * at[m]) if at else None
-        rows.append({"budget": _layers_budget(r["budget"]), "learned_y": r[y], "seconds": r[x],
+        rows.append({"budget": _layers_budget(r["budget"]), "learned_y": r[y], "x": r[x],
                      "static": top, "static_y": at.get(top), "gain": None if top is None else sign * (r[y] - at[top])})
     return y, rows
 
@@ -349,14 +349,14 @@ def report(results_path, out_dir=None, plots: bool = True) -> dict:
             md.append(f"l2a vs the best static point of each budget at equal {what} ({y_key}; l2a's "
                       f"curve through its points and dense, interpolated at the static point's {unit}):\n")
             md.append(f"| budget | best static | its {y_key} | its {unit} | l2a at that {unit} | gain |\n|---|---|---|---|---|---|")
-            md += [f"| {r['budget']:g} | {r['static']} | {pct * r['static_y']:{f}} | {scale * r['seconds']:.4f} | "
+            md += [f"| {r['budget']:g} | {r['static']} | {pct * r['static_y']:{f}} | {scale * r['x']:.4f} | "
                    + ("– (outside l2a's range) | – |" if r["gain"] is None else
                       f"{pct * r['learned_y']:{f}} | {pct * r['gain']:+{f}} |") for r in rows]
             won = sum(1 for r in rows if r["gain"] is not None and r["gain"] > 0)
             md.append(f"\nl2a above the best static point at equal {what} at {won} of {len(rows)} budgets.\n")
             md.append(f"The other direction: each l2a point against the best static curve interpolated at its {unit}:\n")
             md.append(f"| budget | l2a {y_key} | its {unit} | best static curve there | gain |\n|---|---|---|---|---|")
-            md += [f"| {r['budget']:g} | {pct * r['learned_y']:{f}} | {scale * r['seconds']:.4f} | "
+            md += [f"| {r['budget']:g} | {pct * r['learned_y']:{f}} | {scale * r['x']:.4f} | "
                    + ("– (no static curve spans it) | – |" if r["gain"] is None else
                       f"{r['static']} {pct * r['static_y']:{f}} | {pct * r['gain']:+{f}} |")
                    for r in static_at_learned(rs, x=x)[1]]
