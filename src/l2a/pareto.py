@@ -142,7 +142,7 @@ def _layers_budget(b) -> float:
     return b.get("layers", 1.0) if isinstance(b, dict) else float(b)
 
 
-def _latency_view(lines: list[dict], learned: str, x: str):
+def _cost_view(lines: list[dict], learned: str, x: str):
     """What both equal-cost comparisons read: (y_key, sign (gain > 0: the learned method is better),
     the learned method's lines, the static methods' lines (on the learned method's axes), dense's (x, y)).
     y is NLL per token (lower is better) where every line has one (gsm8k-loglik), else accuracy. x is the
@@ -163,7 +163,7 @@ def at_equal_latency(lines: list[dict], learned: str = "l2a", x: str = "seconds_
     measured latency, the comparison "above the best static baseline at equal measured latency" is judged
     by (`x="flops_per_token"`: at equal modeled FLOPs instead). A row's `gain` is None when the static point
     is cheaper or costlier than every learned point; its `x` is the static point's cost."""
-    y, sign, ours, statics, dense = _latency_view(lines, learned, x)
+    y, sign, ours, statics, dense = _cost_view(lines, learned, x)
     curve = [(r[x], r[y]) for r in ours] + dense
     best: dict = {}
     for r in statics:
@@ -181,9 +181,9 @@ def at_equal_latency(lines: list[dict], learned: str = "l2a", x: str = "seconds_
 
 def static_at_learned(lines: list[dict], learned: str = "l2a", x: str = "seconds_per_item") -> tuple[str, list[dict]]:
     """The other direction of `at_equal_latency`: per point of the learned method below budget 1, every
-    static method's curve (its points and dense) interpolated at that point's measured latency, the best
+    static method's curve (its points and dense) interpolated at that point's cost `x`, the best
     of them, and the learned point's `gain` over it (None when no static curve spans that latency)."""
-    y, sign, ours, statics, dense = _latency_view(lines, learned, x)
+    y, sign, ours, statics, dense = _cost_view(lines, learned, x)
     curves: dict = {}
     for r in statics:
         curves.setdefault(r["method"], []).append((r[x], r[y]))
