@@ -552,3 +552,34 @@ def test_warm_text_adds_prose_windows_to_the_greedy_search(tmp_path, monkeypatch
         TrainConfig(warm_text=4)
     with pytest.raises(ValueError, match="warm_text needs"):
         TrainConfig(warm_start="greedy-kl", warm_text=-1)
+
+
+def test_train_text_mixes_unsearched_prose_windows_into_each_step(tmp_path, monkeypatch):
+    import l2a.prose
+    import l2a.train
+    from l2a.train import PROSE_HELD, _examples, example_order
+
+    text = "A plain sentence about rivers, towns and the weather in spring. " * 300  # ~19,000 characters
+    monkeypatch.setattr(l2a.prose, "docstrings", lambda: [text])
+    batches, fitted = [], []
+    real_batch = l2a.train._batch
+    monkeypatch.setattr(l2a.train, "_batch", lambda exs, pad: batches.append(list(exs)) or real_batch(exs, pad))
+    real_fit = GatePolicy.fit_input
+    monkeypatch.setattr(GatePolicy, "fit_input", lambda self, pooled: fitted.append(len(pooled)) or real_fit(self, pooled))
+    m, cfg = _setup(tmp_path)
+    cfg = TrainConfig(**{**cfg.__dict__, "max_len": 160, "train_text": 0.5, "steps": 3, "save_every": 3, "calib_prompts": 4})
+    train(cfg, model=m, progress=False)
+    wins = l2a.prose.windows(m.tokenizer, [text], 10**9, cfg.seed)
+    assert len(wins) > PROSE_HELD + 6
+    exs, _ = _examples(cfg, m.tokenizer)
+    train_idx = example_order(cfg, len(exs))[cfg.calib_prompts :]
+    for step, b in enumerate(batches):  # 2 task examples then 2 prose windows, each in its own order
+        assert b[:2] == [exs[train_idx[2 * step + j]] for j in range(2)]
+        assert b[2:] == wins[PROSE_HELD + 2 * step : PROSE_HELD + 2 * step + 2]  # never the held-out windows
+    assert len(batches) == 3 and fitted[0] == min(128, len(train_idx)) + min(128, len(wins) - PROSE_HELD)  # router input: both, as drawn
+    with pytest.raises(ValueError, match="train_text must be in"):
+        TrainConfig(train_text=1.0)
+    with pytest.raises(ValueError, match="at least one prose example"):
+        TrainConfig(train_text=0.1, examples=4)
+    with pytest.raises(ValueError, match="max_len >= 160"):
+        train(TrainConfig(**{**cfg.__dict__, "max_len": 48, "out": str(tmp_path / "short")}), model=m, progress=False)

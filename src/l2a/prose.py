@@ -1,9 +1,9 @@
 """Generic text that every machine has: the Python standard library's docstrings (English prose) and
 source (Python code), cut into (prompt, continuation) token windows. No downloads, no dataset files.
 
-Used to search the greedy-KL warm-start order on more than the task's own text (`l2a train --warm-text N`)
-and by `scripts/domain_orders.py`. The text depends on the Python version (3.11 here) and on which
-standard modules import on the platform.
+Used to search the greedy-KL warm-start order on more than the task's own text (`l2a train --warm-text N`),
+to train on besides the task's text (`l2a train --train-text F`) and by `scripts/domain_orders.py`. The
+text depends on the Python version (3.11 here) and on which standard modules import on the platform.
 """
 
 from __future__ import annotations
@@ -58,3 +58,12 @@ def windows(tok, texts: list[str], n: int, seed: int) -> list[tuple[list[int], l
         out += [(ids[s : s + PROMPT], ids[s + PROMPT : s + step]) for s in range(0, len(ids) - step + 1, step)]
     random.Random(seed).shuffle(out)
     return out[:n]
+
+
+def training_windows(tok, seed: int, skip: int) -> list[tuple[list[int], list[int]]]:
+    """All docstring windows in `windows`' seeded order but the first `skip` (held out: the warm-start
+    search takes its windows from the front of the same order)."""
+    out = windows(tok, docstrings(), 10**9, seed)[skip:]
+    if not out:
+        raise ValueError(f"no generic prose windows left to train on after the first {skip}")
+    return out

@@ -61,6 +61,8 @@ class TrainConfig:
     warm_start: str | None = None  # initial layer ranking: "block-influence" or "greedy-kl" (WARM_STARTS)
     warm_scale: float = 1.5  # warm start: the static ranking's z-scores times this are added to the logit bias
     warm_text: int = 0  # greedy-kl: generic prose windows (stdlib docstrings, prose.py) searched on with the task's
+    train_text: float = 0.0  # share of each step's examples that are generic prose windows (prose.py) instead of
+    #   the task's: the objective then also sees text unlike GSM8K (out-of-domain prompts route from it too)
     lambda_init: float = 20.0  # initial cost multipliers
     dual_lr: float = 20.0  # dual ascent step on the multipliers (per unit of mean violation)
     dual: str = "violations"  # multiplier update: "violations" (only rows over budget; never decreases) or
@@ -108,6 +110,9 @@ class TrainConfig:
             raise ValueError(f"estimator must be st or score, got {self.estimator!r}")
         if self.warm_text < 0 or (self.warm_text and self.warm_start != "greedy-kl"):
             raise ValueError(f"warm_text needs warm_start greedy-kl and must be >= 0, got {self.warm_text!r}")
+        if not 0 <= self.train_text < 1 or (self.train_text and round(self.train_text * self.examples) < 1):
+            raise ValueError(f"train_text must be in [0, 1) and give at least one prose example per step "
+                             f"(train_text x examples >= 0.5), got {self.train_text!r} with {self.examples} examples")
         if self.warm_start is not None and self.warm_start not in WARM_STARTS:
             raise ValueError(f"warm_start must be one of {', '.join(WARM_STARTS)} or None, got {self.warm_start!r}")
 
@@ -256,7 +261,12 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     gcfg = gate_config(m, cfg, budget_only=cfg.ablation or cfg.fixed_budget is not None)
     policy = GatePolicy(gcfg)
-    policy.fit_input(pooled_prompts(m, policy, [examples[i][0] for i in train_idx[:256]], pad_id))
+    prose = _prose(cfg, tok)  # [] unless train_text
+    n_text = round(cfg.train_text * cfg.examples)  # prose examples per step
+    n_task = cfg.examples - n_text
+    first = [examples[i][0] for i in train_idx[: 256 * n_task // cfg.examples]]  # router input standardised
+    first += [p for p, _ in prose[: 256 * n_text // cfg.examples]]  # on prompts drawn as training draws them
+    policy.fit_input(pooled_prompts(m, policy, first, pad_id))
     warm_order = _warm_start(m, policy, cfg, held_out) if cfg.warm_start else None
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
     out = Path(cfg.out)
@@ -279,7 +289,8 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     t0 = time.time()
     for step in bar:
         n = cfg.examples
-        batch = [examples[train_idx[(step * n + j) % len(train_idx)]] for j in range(n)]
+        batch = [examples[train_idx[(step * n_task + j) % len(train_idx)]] for j in range(n_task)]
+        batch += [prose[(step * n_text + j) % len(prose)] for j in range(n_text)]
         ids, attn, prompt_mask, ans_mask = _batch(batch, pad_id)
         teacher, pooled = teacher_pass(m, ids, attn, prompt_mask, k)
         b_hi, b_lo = _sample_budgets(cfg, n, gen)
@@ -338,6 +349,18 @@ def gate_config(m, cfg: TrainConfig, **extra) -> GateConfig:
 WARM_STARTS = ("block-influence", "greedy-kl")
 WARM_PAIRS = 16  # greedy-kl: held-out training examples searched on (the end of the seeded order)
 VAL_PAIRS = 32  # select = "val-kl": held-out training examples checkpoints are scored on (just before those)
+PROSE_HELD = 64  # train_text: prose windows never trained on (the warm-start search's come from these)
+
+
+def _prose(cfg: TrainConfig, tok) -> list[tuple[list[int], list[int]]]:
+    """The prose windows training draws from: prose.py's seeded order after the first PROSE_HELD."""
+    if not cfg.train_text:
+        return []
+    from .prose import ANSWER, PROMPT, training_windows
+
+    if PROMPT + ANSWER > cfg.max_len:
+        raise ValueError(f"train_text needs max_len >= {PROMPT + ANSWER} (a prose window's tokens), got {cfg.max_len}")
+    return training_windows(tok, cfg.seed, skip=max(PROSE_HELD, cfg.warm_text))
 
 
 @torch.no_grad()
