@@ -72,9 +72,22 @@ def test_lines_resume_and_reuse(gm, files, tmp_path, monkeypatch):
     assert len(read_results(out)) == 5
 
 
+def test_per_item_values_give_the_line_and_follow_the_file(gm, files, tmp_path):
+    res = run(gm, files, None, methods=["dense", "block-influence"], budgets=[0.5])
+    for r in res:  # each item's score, in file order: their mean is the accuracy
+        assert len(r["item_scores"]) == r["n"] == 4 and set(r["item_scores"]) <= {0.0, 1.0}
+        assert sum(r["item_scores"]) / 4 == pytest.approx(r["accuracy"])
+    one = run(gm, files, None, methods=["dense"], limit=1)[0]
+    assert one["item_scores"] == res[0]["item_scores"][:1]  # the first item scores alike alone
+    (nll,) = run(gm, files, None, task="gsm8k-loglik", data_files=[str(files[1])], methods=["dense"], limit=3)
+    assert len(nll["item_nll"]) == len(nll["item_tokens"]) == 3 and min(nll["item_tokens"]) > 0
+    assert sum(nll["item_nll"]) / sum(nll["item_tokens"]) == pytest.approx(nll["nll"], rel=1e-4)
+
+
 def test_random_averages_over_seeds(gm, files, tmp_path):
     (r,) = run(gm, files, None, methods=["random"], budgets=[0.5], seeds=3)
     assert r["seeds"] == 3 and len(r["accuracy_per_seed"]) == 3
+    assert sum(r["item_scores"]) / r["n"] == pytest.approx(r["accuracy"], abs=1e-3)  # items averaged over seeds
     assert r["accuracy"] == pytest.approx(sum(r["accuracy_per_seed"]) / 3)
     from l2a.baselines import kept_count
     from l2a.budget import Budget

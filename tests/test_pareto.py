@@ -97,7 +97,8 @@ def test_hypervolume_and_schedule_ranking():
 
 
 def test_at_equal_think_interpolates_the_fixed_cap():
-    from l2a.pareto import at_equal_think, interpolate
+    from l2a.pareto import at_equal_think
+    from l2a.equalcost import interpolate
 
     assert interpolate([(0, 0.0), (10, 1.0)], 2.5) == 0.25 and interpolate([(0, 0.0), (10, 1.0)], 11) is None
 
@@ -150,7 +151,7 @@ def test_report_compares_budget_aware_prompting_with_the_plain_tasks_caps(tmp_pa
 
 
 def test_at_equal_latency_interpolates_the_learned_curve_at_each_best_static_point():
-    from l2a.pareto import at_equal_latency, static_at_learned
+    from l2a.equalcost import at_equal_latency, static_at_learned
 
     def line(method, budget, s, acc, nll=None):
         r = {"method": method, "budget": {"layers": budget}, "axis": "layers", "seconds_per_item": s, "accuracy": acc}
@@ -184,3 +185,70 @@ def test_at_equal_latency_interpolates_the_learned_curve_at_each_best_static_poi
     assert rows[0]["learned_y"] == pytest.approx(0.45) and rows[0]["x"] == 0.7
     assert at_equal_latency(flops)[1][0]["learned_y"] == pytest.approx(0.575)  # on the (slow) clock: 0.50 + 0.15 * 0.5
     assert static_at_learned(flops, x="flops_per_token")[1][0]["gain"] == pytest.approx(0.50 - (0.46 + 0.14 / 3))
+
+
+def test_paired_ci_is_the_difference_over_jointly_resampled_items():
+    import numpy as np
+
+    from l2a import paired
+
+    rng = np.random.default_rng(1)
+    b = (rng.random(500) < 0.5).astype(float)  # (500,) a baseline's item scores
+    a = b.copy()
+    a[np.flatnonzero(b == 0)[:15]] = 1.0  # the method fixes 15 items and breaks none: +3 points
+    w = np.ones(500)
+    lo, hi = paired.diff_ci(a, b, w)
+    assert 0 < lo <= 0.03 <= hi < 0.06  # paired: clearly above zero
+    unpaired = 1.96 * np.sqrt(a.var() / 500 + b.var() / 500)  # about ±6 points: would span zero
+    assert hi - lo < unpaired and 0.03 - unpaired < 0
+    assert paired.diff_ci(b, b, w) == (0.0, 0.0)
+    assert paired.diff_ci(a, b, w, sign=-1.0) == pytest.approx((-hi, -lo))
+    with pytest.raises(ValueError, match="same items"):
+        paired.diff_ci(a[:10], b, w)
+    # NLL per token: sum over items of each item's NLL over the sum of its tokens, the same for both
+    tok = rng.integers(5, 50, 500).astype(float)
+    nll_a, nll_b = tok * 1.0, tok * 1.2  # 1.0 against 1.2 per token on every item
+    assert paired.diff_ci(nll_a, nll_b, tok, sign=-1.0) == pytest.approx((0.2, 0.2))  # lower is better
+
+
+def test_equal_cost_rows_carry_paired_cis_and_confident_sparsity(tmp_path):
+    import numpy as np
+
+    from l2a.equalcost import at_equal_latency, static_at_learned
+
+    n = 2000
+    rng = np.random.default_rng(0)
+    dense = (rng.random(n) < 0.6).astype(float)
+
+    def line(method, budget, s, items):
+        items = np.asarray(items, dtype=float)
+        return {"method": method, "budget": {"layers": budget}, "axis": "layers", "seconds_per_item": s,
+                "accuracy": float(items.mean()), "ci_low": 0.0, "ci_high": 1.0, "n": n, "item_scores": items.tolist(),
+                "realized_layers": budget}
+
+    def breaking(k):  # dense with its first k right items wrong
+        x = dense.copy()
+        x[np.flatnonzero(dense == 1)[:k]] = 0
+        return x
+
+    lines = [dict(line("dense", 1.0, 1.0, dense), axis="all"), line("l2a", 0.7, 0.7, breaking(8)),
+             line("angular", 0.7, 0.7, breaking(100)), line("l2a", 0.5, 0.5, breaking(300))]
+    y, rows = at_equal_latency(lines)
+    (row,) = rows
+    assert row["gain"] == pytest.approx(92 / n) and 0 < row["ci"][0] < row["gain"] < row["ci"][1]
+    # the other direction at 0.5: angular's curve is extrapolated nowhere, so no static curve spans it
+    back = static_at_learned(lines)[1]
+    assert back[0]["ci"][0] > 0 and back[1]["gain"] is None and back[1]["ci"] is None
+    # within 1 point of dense: l2a 0.7 loses 0.4 points, with a paired lower bound above -1 point
+    assert sparsity_within(lines)["l2a [layers]"] == pytest.approx(0.3)
+    assert sparsity_within(lines, confident=True)["l2a [layers]"] == pytest.approx(0.3)
+    close = [lines[0], line("l2a", 0.7, 0.7, breaking(19))]  # -0.95 points: within 1, but not with confidence
+    assert sparsity_within(close)["l2a [layers]"] == pytest.approx(0.3)
+    assert sparsity_within(close, confident=True)["l2a [layers]"] is None
+    old = [{k: v for k, v in r.items() if k != "item_scores"} for r in lines]  # lines without items: no CI
+    assert at_equal_latency(old)[1][0]["ci"] is None and sparsity_within(old, confident=True) == {}
+    results = tmp_path / "r.jsonl"
+    results.write_text("".join(json.dumps(dict(r, task="mc", data="d.jsonl")) + "\n" for r in lines))
+    md = report(results, plots=False)["markdown"].read_text()
+    assert "l2a above the best static point at equal measured latency at 1 of 1 (paired 95% CI above zero at 1" in md
+    assert "- l2a [layers]: 30.0% of layers skipped; with 95% confidence: 30.0%" in md

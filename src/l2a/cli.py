@@ -206,8 +206,10 @@ def cmd_report(args) -> int:
     rep = report(args.results, args.out_dir, plots=args.plots)
     print(Path(rep["markdown"]).read_text())
     sparsity = {f"{t}:{d}": v for (t, d), v in rep["sparsity"].items()}
+    sure = {f"{t}:{d}": v for (t, d), v in rep["sparsity_confident"].items()}
     _emit(run_record("report", {"results": args.results}, {"markdown": rep["markdown"], "plots": rep["plots"],
-                                                           "sparsity_within_1pt": sparsity}), args.out)
+                                                           "sparsity_within_1pt": sparsity,
+                                                           "sparsity_within_1pt_95ci": sure}), args.out)
     return 0
 
 

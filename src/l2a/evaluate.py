@@ -26,6 +26,9 @@ Fields of a line (besides method, task, data, source, budget, n, config, provena
   calibration excluded): tokens are generated tokens for gsm8k, processed tokens for scoring tasks. With
   `timing_repeats`, these come from the interleaved re-timing of the file's points (retime.py: `timing`
   holds its rounds) and the scoring pass's own value is kept as `seconds_per_item_single`.
+- `item_scores`: each item's score (mean over seeds), in file order, so two lines on the same items can be
+  compared item by item (paired.py); gsm8k-loglik adds `item_nll` (each item's summed NLL of the reference)
+  and `item_tokens` (its scored tokens): per-token NLL is sum(item_nll) / sum(item_tokens).
 
 This module does not plot (`pareto.py`) and does not parse command lines (`cli.py`).
 """
@@ -358,6 +361,10 @@ def _summarize(runs, task, budget: Budget, cost: CostModel, name: str) -> dict:
         record["predictions"] = [it.metrics["prediction"] for it in first]
         if name == "dense":
             record["agreement"] = 1.0
+    record["item_scores"] = [round(float(v), 4) for v in scores]
+    per_item = getattr(task, "per_item", None)
+    if per_item is not None:
+        record.update(per_item(first))
     if len(runs) > 1:
         record["accuracy_per_seed"] = [mean(it.score for it in items) for items, _ in runs]
     extras = [task.aggregate(items) for items, _ in runs]

@@ -8,10 +8,10 @@
   item and accuracy vs modeled FLOPs per token, one curve per method, the Pareto frontier over all
   methods highlighted;
 - per method, the largest realized layer sparsity (1 - realized_layers) whose accuracy stays within one
-  point (0.01) of dense; None when no sparse point does (or there is no dense line);
-- per budget, the best static point against l2a's curve interpolated at that point's measured latency
-  (`at_equal_latency`: accuracy, or NLL for teacher-forced math), and each l2a point against the best
-  static curve at its latency (`static_at_learned`).
+  point (0.01) of dense; None when no sparse point does (or there is no dense line); and the same where
+  the paired 95% CI of the difference to dense (paired.py) stays above -1 point;
+- the equal-cost comparisons of l2a against the best static baselines (equalcost.py), at measured latency
+  and at modeled FLOPs, each gain with its paired 95% CI when the lines carry per-item values.
 
 `pareto_front(points)` is the pure core: indices of the non-dominated (cost, accuracy) points.
 """
@@ -19,11 +19,13 @@
 from __future__ import annotations
 
 import itertools
-import math
 import os
 import re
 from pathlib import Path
 from typing import Sequence
+
+from . import paired
+from .equalcost import _finite, _gain_cell, _tally, at_equal_latency, interpolate, static_at_learned
 
 TOLERANCE = 0.01  # "within 1 point of dense": accuracies are fractions
 
@@ -40,10 +42,6 @@ def pareto_front(points: Sequence[Sequence[float]]) -> list[int]:
     """
     pts = [(float(c), float(a)) for c, a in points]
     return [i for i, p in enumerate(pts) if not any(dominates(q, p) for j, q in enumerate(pts) if j != i)]
-
-
-def _finite(*xs) -> bool:
-    return all(x is not None and isinstance(x, (int, float)) and math.isfinite(x) for x in xs)
 
 
 def _label(r: dict) -> str:
@@ -66,19 +64,28 @@ def _fmt(x, spec: str) -> str:
     return "–" if x is None else format(x, spec)
 
 
-def sparsity_within(lines: list[dict], tolerance: float = TOLERANCE) -> dict:
-    """method -> largest 1 - realized_layers with accuracy >= dense - tolerance (None if none)."""
-    dense = [r["accuracy"] for r in lines if r["method"] == "dense" and _finite(r.get("accuracy"))]
+def sparsity_within(lines: list[dict], tolerance: float = TOLERANCE, confident: bool = False) -> dict:
+    """method -> largest 1 - realized_layers with accuracy >= dense - tolerance (None if none). With
+    `confident`, the lower end of the paired 95% CI of (accuracy - dense) must be >= -tolerance instead,
+    and only methods whose lines carry per-item scores are listed."""
+    dense = [r for r in lines if r["method"] == "dense" and _finite(r.get("accuracy"))]
     out: dict = {}
     for r in lines:
         if r["method"] == "dense":
+            continue
+        w = paired.same_items([r] + dense[:1], "accuracy")
+        if confident and w is None:
             continue
         name = _label(r)
         out.setdefault(name, None)
         if not dense or not _finite(r.get("accuracy"), r.get("realized_layers")):
             continue
         s = 1.0 - r["realized_layers"]
-        if s > 0 and r["accuracy"] >= dense[0] - tolerance - 1e-12:
+        if confident:
+            ok = paired.diff_ci(paired.values(r, "accuracy"), paired.values(dense[0], "accuracy"), w)[0] >= -tolerance - 1e-12
+        else:
+            ok = r["accuracy"] >= dense[0]["accuracy"] - tolerance - 1e-12
+        if s > 0 and ok:
             out[name] = max(s, out[name] or 0.0)
     return out
 
@@ -111,15 +118,6 @@ def rank_schedules(lines: list[dict], y_key: str = "agreement") -> list[tuple[st
     return sorted(out, key=lambda t: (-t[1], -t[2]))
 
 
-def interpolate(points: list[tuple[float, float]], x: float) -> float | None:
-    """y at x on the piecewise-linear curve through (x, y) points; None outside their x range."""
-    pts = sorted(points)
-    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
-        if x0 <= x <= x1:
-            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
-    return pts[0][1] if len(pts) == 1 and pts[0][0] == x else None
-
-
 def at_equal_think(lines: list[dict], y_key: str, baseline: list[dict] | None = None,
                    dense_end: bool = True) -> list[dict]:
     """For each learned-allowance point on the think axis, the fixed cap's `y_key` interpolated at the
@@ -136,65 +134,6 @@ def at_equal_think(lines: list[dict], y_key: str, baseline: list[dict] | None = 
         other = interpolate(caps, x)
         out.append({"think_tokens": x, "l2a": y, "think-cap": other, "gain": None if other is None else y - other})
     return out
-
-
-def _layers_budget(b) -> float:
-    return b.get("layers", 1.0) if isinstance(b, dict) else float(b)
-
-
-def _cost_view(lines: list[dict], learned: str, x: str):
-    """What both equal-cost comparisons read: (y_key, sign (gain > 0: the learned method is better),
-    the learned method's lines, the static methods' lines (on the learned method's axes), dense's (x, y)).
-    y is NLL per token (lower is better) where every line has one (gsm8k-loglik), else accuracy. x is the
-    cost: measured `seconds_per_item`, or modeled `flops_per_token` (noise-free, blind to overheads)."""
-    y = "nll" if lines and all(r.get("nll") is not None for r in lines) else "accuracy"
-    ok = [r for r in lines if _finite(r.get(x), r.get(y))]
-    ours = [r for r in ok if r["method"] == learned]
-    axes = {r.get("axis") for r in ours}
-    statics = [r for r in ok if r["method"] != "dense" and not r["method"].startswith("l2a")
-               and r["method"] != learned and r.get("axis") in axes]
-    dense = [(r[x], r[y]) for r in ok if r["method"] == "dense"]
-    return y, (-1.0 if y == "nll" else 1.0), ours, statics, dense
-
-
-def at_equal_latency(lines: list[dict], learned: str = "l2a", x: str = "seconds_per_item") -> tuple[str, list[dict]]:
-    """(y_key, rows): per budget below 1, the best static point at that budget against the `learned`
-    method's curve (its points and dense, y vs measured seconds per item) interpolated at that point's
-    measured latency, the comparison "above the best static baseline at equal measured latency" is judged
-    by (`x="flops_per_token"`: at equal modeled FLOPs instead). A row's `gain` is None when the static point
-    is cheaper or costlier than every learned point; its `x` is the static point's cost."""
-    y, sign, ours, statics, dense = _cost_view(lines, learned, x)
-    curve = [(r[x], r[y]) for r in ours] + dense
-    best: dict = {}
-    for r in statics:
-        b = _layers_budget(r["budget"])
-        if b < 1.0 and (b not in best or sign * r[y] > sign * best[b][y]):
-            best[b] = r
-    rows = []
-    for b in sorted(best, reverse=True):
-        r = best[b]
-        at = interpolate(curve, r[x]) if curve else None
-        rows.append({"budget": b, "static": r["method"], "static_y": r[y], "x": r[x],
-                     "learned_y": at, "gain": None if at is None else sign * (at - r[y])})
-    return y, rows
-
-
-def static_at_learned(lines: list[dict], learned: str = "l2a", x: str = "seconds_per_item") -> tuple[str, list[dict]]:
-    """The other direction of `at_equal_latency`: per point of the learned method below budget 1, every
-    static method's curve (its points and dense) interpolated at that point's cost `x`, the best
-    of them, and the learned point's `gain` over it (None when no static curve spans that latency)."""
-    y, sign, ours, statics, dense = _cost_view(lines, learned, x)
-    curves: dict = {}
-    for r in statics:
-        curves.setdefault(r["method"], []).append((r[x], r[y]))
-    rows = []
-    for r in sorted((r for r in ours if _layers_budget(r["budget"]) < 1.0), key=lambda r: -_layers_budget(r["budget"])):
-        at = {m: interpolate(pts + dense, r[x]) for m, pts in curves.items()}
-        at = {m: v for m, v in at.items() if v is not None}
-        top = max(at, key=lambda m: sign * at[m]) if at else None
-        rows.append({"budget": _layers_budget(r["budget"]), "learned_y": r[y], "x": r[x],
-                     "static": top, "static_y": at.get(top), "gain": None if top is None else sign * (r[y] - at[top])})
-    return y, rows
 
 
 def markdown_table(lines: list[dict]) -> str:
@@ -303,7 +242,8 @@ def report(results_path, out_dir=None, plots: bool = True) -> dict:
     """Write `report.md` (and the plots) for `results_path` into `out_dir`; return what was written.
 
     out_dir defaults to `<results stem>_report/` beside the results file. Returns {"markdown": path,
-    "plots": [paths], "sparsity": {(task, data): {method: sparsity or None}}}.
+    "plots": [paths], "sparsity": {(task, data): {method: sparsity or None}}, "sparsity_confident": the same
+    where the paired 95% CI of the difference to dense stays above -1 point}.
     """
     from .results import read_results
 
@@ -321,7 +261,7 @@ def report(results_path, out_dir=None, plots: bool = True) -> dict:
         groups.setdefault((r.get("task"), r.get("data")), []).append(r)
     md = [f"# l2a evaluation report\n\nFrom `{results_path}`. Accuracy in %, 95% bootstrap CI over items; "
           "s/item measured wall clock; GFLOP/token modeled (decode, at the item's length).\n"]
-    written, sparsity = [], {}
+    written, sparsity, confident = [], {}, {}
     for (task, data), rs in groups.items():
         name = Path(data).stem if data else "default"
         model = rs[0].get("config", {}).get("model")
@@ -336,9 +276,14 @@ def report(results_path, out_dir=None, plots: bool = True) -> dict:
             md.append("s/item: each point timed once, during its own scoring pass (not interleaved with the others).\n")
         sp = sparsity_within(rs)
         sparsity[(task, data)] = sp
-        md.append("Largest layer sparsity within 1 point of dense accuracy:\n")
+        sure = sparsity_within(rs, confident=True)
+        confident[(task, data)] = sure
+        md.append("Largest layer sparsity within 1 point of dense accuracy (and where the paired 95% CI of the "
+                  "difference to dense stays above -1 point):\n")
         for method, s in sp.items():
-            md.append(f"- {method}: " + ("none" if s is None else f"{100 * s:.1f}% of layers skipped"))
+            md.append(f"- {method}: " + ("none" if s is None else f"{100 * s:.1f}% of layers skipped")
+                      + ("" if method not in sure else "; with 95% confidence: "
+                         + ("none" if sure[method] is None else f"{100 * sure[method]:.1f}%")))
         md.append("")
         for x, what, unit, scale in (("seconds_per_item", "measured latency", "s/item", 1.0),
                                      ("flops_per_token", "modeled FLOPs", "GFLOP/token", 1e-9)):
@@ -351,16 +296,15 @@ def report(results_path, out_dir=None, plots: bool = True) -> dict:
             md.append(f"| budget | best static | its {y_key} | its {unit} | l2a at that {unit} | gain |\n|---|---|---|---|---|---|")
             md += [f"| {r['budget']:g} | {r['static']} | {pct * r['static_y']:{f}} | {scale * r['x']:.4f} | "
                    + ("– (outside l2a's range) | – |" if r["gain"] is None else
-                      f"{pct * r['learned_y']:{f}} | {pct * r['gain']:+{f}} |") for r in rows]
-            won = sum(1 for r in rows if r["gain"] is not None and r["gain"] > 0)
-            md.append(f"\nl2a above the best static point at equal {what} at {won} of {len(rows)} budgets.\n")
+                      f"{pct * r['learned_y']:{f}} | {_gain_cell(r, pct, f)} |") for r in rows]
+            md.append(f"\nl2a above the best static point at equal {what} at {_tally(rows)} budgets.\n")
             md.append(f"The other direction: each l2a point against the best static curve interpolated at its {unit}:\n")
             md.append(f"| budget | l2a {y_key} | its {unit} | best static curve there | gain |\n|---|---|---|---|---|")
+            back = static_at_learned(rs, x=x)[1]
             md += [f"| {r['budget']:g} | {pct * r['learned_y']:{f}} | {scale * r['x']:.4f} | "
                    + ("– (no static curve spans it) | – |" if r["gain"] is None else
-                      f"{r['static']} {pct * r['static_y']:{f}} | {pct * r['gain']:+{f}} |")
-                   for r in static_at_learned(rs, x=x)[1]]
-            md.append("")
+                      f"{r['static']} {pct * r['static_y']:{f}} | {_gain_cell(r, pct, f)} |") for r in back]
+            md.append(f"\nl2a above the best static curve at its {unit} at {_tally(back)} points.\n")
         twin = _dense_task(task)
         baselines = [(rs, "a fixed cap", twin == task)] + (  # (caps, named, dense ends the cap curve)
             [(groups[(twin, data)], f"`{twin}`'s fixed cap (its prompt, s1-style)", True)] if (twin, data) in groups else [])
@@ -404,4 +348,4 @@ def report(results_path, out_dir=None, plots: bool = True) -> dict:
             md.append(f"## {fam} family — {data or 'default data'}\n\n![{title}: accuracy vs mean think tokens]({p.name})\n")
     md_path = out / "report.md"
     md_path.write_text("\n".join(md) + "\n", encoding="utf-8")
-    return {"markdown": md_path, "plots": written, "sparsity": sparsity}
+    return {"markdown": md_path, "plots": written, "sparsity": sparsity, "sparsity_confident": confident}

@@ -348,6 +348,11 @@ class GSM8KLoglik(_MathTask):
                 ))
             yield results
 
+    @staticmethod
+    def per_item(items: list[ItemResult]) -> dict:
+        """Each item's summed NLL of the reference and its token count (paired comparisons of NLL)."""
+        return {"item_nll": [round(-r.metrics["logprob"], 4) for r in items], "item_tokens": [r.metrics["n_tokens"] for r in items]}
+
     def aggregate(self, items: list[ItemResult]) -> dict:
         n_tok = sum(r.metrics["n_tokens"] for r in items)
         return {

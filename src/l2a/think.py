@@ -30,7 +30,7 @@ import torch
 
 from . import losses
 from .gates import THINK_OFFSET, GatePolicy, allowances
-from .pareto import interpolate
+from .equalcost import interpolate
 
 GRID = (0, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384)  # probed cut points (tokens)
 END_CUTS = (4, 8, 16, 32)  # and cuts this many tokens before each chain's own end

@@ -1,0 +1,56 @@
+"""Compare gate artifacts (training recipes, seeds) item by item on the same items.
+
+    python scripts/paired_recipes.py NAME=RESULTS.jsonl NAME=RESULTS.jsonl [...]
+
+Each RESULTS file is an `l2a eval` results file holding one artifact's `l2a` lines (and, usually, the same
+dense and static lines). For every (data file, budget) the artifacts share, it prints each artifact's
+accuracy (NLL per token for gsm8k-loglik) and realized layer fraction, and each artifact's difference to
+the first with its paired 95% CI over items (l2a.paired). A difference between two seeds of one recipe
+whose CI excludes zero is training variance, not evaluation noise. Reads results only; writes nothing.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from l2a import paired
+from l2a.results import read_results
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 2 or any("=" not in a for a in argv):
+        print(__doc__, file=sys.stderr)
+        return 2
+    runs = {}  # name -> {(data, layers budget): line}
+    for arg in argv:
+        name, path = arg.split("=", 1)
+        runs[name] = {(Path(r["data"]).stem, r["budget"]["layers"]): r for r in read_results(path)
+                      if r.get("method") == "l2a" and isinstance(r.get("budget"), dict) and r["budget"]["layers"] < 1}
+    names = list(runs)
+    keys = sorted(set.intersection(*(set(v) for v in runs.values())), key=lambda k: (k[0], -k[1]))
+    if not keys:
+        print("no (data, budget) point is in every file", file=sys.stderr)
+        return 1
+    print("| data | budget | " + " | ".join(names) + " | " + " | ".join(f"{n} − {names[0]} (95% CI)" for n in names[1:]) + " |")
+    print("|---|---|" + "---|" * (2 * len(names) - 1))
+    for data, b in keys:
+        lines = [runs[n][data, b] for n in names]
+        y = "nll" if all(r.get("nll") is not None for r in lines) else "accuracy"
+        scale, f, sign = (1.0, ".3f", -1.0) if y == "nll" else (100.0, ".1f", 1.0)
+        cells = [f"{scale * r[y]:{f}} ({r['realized_layers']:.2f})" for r in lines]
+        w = paired.same_items(lines, y)
+        diffs = []
+        for r in lines[1:]:
+            d = sign * (r[y] - lines[0][y])
+            ci = "" if w is None else " [{:+{f}}, {:+{f}}]".format(
+                *(scale * v for v in paired.diff_ci(paired.values(r, y), paired.values(lines[0], y), w, sign)), f=f)
+            diffs.append(f"{scale * d:+{f}}{ci}")
+        print(f"| {data} | {b:g} | " + " | ".join(cells + diffs) + " |")
+    print("\nCells: accuracy % (NLL per token for gsm8k-loglik), realized layer fraction in brackets; differences are "
+          "signed so that positive is better.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
