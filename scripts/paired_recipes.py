@@ -14,6 +14,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from l2a import paired
 from l2a.results import read_results
 
@@ -34,6 +36,7 @@ def main(argv: list[str]) -> int:
         return 1
     print("| data | budget | " + " | ".join(names) + " | " + " | ".join(f"{n} − {names[0]} (95% CI)" for n in names[1:]) + " |")
     print("|---|---|" + "---|" * (2 * len(names) - 1))
+    means, pooled = {}, {}  # comparison k -> per-cell differences, bootstrap samples
     for data, b in keys:
         lines = [runs[n][data, b] for n in names]
         y = "nll" if all(r.get("nll") is not None for r in lines) else "accuracy"
@@ -41,12 +44,26 @@ def main(argv: list[str]) -> int:
         cells = [f"{scale * r[y]:{f}} ({r['realized_layers']:.2f})" for r in lines]
         w = paired.same_items(lines, y)
         diffs = []
-        for r in lines[1:]:
+        for k, r in enumerate(lines[1:]):
             d = sign * (r[y] - lines[0][y])
-            ci = "" if w is None else " [{:+{f}}, {:+{f}}]".format(
-                *(scale * v for v in paired.diff_ci(paired.values(r, y), paired.values(lines[0], y), w, sign)), f=f)
+            ci = ""
+            if w is not None:
+                s = paired.diff_samples(paired.values(r, y), paired.values(lines[0], y), w, sign)
+                ci = " [{:+{f}}, {:+{f}}]".format(*(scale * v for v in paired.interval(s)), f=f)
+                if y == "accuracy":
+                    pooled.setdefault(k, []).append(s)
             diffs.append(f"{scale * d:+{f}}{ci}")
+            if y == "accuracy":
+                means.setdefault(k, []).append(d)
         print(f"| {data} | {b:g} | " + " | ".join(cells + diffs) + " |")
+    if means:  # the mean difference over the accuracy cells; one data file's cells share their resamples
+        row = []
+        for k in sorted(means):
+            d = 100 * sum(means[k]) / len(means[k])
+            full = k in pooled and len(pooled[k]) == len(means[k])
+            ci = " [{:+.1f}, {:+.1f}]".format(*(100 * v for v in paired.interval(np.mean(pooled[k], axis=0)))) if full else ""
+            row.append(f"{d:+.1f}{ci}")
+        print(f"| mean of {len(means[0])} accuracy cells | | " + " | ".join([""] * len(names) + row) + " |")
     print("\nCells: accuracy % (NLL per token for gsm8k-loglik), realized layer fraction in brackets; differences are "
           "signed so that positive is better.")
     return 0

@@ -35,16 +35,27 @@ def weights(line: dict, y: str) -> np.ndarray | None:
     return None if v is None else np.ones(len(v))
 
 
-def diff_ci(a: np.ndarray, b: np.ndarray, w: np.ndarray, sign: float = 1.0, level: float = 0.95,
-            n_resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap CI of sign * (sum(a)/sum(w) - sum(b)/sum(w)), items resampled jointly.
-    a, b, w: (n,) values of two methods on the same items and the items' weights."""
+def diff_samples(a: np.ndarray, b: np.ndarray, w: np.ndarray, sign: float = 1.0, n_resamples: int = RESAMPLES,
+                 seed: int = 0) -> np.ndarray:
+    """Bootstrap samples (R,) of sign * (sum(a)/sum(w) - sum(b)/sum(w)), items resampled jointly. a, b, w:
+    (n,) values of two methods on the same items and the items' weights. The same seed and n draw the same
+    resamples, so samples of several comparisons on one item set can be averaged (a joint CI)."""
     if not (a.shape == b.shape == w.shape) or a.size == 0:
         raise ValueError(f"paired values need the same items: got {a.shape}, {b.shape}, weights {w.shape}")
     idx = np.random.default_rng(seed).integers(0, a.size, size=(n_resamples, a.size))  # (R, n)
-    d = sign * (a - b)[idx].sum(1) / w[idx].sum(1)  # (R,)
+    return sign * (a - b)[idx].sum(1) / w[idx].sum(1)  # (R,)
+
+
+def interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of bootstrap samples."""
     q = (1.0 - level) / 2
-    return float(np.quantile(d, q)), float(np.quantile(d, 1 - q))
+    return float(np.quantile(samples, q)), float(np.quantile(samples, 1 - q))
+
+
+def diff_ci(a: np.ndarray, b: np.ndarray, w: np.ndarray, sign: float = 1.0, level: float = 0.95,
+            n_resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap CI of sign * (sum(a)/sum(w) - sum(b)/sum(w)) (`diff_samples`)."""
+    return interval(diff_samples(a, b, w, sign, n_resamples, seed), level)
 
 
 def same_items(lines: list[dict], y: str) -> np.ndarray | None:
