@@ -63,7 +63,7 @@ def main(argv: list[str]) -> int:
             full = k in pooled and len(pooled[k]) == len(means[k])
             ci = " [{:+.1f}, {:+.1f}]".format(*(100 * v for v in paired.interval(np.mean(pooled[k], axis=0)))) if full else ""
             row.append(f"{d:+.1f}{ci}")
-        print(f"| mean of {len(means[0])} accuracy cells | | " + " | ".join([""] * len(names) + row) + " |")
+        print(f"| mean of {len(means[0])} accuracy cells | – | " + " | ".join(["–"] * len(names) + row) + " |")
     print("\nCells: accuracy % (NLL per token for gsm8k-loglik), realized layer fraction in brackets; differences are "
           "signed so that positive is better.")
     return 0

@@ -252,3 +252,28 @@ def test_equal_cost_rows_carry_paired_cis_and_confident_sparsity(tmp_path):
     md = report(results, plots=False)["markdown"].read_text()
     assert "l2a above the best static point at equal measured latency at 1 of 1 (paired 95% CI above zero at 1" in md
     assert "- l2a [layers]: 30.0% of layers skipped; with 95% confidence: 30.0%" in md
+
+
+def test_paired_recipes_script_compares_artifacts_item_by_item(tmp_path, capsys):
+    import runpy
+    from pathlib import Path
+
+    main = runpy.run_path(str(Path(__file__).parents[1] / "scripts" / "paired_recipes.py"))["main"]
+    paths = []
+    for name, flips in (("a", 0), ("b", 30)):  # b gets 30 more of 200 items right at 0.7, the same at 0.5
+        lines = []
+        for budget in (0.7, 0.5):
+            items = [1.0] * 80 + [0.0] * 120
+            if budget == 0.7:
+                items[80:80 + flips] = [1.0] * flips
+            lines.append({"method": "l2a", "task": "mc", "data": "x/arc.jsonl", "budget": {"layers": budget},
+                          "accuracy": sum(items) / 200, "n": 200, "realized_layers": budget, "item_scores": items})
+        p = tmp_path / f"{name}.jsonl"
+        p.write_text("".join(json.dumps(r) + "\n" for r in lines))
+        paths.append(f"{name}={p}")
+    assert main(paths) == 0
+    out = capsys.readouterr().out
+    assert "| arc | 0.7 | 40.0 (0.70) | 55.0 (0.70) | +15.0 [+10." in out  # every flip one way: a tight CI
+    assert "| arc | 0.5 | 40.0 (0.50) | 40.0 (0.50) | +0.0 [+0.0, +0.0] |" in out
+    assert "| mean of 2 accuracy cells | – | – | – | +7.5 [" in out
+    assert main(["a.jsonl"]) == 2  # NAME=FILE pairs, at least two
