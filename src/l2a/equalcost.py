@@ -23,16 +23,14 @@ def _finite(*xs) -> bool:
     return all(x is not None and isinstance(x, (int, float)) and math.isfinite(x) for x in xs)
 
 
-
 def interpolate(points: list[tuple[float, float]], x: float) -> float | None:
     """y at x on the piecewise-linear curve through (x, y) points; None outside their x range. y may be a
     number or an array (per-item values: the curve's items at x)."""
-    pts = sorted(points, key=lambda p: p[0])  # y may be per-item values (arrays): interpolated item by item
+    pts = sorted(points, key=lambda p: p[0])
     for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
         if x0 <= x <= x1:
             return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
     return pts[0][1] if len(pts) == 1 and pts[0][0] == x else None
-
 
 
 def _layers_budget(b) -> float:
@@ -54,10 +52,10 @@ def _cost_view(lines: list[dict], learned: str, x: str):
     return y, (-1.0 if y == "nll" else 1.0), ours, statics, dense
 
 
-def _paired(y: str, sign: float, x: str, learned: list[dict], static: list[dict], at: float, everyone: list[dict]):
+def _paired(y: str, sign: float, x: str, learned: list[dict], static: list[dict], at: float):
     """95% CI of the learned curve's gain over the static curve at cost `at` (each a list of lines: a
     curve through them, or one point), paired over items (paired.py); None without per-item values."""
-    w = paired.same_items(everyone, y)
+    w = paired.same_items(learned + static, y)
     if w is None:
         return None
     a = interpolate([(r[x], paired.values(r, y)) for r in learned], at)
@@ -84,7 +82,7 @@ def at_equal_latency(lines: list[dict], learned: str = "l2a", x: str = "seconds_
         at = interpolate(curve, r[x]) if curve else None
         rows.append({"budget": b, "static": r["method"], "static_y": r[y], "x": r[x],
                      "learned_y": at, "gain": None if at is None else sign * (at - r[y]),
-                     "ci": None if at is None else _paired(y, sign, x, ours + dense, [r], r[x], ours + dense + [r])})
+                     "ci": None if at is None else _paired(y, sign, x, ours + dense, [r], r[x])})
     return y, rows
 
 
@@ -101,7 +99,7 @@ def static_at_learned(lines: list[dict], learned: str = "l2a", x: str = "seconds
         at = {m: interpolate([(q[x], q[y]) for q in pts + dense], r[x]) for m, pts in curves.items()}
         at = {m: v for m, v in at.items() if v is not None}
         top = max(at, key=lambda m: sign * at[m]) if at else None
-        ci = None if top is None else _paired(y, sign, x, [r], curves[top] + dense, r[x], [r] + curves[top] + dense)
+        ci = None if top is None else _paired(y, sign, x, [r], curves[top] + dense, r[x])
         rows.append({"budget": _layers_budget(r["budget"]), "learned_y": r[y], "x": r[x], "static": top,
                      "static_y": at.get(top), "gain": None if top is None else sign * (r[y] - at[top]), "ci": ci})
     return y, rows
