@@ -29,6 +29,9 @@ def main(argv: list[str]) -> int:
         name, path = arg.split("=", 1)
         runs[name] = {(Path(r["data"]).stem, r["budget"]["layers"]): r for r in read_results(path)
                       if r.get("method") == "l2a" and isinstance(r.get("budget"), dict) and r["budget"]["layers"] < 1}
+        if not runs[name]:
+            print(f"{path}: no l2a lines below budget 1 (a missing file, or not an `l2a eval` results file)", file=sys.stderr)
+            return 1
     names = list(runs)
     keys = sorted(set.intersection(*(set(v) for v in runs.values())), key=lambda k: (k[0], -k[1]))
     if not keys:

@@ -277,3 +277,5 @@ def test_paired_recipes_script_compares_artifacts_item_by_item(tmp_path, capsys)
     assert "| arc | 0.5 | 40.0 (0.50) | 40.0 (0.50) | +0.0 [+0.0, +0.0] |" in out
     assert "| mean of 2 accuracy cells | – | – | – | +7.5 [" in out
     assert main(["a.jsonl"]) == 2  # NAME=FILE pairs, at least two
+    assert main([paths[0], f"c={tmp_path / 'missing.jsonl'}"]) == 1
+    assert "missing.jsonl: no l2a lines" in capsys.readouterr().err
