@@ -73,7 +73,7 @@ def sparsity_within(lines: list[dict], tolerance: float = TOLERANCE, confident: 
     for r in lines:
         if r["method"] == "dense":
             continue
-        w = paired.same_items([r] + dense[:1], "accuracy")
+        w = paired.same_items([r] + dense[:1], "accuracy") if confident else None
         if confident and w is None:
             continue
         name = _label(r)
@@ -81,11 +81,13 @@ def sparsity_within(lines: list[dict], tolerance: float = TOLERANCE, confident: 
         if not dense or not _finite(r.get("accuracy"), r.get("realized_layers")):
             continue
         s = 1.0 - r["realized_layers"]
-        if confident:
+        if s <= 0:
+            continue
+        if confident:  # the bootstrap runs only for sparse points
             ok = paired.diff_ci(paired.values(r, "accuracy"), paired.values(dense[0], "accuracy"), w)[0] >= -tolerance - 1e-12
         else:
             ok = r["accuracy"] >= dense[0]["accuracy"] - tolerance - 1e-12
-        if s > 0 and ok:
+        if ok:
             out[name] = max(s, out[name] or 0.0)
     return out
 
