@@ -34,7 +34,8 @@ def main() -> None:
     from l2a.checkpoint import read_config
     from l2a.prose import docstrings, windows
     from l2a.tasks import MultipleChoice, math_prompt
-    from l2a.train import PROSE_HELD, TrainConfig, _examples, example_order
+    from l2a.mix import HELD as PROSE_HELD
+    from l2a.train import TrainConfig, _examples, example_order
 
     torch.set_num_threads(2)
     m = l2a.load("smollm2-135m", dtype="bfloat16", gates=args.gates)

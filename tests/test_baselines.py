@@ -35,7 +35,7 @@ def gm():
 
 BUDGETS = [Budget(1.0), Budget(0.85), Budget(0.7), Budget(0.55), Budget(0.3), Budget(layers=0.5, heads=0.5),
            Budget(layers=1.0, heads=0.25)]
-STATIC = ["even-spaced", "drop-last", "random", "block-influence", "angular", "static-groups"]
+STATIC = ["even-spaced", "drop-last", "random", "block-influence", "angular", "greedy-kl", "static-groups"]
 
 
 @pytest.mark.parametrize("method", STATIC)
@@ -106,6 +106,30 @@ def test_block_influence_and_angular_by_hand():
     assert ang[0, 1].item() == pytest.approx(want, abs=1e-9)
     # Gromov at n = 1: the block of one layer with the smallest d(h_l, h_{l+1}) among l = 1..2 is layer 1.
     assert drop_block(ang.tolist(), 4, 0.75).kept_layers == (0, 2, 3)
+
+
+def test_greedy_kl_removes_layers_in_the_searched_order(gm, calib_file, monkeypatch):
+    """The greedy-kl baseline drops the first layers of greedy_kl_order run on the calibration items (chat
+    prompt + answer, as training's warm-start search sees them), nested across budgets; searched once."""
+    cal = static.Calibration(path=str(calib_file), n=4, max_tokens=48)
+    calls = []
+    real = static.greedy_kl_order
+    monkeypatch.setattr(static, "greedy_kl_order", lambda m, pairs, *a, **k: calls.append((pairs, a)) or real(m, pairs, *a, **k))
+    policy = make_method("greedy-kl", calibration=cal)
+    policy.prepare(gm)
+    order = static.greedy_order_for(gm, cal)
+    (pairs, (candidates, n_remove)), = calls  # one search, cached for the model
+    assert candidates == list(range(1, L - 1)) and n_remove == L - math.ceil(static.GREEDY_FLOOR * L)
+    assert len(pairs) == 4 and all(len(p) + len(a) <= static.GREEDY_MAX_LEN and a for p, a in pairs)
+    assert sorted(order) == candidates
+    ids = torch.randint(4, 100, (1, 5))
+    kept = []
+    for b in (1.0, 0.85, 0.7, 0.55, 0.3):
+        d = policy.decide(gm, ids, None, [Budget(layers=b)])[0]
+        dropped = [i for i, keep in enumerate(d.layers) if not keep]
+        assert sorted(dropped) == sorted(order[: L - kept_count(L, b)])  # the order's front, first and last kept
+        kept.append(set(i for i, keep in enumerate(d.layers) if keep))
+    assert all(a >= b for a, b in zip(kept, kept[1:]))  # nested
 
 
 def test_calibration_hooks_see_the_residual_stream(gm):

@@ -84,6 +84,18 @@ def test_per_item_values_give_the_line_and_follow_the_file(gm, files, tmp_path):
     assert sum(nll["item_nll"]) / sum(nll["item_tokens"]) == pytest.approx(nll["nll"], rel=1e-4)
 
 
+def test_lines_say_how_many_layer_sets_their_items_ran(gm, files):
+    from l2a.decision import GateDecision
+
+    (static,) = run(gm, files, None, methods=["drop-last"], budgets=[0.5])
+    assert static["layer_sets"] == 1 and static["modal_set_share"] == 1.0
+    a, b = GateDecision.dropping(4, [1]), GateDecision.dropping(4, [2])
+    assert E._diversity([a, b, a, a]) == {"layer_sets": 2, "modal_set_share": 0.75}
+    assert E._diversity([a, GateDecision.dropping(4, [1]), b.__class__(layers=b.layers, think_tokens=5)]) == {
+        "layer_sets": 2, "modal_set_share": 2 / 3}  # the layer set alone counts, not the think allowance
+    assert E._diversity([]) == {"layer_sets": 0, "modal_set_share": None}
+
+
 def test_random_averages_over_seeds(gm, files, tmp_path):
     (r,) = run(gm, files, None, methods=["random"], budgets=[0.5], seeds=3)
     assert r["seeds"] == 3 and len(r["accuracy_per_seed"]) == 3

@@ -557,7 +557,8 @@ def test_warm_text_adds_prose_windows_to_the_greedy_search(tmp_path, monkeypatch
 def test_train_text_mixes_unsearched_prose_windows_into_each_step(tmp_path, monkeypatch):
     import l2a.prose
     import l2a.train
-    from l2a.train import PROSE_HELD, _examples, example_order
+    from l2a.mix import HELD as PROSE_HELD
+    from l2a.train import _examples, example_order
 
     text = "A plain sentence about rivers, towns and the weather in spring. " * 300  # ~19,000 characters
     monkeypatch.setattr(l2a.prose, "docstrings", lambda: [text])
@@ -583,3 +584,48 @@ def test_train_text_mixes_unsearched_prose_windows_into_each_step(tmp_path, monk
         TrainConfig(train_text=0.1, examples=4)
     with pytest.raises(ValueError, match="max_len >= 160"):
         train(TrainConfig(**{**cfg.__dict__, "max_len": 48, "out": str(tmp_path / "short")}), model=m, progress=False)
+
+
+def test_mix_mc_trains_on_correct_choice_pairs_the_search_never_sees(tmp_path, monkeypatch):
+    import json
+
+    import l2a.static
+    import l2a.train
+    from l2a.mix import HELD, ordered
+    from l2a.train import WARM_PAIRS
+
+    words = "red green blue amber violet".split()
+    rows = [{"question": f"Which colour is item {i}?", "choices": words[: 2 + i % 3], "answer": i % 2} for i in range(80)]
+    rows += [{"question": "", "choices": [f"The {w} box fell because it was heavy." for w in words[:2]], "answer": 1}]  # WinoGrande form
+    mc = tmp_path / "mc.jsonl"
+    mc.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tok = tiny_tokenizer()
+    pairs = ordered(tok, 0, [str(mc)])
+    assert len(pairs) == len(rows) and pairs == ordered(tok, 0, [str(mc)]) and pairs != ordered(tok, 1, [str(mc)])
+    decoded = {(tok.decode(p, skip_special_tokens=True), tok.decode(a)) for p, a in pairs}
+    for r in rows[:80]:  # the evaluation's decision prompt, then the correct choice
+        assert (f"Question: {r['question']}\nAnswer:", " " + r["choices"][r["answer"]]) in decoded
+    assert ("The", " violet box fell because it was heavy.") not in decoded  # only the correct choice is trained on
+    assert any(a.endswith("green box fell because it was heavy.") for _, a in decoded)
+
+    batches, seen = [], []
+    real_batch, real_search = l2a.train._batch, l2a.static.greedy_kl_order
+    monkeypatch.setattr(l2a.train, "_batch", lambda exs, pad: batches.append(list(exs)) or real_batch(exs, pad))
+    monkeypatch.setattr(l2a.static, "greedy_kl_order", lambda m, prs, *a, **k: seen.append(prs) or real_search(m, prs, *a, **k))
+    m, cfg = _setup(tmp_path)
+    cfg = TrainConfig(**{**cfg.__dict__, "train_text": 0.5, "mix_mc": [str(mc)], "warm_start": "greedy-kl", "warm_text": 2,
+                         "steps": 3, "save_every": 3, "calib_prompts": 4})
+    train(cfg, model=m, progress=False)
+    mixed = ordered(m.tokenizer, cfg.seed, cfg.mix_mc)
+    assert seen[0][-2:] == mixed[:2]  # the search adds the front of the order
+    drawn = [(p, a) for p, a in mixed[HELD:] if len(p) + len(a) <= cfg.max_len]  # then training, after the front
+    steps = [b for b in batches if len(b) == cfg.examples]  # (the search batches its pairs too)
+    assert len(steps) == 3 and len(drawn) > 6 and len(seen[0]) == WARM_PAIRS + 2
+    for step, b in enumerate(steps):
+        assert b[2:] == drawn[2 * step : 2 * step + 2]
+    train(cfg, model=m, progress=False)  # resumes: the saved config (a JSON list) equals the one given
+    with pytest.raises(ValueError, match="second source"):
+        TrainConfig(mix_mc=[str(mc)])
+    with pytest.raises(FileNotFoundError):
+        train(TrainConfig(**{**cfg.__dict__, "mix_mc": [str(tmp_path / "none.jsonl")], "out": str(tmp_path / "g2")}),
+              model=m, progress=False)

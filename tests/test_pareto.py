@@ -68,6 +68,12 @@ def test_report_writes_table_plots_and_sparsity(tmp_path):
     results.write_text("".join(json.dumps(r) + "\n" for r in timed[:6] + LINES[6:]))
     md = report(results, plots=False)["markdown"].read_text()
     assert md.count("median of 5 interleaved rounds on the first 100 items") == 1 and md.count("each point timed once") == 1
+    assert "layer sets" not in md  # lines written before the field carry no column
+    varied = [dict(r, layer_sets=3 if r["method"] == "angular" else 1, modal_set_share=0.874 if r["method"] == "angular" else 1.0)
+              for r in LINES]
+    results.write_text("".join(json.dumps(r) + "\n" for r in varied))
+    md = report(results, plots=False)["markdown"].read_text()
+    assert "| layers | layer sets (modal) |" in md and "| 0.700 | 3 (87%) |" in md and "| 1.000 | 1 (100%) |" in md
 
 
 def test_report_errors(tmp_path):

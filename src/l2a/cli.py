@@ -152,7 +152,7 @@ def cmd_train(args) -> int:
                           ablation=args.ablation, limit=args.limit, track=args.track, warm_start=args.warm_start,
                           fixed_budget=args.fixed_budget, dual=args.dual, noise_end=args.noise_end, select=args.select,
                           estimator=args.estimator, samples=args.samples, dense_at_full=args.dense_at_full,
-                          warm_scale=args.warm_scale, warm_text=args.warm_text, train_text=args.train_text, cost=args.cost, row_tol=args.row_tol, depth_pairs=args.depth_pairs,
+                          warm_scale=args.warm_scale, warm_text=args.warm_text, train_text=args.train_text, mix_mc=args.mix_mc or [], cost=args.cost, row_tol=args.row_tol, depth_pairs=args.depth_pairs,
                           depth_max_len=args.depth_max_len,
                           **({"calib_prompts": 0} if args.fixed_budget else {}))
     summary = train(cfg)
@@ -337,10 +337,13 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--dense-at-full", action="store_true", help="rows at budget 1.0 run dense in training, as at inference")
     t.add_argument("--warm-scale", type=float, default=1.5, help="weight of the warm-start ranking in the logit bias")
     t.add_argument("--warm-text", type=int, default=0, metavar="N",
-                   help="--warm-start greedy-kl: also search on N windows of generic prose (stdlib docstrings)")
+                   help="--warm-start greedy-kl: also search on N second-source examples (generic prose, or --mix-mc)")
     t.add_argument("--train-text", type=float, default=0.0, metavar="F",
-                   help="share of each step's examples drawn from generic prose (stdlib docstrings) instead of the "
-                        "task's, for gates that route out-of-domain prompts too (default: %(default)s)")
+                   help="share of each step's examples drawn from the second source (generic prose: stdlib docstrings, "
+                        "or --mix-mc) instead of the task's, for gates that route out-of-domain prompts too (default: %(default)s)")
+    t.add_argument("--mix-mc", nargs="+", metavar="FILE",
+                   help="the second source: these multiple-choice files' (question, correct choice) pairs instead of "
+                        "prose (e.g. ../shared/data/mc/siqa.jsonl; evaluate on other sets)")
     t.add_argument("--select", choices=("last", "val-kl"), default="last",
                    help="artifact = last step, or the checkpoint with the lowest held-out KL of its top-k layer sets")
     t.add_argument("--fixed-budget", type=_fraction, help="train the tuned-static baseline: budget-only gates at this "

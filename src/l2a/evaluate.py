@@ -38,6 +38,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -319,6 +320,13 @@ def _run_point(model, task, rows, budget: Budget, policies, cfg: EvalConfig, cos
     return _summarize(runs, task, budget, cost, name)
 
 
+def _diversity(decisions: list) -> dict:
+    """How input-aware a point's decisions are: distinct executed layer sets over its items, and the share of
+    items on the most common one (a static method: 1 and 1.0)."""
+    counts = Counter(d.layers for d in decisions)
+    return {"layer_sets": len(counts), "modal_set_share": max(counts.values()) / len(decisions) if decisions else None}
+
+
 def _summarize(runs, task, budget: Budget, cost: CostModel, name: str) -> dict:
     n = len(runs[0][0])
     scores = np.mean([[it.score for it in items] for items, _ in runs], axis=0) if n else np.zeros(0)  # (n,)
@@ -344,6 +352,7 @@ def _summarize(runs, task, budget: Budget, cost: CostModel, name: str) -> dict:
         "ci_high": hi,
         "realized_layers": mean(it.decision.layer_fraction for it in everything),
         "realized_groups": mean(it.decision.group_fraction(cost.n_groups) for it in everything),
+        **_diversity([it.decision for it in runs[0][0]]),
         "think_tokens": mean(it.new_tokens for it in everything) or 0.0,
         "flops_per_token": mean(flops),
         "flops_fraction": sum(flops) / sum(dense) if dense else None,

@@ -143,8 +143,10 @@ def markdown_table(lines: list[dict]) -> str:
     norm = any("acc_norm" in r for r in lines)
     nll = any("nll" in r for r in lines)  # gsm8k-loglik: per-token NLL of the reference (lower is better)
     think = any(r.get("think_tokens") for r in lines)  # gsm8k generation: think tokens, answer agreement
+    sets = any("layer_sets" in r for r in lines)  # distinct layer sets over a point's items, modal set's share
     head = ["method", "budget", "accuracy (95% CI)"] + (["acc_norm"] if norm else []) + (["NLL/token"] if nll else []) + (
-        ["think tokens", "agreement", "forced"] if think else []) + ["layers", "groups", "s/item", "GFLOP/token (modeled)", "n"]
+        ["think tokens", "agreement", "forced"] if think else []) + ["layers"] + (["layer sets (modal)"] if sets else []) + [
+        "groups", "s/item", "GFLOP/token (modeled)", "n"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     order = {m: i for i, m in enumerate(dict.fromkeys(_label(r) for r in lines))}
     for r in sorted(lines, key=lambda r: (order[_label(r)], _budget_sort(r["budget"]))):
@@ -160,7 +162,11 @@ def markdown_table(lines: list[dict]) -> str:
             row += [_fmt(r.get("think_tokens"), ".1f"), "–" if agree is None else f"{100 * agree:.1f}",
                     "–" if forced is None else f"{100 * forced:.0f}%"]
         flops = r.get("flops_per_token")
-        row += [_fmt(r.get("realized_layers"), ".3f"), _fmt(r.get("realized_groups"), ".3f"),
+        row.append(_fmt(r.get("realized_layers"), ".3f"))
+        if sets:
+            share = r.get("modal_set_share")
+            row.append("–" if share is None else f"{r['layer_sets']} ({100 * share:.0f}%)")
+        row += [_fmt(r.get("realized_groups"), ".3f"),
                 _fmt(r.get("seconds_per_item"), ".3f"), "–" if flops is None else f"{flops / 1e9:.3f}", str(r.get("n"))]
         out.append("| " + " | ".join(row) + " |")
     return "\n".join(out)

@@ -14,7 +14,10 @@ stream, which `output_hidden_states` does not give for the last layer):
   o_proj restricted to the group's input columns applied to their slice (DESIGN decision 6).
 
 `greedy_kl_order` ranks layers by greedy removal under teacher-forced KL to the dense model (a search,
-not a score: minutes, not one forward); training uses it as a warm start (`l2a train --warm-start greedy-kl`).
+not a score: minutes, not one forward; SLEB, Song et al. 2024, removes blocks greedily by perplexity alike);
+training uses it as a warm start (`l2a train --warm-start greedy-kl`), and the `greedy-kl` baseline removes
+layers in its order: the static set L2A's gates start from, searched on the calibration set's first
+GREEDY_PAIRS items (chat prompt + worked answer, as training's search sees them).
 
 Scores are cached per (model, Calibration). The selection rules are pure functions in `baselines.py`.
 This module does not evaluate anything and does not train.
@@ -214,6 +217,38 @@ def greedy_kl_order(model, pairs, candidates, n_remove: int, pad_id: int = 0, pr
 # ---- policies -------------------------------------------------------------------------------------------
 
 
+GREEDY_PAIRS = 16  # greedy-kl baseline: calibration items searched on (SmolLM2, 2 cores: ~5 min)
+GREEDY_MAX_LEN = 160  # their tokens, prompt included (training's default search pairs are cut alike)
+GREEDY_FLOOR = 0.4  # searched down to this fraction of the layers; the rest follow in the last step's KL order
+_ORDERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model.hf -> {Calibration: order}
+
+
+def greedy_order_for(model, cal: Calibration, progress: bool = True) -> list[int]:
+    """The greedy-KL removal order (least important first) of layers 1..L-2 of `model` on `cal`'s first
+    GREEDY_PAIRS items, searched once per (model, Calibration)."""
+    import re
+
+    from .tasks import math_prompt
+
+    per_model = _ORDERS.setdefault(model.hf, {})
+    if cal not in per_model:
+        tok = model.tokenizer
+        if tok is None:
+            raise ValueError("calibrated baselines need the model's tokenizer (GatedModel(hf, tokenizer=...))")
+        rows, _ = data.load_math(cal.path, split="train")
+        pairs = []
+        for r in rows[: min(cal.n, GREEDY_PAIRS)]:
+            prompt = math_prompt(tok, r["question"])[: GREEDY_MAX_LEN - 1]
+            answer = tok(re.sub(r"<<[^>]*>>", "", r["answer"]), add_special_tokens=False)["input_ids"]
+            pairs.append((prompt, answer[: GREEDY_MAX_LEN - len(prompt)]))
+        L = model.n_layers
+        candidates = list(range(1, L - 1))
+        pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+        n_remove = max(0, L - max(2, math.ceil(GREEDY_FLOOR * L)))
+        per_model[cal] = greedy_kl_order(model, pairs, candidates, n_remove, pad_id=pad, progress=progress)
+    return per_model[cal]
+
+
 class _Calibrated(_StaticPolicy):
     def __init__(self, calibration: Calibration | None = None):
         super().__init__()
@@ -246,6 +281,24 @@ class AngularPolicy(_Calibrated):
 
     def decision(self, model, budget) -> GateDecision:
         layers = drop_block(self.prepare(model).angular, model.n_layers, budget.layers)
+        return self._with_groups(model, budget, layers)
+
+
+class GreedyKLPolicy(_Calibrated):
+    """Remove layers in greedy-KL order (first and last kept; the static set L2A's warm start is);
+    groups by calibrated importance."""
+
+    name = "greedy-kl"
+
+    def prepare(self, model) -> CalibStats:
+        greedy_order_for(model, self.calibration)
+        return super().prepare(model)
+
+    def decision(self, model, budget) -> GateDecision:
+        order = greedy_order_for(model, self.calibration)
+        rank = {j: i for i, j in enumerate(order)}  # later removal = more important
+        importance = [rank.get(i, len(order)) for i in range(model.n_layers)]
+        layers = keep_most_important(importance, model.n_layers, budget.layers)
         return self._with_groups(model, budget, layers)
 
 

@@ -21,13 +21,14 @@ import json
 import math
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from .checkpoint import save_gates
 from .gates import GateConfig, GatePolicy
+from .mix import training_pairs
 from .objective import objective
 
 
@@ -60,9 +61,11 @@ class TrainConfig:
     track: float = 0.0  # weight of (E[cost] - b)^2 per axis (10 tracked budgets to ±0.013 but chose worse layers)
     warm_start: str | None = None  # initial layer ranking: "block-influence" or "greedy-kl" (WARM_STARTS)
     warm_scale: float = 1.5  # warm start: the static ranking's z-scores times this are added to the logit bias
-    warm_text: int = 0  # greedy-kl: generic prose windows (stdlib docstrings, prose.py) searched on with the task's
-    train_text: float = 0.0  # share of each step's examples that are generic prose windows (prose.py) instead of
-    #   the task's: the objective then also sees text unlike GSM8K (out-of-domain prompts route from it too)
+    warm_text: int = 0  # greedy-kl: second-source examples (mix.py) searched on with the task's
+    train_text: float = 0.0  # share of each step's examples from the second source (mix.py) instead of the
+    #   task's: the objective then also sees text unlike GSM8K (out-of-domain prompts route from it too)
+    mix_mc: list = field(default_factory=list)  # the second source: these MC files' (question, correct
+    #   choice) pairs; empty = generic prose windows (prose.py)
     lambda_init: float = 20.0  # initial cost multipliers
     dual_lr: float = 20.0  # dual ascent step on the multipliers (per unit of mean violation)
     dual: str = "violations"  # multiplier update: "violations" (only rows over budget; never decreases) or
@@ -108,6 +111,9 @@ class TrainConfig:
             raise ValueError(f"cost must be request or batch and row_tol in [0, 1], got {self.cost!r}, {self.row_tol!r}")
         if self.estimator not in ("st", "score"):
             raise ValueError(f"estimator must be st or score, got {self.estimator!r}")
+        self.mix_mc = [str(p) for p in self.mix_mc]  # a list, as the saved JSON config reads back
+        if self.mix_mc and not (self.train_text or self.warm_text):
+            raise ValueError("mix_mc names the second source of --train-text / --warm-text; give one of them")
         if self.warm_text < 0 or (self.warm_text and self.warm_start != "greedy-kl"):
             raise ValueError(f"warm_text needs warm_start greedy-kl and must be >= 0, got {self.warm_text!r}")
         if not 0 <= self.train_text < 1 or (self.train_text and round(self.train_text * self.examples) < 1):
@@ -261,7 +267,7 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     gcfg = gate_config(m, cfg, budget_only=cfg.ablation or cfg.fixed_budget is not None)
     policy = GatePolicy(gcfg)
-    prose = _prose(cfg, tok)  # [] unless train_text
+    prose = training_pairs(cfg, tok)  # [] unless train_text
     n_text = round(cfg.train_text * cfg.examples)  # prose examples per step
     n_task = cfg.examples - n_text
     first = [examples[i][0] for i in train_idx[: 256 * n_task // cfg.examples]]  # router input standardised
@@ -349,20 +355,6 @@ def gate_config(m, cfg: TrainConfig, **extra) -> GateConfig:
 WARM_STARTS = ("block-influence", "greedy-kl")
 WARM_PAIRS = 16  # greedy-kl: held-out training examples searched on (the end of the seeded order)
 VAL_PAIRS = 32  # select = "val-kl": held-out training examples checkpoints are scored on (just before those)
-PROSE_HELD = 64  # train_text: prose windows never trained on (the warm-start search's come from these)
-
-
-def _prose(cfg: TrainConfig, tok) -> list[tuple[list[int], list[int]]]:
-    """The prose windows training draws from: prose.py's seeded order after the first PROSE_HELD."""
-    if not cfg.train_text:
-        return []
-    from .prose import ANSWER, PROMPT, training_windows
-
-    if PROMPT + ANSWER > cfg.max_len:
-        raise ValueError(f"train_text needs max_len >= {PROMPT + ANSWER} (a prose window's tokens), got {cfg.max_len}")
-    return training_windows(tok, cfg.seed, skip=max(PROSE_HELD, cfg.warm_text))
-
-
 @torch.no_grad()
 def _warm_start(m, policy: GatePolicy, cfg: TrainConfig, held_out: list) -> list[int] | None:
     """Rank layers initially by a static ranking (z-scored, added to the keep-logit bias), so training
@@ -385,9 +377,9 @@ def _warm_start(m, policy: GatePolicy, cfg: TrainConfig, held_out: list) -> list
             pad = m.tokenizer.pad_token_id if m.tokenizer.pad_token_id is not None else 0
             n_remove = max(0, len(gate) + policy.config.protected - math.ceil(cfg.layer_min * policy.config.n_layers))
             if cfg.warm_text:
-                from .prose import docstrings, windows
+                from .mix import search_pairs
 
-                held_out = held_out + windows(m.tokenizer, docstrings(), cfg.warm_text, cfg.seed)
+                held_out = held_out + search_pairs(cfg, m.tokenizer)
             order = greedy_kl_order(m, held_out, gate, n_remove, pad_id=pad)
             cache.parent.mkdir(parents=True, exist_ok=True)
             cache.write_text(json.dumps({"warm_start": cfg.warm_start, "order": order}) + "\n")
