@@ -88,12 +88,12 @@ def test_lines_say_how_many_layer_sets_their_items_ran(gm, files):
     from l2a.decision import GateDecision
 
     (static,) = run(gm, files, None, methods=["drop-last"], budgets=[0.5])
-    assert static["layer_sets"] == 1 and static["modal_set_share"] == 1.0
+    assert static["layer_sets"] == 1 and static["modal_set_share"] == 1.0 and static["modal_skipped"] == [3]  # early exit: 3 of 4 layers (think-first 0.5)
     a, b = GateDecision.dropping(4, [1]), GateDecision.dropping(4, [2])
-    assert E._diversity([a, b, a, a]) == {"layer_sets": 2, "modal_set_share": 0.75}
+    assert E._diversity([a, b, a, a]) == {"layer_sets": 2, "modal_set_share": 0.75, "modal_skipped": [1]}
     assert E._diversity([a, GateDecision.dropping(4, [1]), b.__class__(layers=b.layers, think_tokens=5)]) == {
-        "layer_sets": 2, "modal_set_share": 2 / 3}  # the layer set alone counts, not the think allowance
-    assert E._diversity([]) == {"layer_sets": 0, "modal_set_share": None}
+        "layer_sets": 2, "modal_set_share": 2 / 3, "modal_skipped": [1]}  # the layer set alone counts, not the think allowance
+    assert E._diversity([]) == {"layer_sets": 0, "modal_set_share": None, "modal_skipped": None}
 
 
 def test_random_averages_over_seeds(gm, files, tmp_path):

@@ -322,9 +322,13 @@ def _run_point(model, task, rows, budget: Budget, policies, cfg: EvalConfig, cos
 
 def _diversity(decisions: list) -> dict:
     """How input-aware a point's decisions are: distinct executed layer sets over its items, and the share of
-    items on the most common one (a static method: 1 and 1.0)."""
+    items on the most common one (a static method: 1 and 1.0), and the layers that set skips."""
     counts = Counter(d.layers for d in decisions)
-    return {"layer_sets": len(counts), "modal_set_share": max(counts.values()) / len(decisions) if decisions else None}
+    if not counts:
+        return {"layer_sets": 0, "modal_set_share": None, "modal_skipped": None}
+    modal, n = counts.most_common(1)[0]
+    return {"layer_sets": len(counts), "modal_set_share": n / len(decisions),
+            "modal_skipped": [i for i, keep in enumerate(modal) if not keep]}
 
 
 def _summarize(runs, task, budget: Budget, cost: CostModel, name: str) -> dict:
