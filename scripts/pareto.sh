@@ -16,7 +16,7 @@ mkdir -p "$OUT"
 for b in 0.85 0.70 0.55; do
     [ -f "$TUNED/b$b/l2a_gates.safetensors" ] || l2a train --fixed-budget "$b" --steps 150 --max-len 176 --gates-out "$TUNED/b$b"
 done
-METHODS="dense,l2a,block-influence,angular,tuned-static"
+METHODS="dense,l2a,block-influence,angular,greedy-kl,tuned-static"
 BUDGETS="1.0,0.85,0.7,0.55"
 l2a eval --dtype bfloat16 --task mc --data "$DATA/mc/arc_easy.jsonl" --data "$DATA/mc/piqa.jsonl" \
     --data "$DATA/mc/winogrande.jsonl" --limit 500 --budgets "$BUDGETS" --axes layers --methods "$METHODS" --seeds 1 \

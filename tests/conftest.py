@@ -89,3 +89,13 @@ def write_math(path, n: int = 40, seed: int = 0):
             a, b = rng.randint(1, 9), rng.randint(1, 9)
             f.write(json.dumps({"question": f"What is {a}+{b}?", "answer": f"{a}+{b}={a + b}\n#### {a + b}"}) + "\n")
     return path
+
+
+@pytest.fixture(autouse=True)
+def _static_cache(tmp_path_factory, monkeypatch):
+    """Searched static orders go to a per-test directory, never the user's cache."""
+    from l2a import static
+
+    d = tmp_path_factory.mktemp("static-cache")
+    monkeypatch.setattr(static, "_order_cache", lambda: d)
+    return d

@@ -108,9 +108,10 @@ def test_block_influence_and_angular_by_hand():
     assert drop_block(ang.tolist(), 4, 0.75).kept_layers == (0, 2, 3)
 
 
-def test_greedy_kl_removes_layers_in_the_searched_order(gm, calib_file, monkeypatch):
+def test_greedy_kl_removes_layers_in_the_searched_order(gm, calib_file, monkeypatch, _static_cache):
     """The greedy-kl baseline drops the first layers of greedy_kl_order run on the calibration items (chat
-    prompt + answer, as training's warm-start search sees them), nested across budgets; searched once."""
+    prompt + answer, as training's warm-start search sees them), nested across budgets; searched once per
+    model and items, then read back from disk."""
     cal = static.Calibration(path=str(calib_file), n=4, max_tokens=48)
     calls = []
     real = static.greedy_kl_order
@@ -130,6 +131,24 @@ def test_greedy_kl_removes_layers_in_the_searched_order(gm, calib_file, monkeypa
         assert sorted(dropped) == sorted(order[: L - kept_count(L, b)])  # the order's front, first and last kept
         kept.append(set(i for i, keep in enumerate(d.layers) if keep))
     assert all(a >= b for a, b in zip(kept, kept[1:]))  # nested
+
+    static._ORDERS.clear()  # a later run: read back from disk, not searched again
+    assert static.greedy_order_for(gm, cal) == order and len(calls) == 1
+    (saved,) = _static_cache.glob("greedy-kl-*.json")
+    assert json.loads(saved.read_text())["order"] == order
+    other = static.Calibration(path=str(calib_file), n=3, max_tokens=48)  # other items: another search
+    static.greedy_order_for(gm, other)
+    assert len(calls) == 2 and len(list(_static_cache.glob("greedy-kl-*.json"))) == 2
+    static._ORDERS.clear()
+    with torch.no_grad():
+        gm.hf.lm_head.weight.mul_(1.5)  # another model: another key
+    try:
+        static.greedy_order_for(gm, cal)
+        assert len(calls) == 3
+    finally:
+        with torch.no_grad():
+            gm.hf.lm_head.weight.div_(1.5)
+        static._ORDERS.clear()
 
 
 def test_calibration_hooks_see_the_residual_stream(gm):

@@ -25,9 +25,13 @@ This module does not evaluate anything and does not train.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 import weakref
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -225,7 +229,8 @@ _ORDERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model.hf -
 
 def greedy_order_for(model, cal: Calibration, progress: bool = True) -> list[int]:
     """The greedy-KL removal order (least important first) of layers 1..L-2 of `model` on `cal`'s first
-    GREEDY_PAIRS items, searched once per (model, Calibration)."""
+    GREEDY_PAIRS items: searched once per (model, Calibration) and kept on disk, keyed by the model's
+    parameters and dtype and by the searched token ids, so a later run reads it back."""
     import re
 
     from .tasks import math_prompt
@@ -245,8 +250,36 @@ def greedy_order_for(model, cal: Calibration, progress: bool = True) -> list[int
         candidates = list(range(1, L - 1))
         pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
         n_remove = max(0, L - max(2, math.ceil(GREEDY_FLOOR * L)))
-        per_model[cal] = greedy_kl_order(model, pairs, candidates, n_remove, pad_id=pad, progress=progress)
+        key = hashlib.sha256(json.dumps([_fingerprint(model), pairs, candidates, n_remove, pad]).encode()).hexdigest()
+        path = _order_cache() / f"greedy-kl-{key[:32]}.json"
+        if path.is_file():
+            per_model[cal] = json.loads(path.read_text())["order"]
+        else:
+            per_model[cal] = greedy_kl_order(model, pairs, candidates, n_remove, pad_id=pad, progress=progress)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"order": per_model[cal], "key": key}) + "\n")
+            tmp.replace(path)
     return per_model[cal]
+
+
+def _order_cache() -> Path:
+    """Where searched orders are kept between runs: `static/` in the l2a cache root."""
+    from .loading import cache_root
+
+    return cache_root().parent / "static" if not os.environ.get("L2A_CACHE") else cache_root() / "static"
+
+
+def _fingerprint(model) -> str:
+    """A cache key for the model as it runs: every parameter's name, shape, dtype and 64 of its values
+    spread over it (not a checksum of every weight: enough to tell models and dtypes apart)."""
+    h = hashlib.sha256()
+    for name, p in model.hf.named_parameters():
+        flat = p.detach().reshape(-1)
+        idx = torch.linspace(0, flat.numel() - 1, min(64, flat.numel())).long()
+        h.update(f"{name}{tuple(p.shape)}{p.dtype}".encode())
+        h.update(flat[idx].float().cpu().numpy().tobytes())
+    return h.hexdigest()
 
 
 class _Calibrated(_StaticPolicy):
