@@ -151,6 +151,12 @@ def test_greedy_kl_removes_layers_in_the_searched_order(gm, calib_file, monkeypa
         static._ORDERS.clear()
 
 
+def test_fingerprint_samples_stay_inside_large_tensors():
+    for n in (1, 2, 63, 64, 65, 28_311_552, 2**31 + 7):  # 28.3M: SmolLM2's embedding, where float steps overran
+        idx = static._spread(n)
+        assert int(idx[0]) == 0 and int(idx[-1]) == n - 1 and len(set(idx.tolist())) == min(64, n)
+
+
 def test_calibration_hooks_see_the_residual_stream(gm):
     seqs = [list(range(5, 17)), list(range(30, 37))]  # unequal lengths: the batch is left-padded
     got = static.calibrate(gm, seqs, batch_size=2)

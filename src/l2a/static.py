@@ -276,10 +276,16 @@ def _fingerprint(model) -> str:
     h = hashlib.sha256()
     for name, p in model.hf.named_parameters():
         flat = p.detach().reshape(-1)
-        idx = torch.linspace(0, flat.numel() - 1, min(64, flat.numel())).long()
         h.update(f"{name}{tuple(p.shape)}{p.dtype}".encode())
-        h.update(flat[idx].float().cpu().numpy().tobytes())
+        h.update(flat[_spread(flat.numel())].float().cpu().numpy().tobytes())
     return h.hexdigest()
+
+
+def _spread(n: int, k: int = 64) -> torch.Tensor:
+    """(min(k, n),) distinct indices spread over range(n), first and last included (integer arithmetic:
+    float steps round past the end on tensors of tens of millions of elements)."""
+    k = min(k, n)
+    return torch.arange(k) * (n - 1) // max(1, k - 1)
 
 
 class _Calibrated(_StaticPolicy):
