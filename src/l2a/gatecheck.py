@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 
-import re
 
 import torch
 
@@ -28,15 +27,14 @@ TRACK_GRID = tuple(round(0.5 + 0.05 * i, 2) for i in range(11))  # 0.50 .. 1.00
 
 def _prompts_and_answers(m, data, limit):
     from .data import load_math
-    from .tasks import math_prompt
+    from .tasks import math_prompt, solution_ids
 
     rows, source = load_math(data, split="test")
     rows = rows[:limit]
     tok = m.tokenizer
     pairs = []
     for r in rows:
-        ans = tok(re.sub(r"<<[^>]*>>", "", r["answer"]), add_special_tokens=False)["input_ids"]
-        pairs.append((math_prompt(tok, r["question"]), ans))
+        pairs.append((math_prompt(tok, r["question"]), solution_ids(tok, r["answer"])))
     return pairs, source
 
 

@@ -231,9 +231,7 @@ def greedy_order_for(model, cal: Calibration, progress: bool = True) -> list[int
     """The greedy-KL removal order (least important first) of layers 1..L-2 of `model` on `cal`'s first
     GREEDY_PAIRS items: searched once per (model, Calibration) and kept on disk, keyed by the model's
     parameters and dtype and by the searched token ids, so a later run reads it back."""
-    import re
-
-    from .tasks import math_prompt
+    from .tasks import math_prompt, solution_ids
 
     per_model = _ORDERS.setdefault(model.hf, {})
     if cal not in per_model:
@@ -244,7 +242,7 @@ def greedy_order_for(model, cal: Calibration, progress: bool = True) -> list[int
         pairs = []
         for r in rows[: min(cal.n, GREEDY_PAIRS)]:
             prompt = math_prompt(tok, r["question"])[: GREEDY_MAX_LEN - 1]
-            answer = tok(re.sub(r"<<[^>]*>>", "", r["answer"]), add_special_tokens=False)["input_ids"]
+            answer = solution_ids(tok, r["answer"])
             pairs.append((prompt, answer[: GREEDY_MAX_LEN - len(prompt)]))
         L = model.n_layers
         candidates = list(range(1, L - 1))

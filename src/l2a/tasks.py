@@ -153,6 +153,11 @@ def math_prompt(tok, question: str, style: str = "steps") -> list[int]:
     return _encode(tok, f"Question: {question}\nAnswer:", special=True)
 
 
+def solution_ids(tok, answer: str) -> list[int]:
+    """Token ids of a GSM8K worked answer, its calculator annotations (`<<48/2=24>>`) removed."""
+    return _encode(tok, re.sub(r"<<[^>]*>>", "", answer))
+
+
 @torch.inference_mode()
 def continuation_logprobs(model, seqs: list[list[int]], conts: list[int], decisions: list, pad_id: int):
     """Per sequence: (summed logprob of its last `conts[i]` tokens, (k_i,) logprobs, (k_i,) greedy hits).

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,7 +126,7 @@ def _examples(cfg: TrainConfig, tok, cut: int | None = None) -> tuple[list[tuple
     """[(prompt ids, answer ids)] from GSM8K-style rows, and the data source that ran. Prompts that fit
     `cfg.max_len`; answers cut at `cut` tokens with the prompt (default `cfg.max_len`): the same examples."""
     from .data import load_math
-    from .tasks import math_prompt
+    from .tasks import math_prompt, solution_ids
 
     rows, source = load_math(cfg.data, split="train")
     if cfg.limit:
@@ -135,8 +134,7 @@ def _examples(cfg: TrainConfig, tok, cut: int | None = None) -> tuple[list[tuple
     out = []
     for r in rows:
         prompt = math_prompt(tok, r["question"])
-        answer = re.sub(r"<<[^>]*>>", "", r["answer"])  # GSM8K calculator annotations
-        ans = tok(answer, add_special_tokens=False)["input_ids"]
+        ans = solution_ids(tok, r["answer"])
         if len(prompt) + 8 <= cfg.max_len:
             out.append((prompt, ans[: (cut or cfg.max_len) - len(prompt)]))
     if len(out) < cfg.examples + cfg.calib_prompts:
