@@ -156,17 +156,22 @@ def calibrate(model, sequences: list[list[int]], batch_size: int = 8, pad_id: in
 _CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model.hf -> {Calibration: CalibStats}
 
 
+def _tokenizer(model):
+    """(tokenizer, pad id) of a model the calibrated baselines read text for."""
+    tok = model.tokenizer
+    if tok is None:
+        raise ValueError("calibrated baselines need the model's tokenizer (GatedModel(hf, tokenizer=...))")
+    return tok, tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+
+
 def stats_for(model, cal: Calibration) -> CalibStats:
     """Calibration scores of `model` on `cal`'s text, computed once per (model, Calibration)."""
     per_model = _CACHE.setdefault(model.hf, {})
     if cal not in per_model:
-        tok = model.tokenizer
-        if tok is None:
-            raise ValueError("calibrated baselines need the model's tokenizer (GatedModel(hf, tokenizer=...))")
+        tok, pad = _tokenizer(model)
         rows, source = data.load_math(cal.path, split="train")
         texts = [f"{r['question']}\n{r['answer']}" for r in rows[: cal.n]]
         seqs = [list(tok(t)["input_ids"])[: cal.max_tokens] for t in texts]
-        pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
         per_model[cal] = calibrate(model, seqs, cal.batch_size, pad, source)
     return per_model[cal]
 
@@ -235,9 +240,7 @@ def greedy_order_for(model, cal: Calibration, progress: bool = True) -> list[int
 
     per_model = _ORDERS.setdefault(model.hf, {})
     if cal not in per_model:
-        tok = model.tokenizer
-        if tok is None:
-            raise ValueError("calibrated baselines need the model's tokenizer (GatedModel(hf, tokenizer=...))")
+        tok, pad = _tokenizer(model)
         rows, _ = data.load_math(cal.path, split="train")
         pairs = []
         for r in rows[: min(cal.n, GREEDY_PAIRS)]:
@@ -246,7 +249,6 @@ def greedy_order_for(model, cal: Calibration, progress: bool = True) -> list[int
             pairs.append((prompt, answer[: GREEDY_MAX_LEN - len(prompt)]))
         L = model.n_layers
         candidates = list(range(1, L - 1))
-        pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
         n_remove = max(0, L - max(2, math.ceil(GREEDY_FLOOR * L)))
         key = hashlib.sha256(json.dumps([_fingerprint(model), pairs, candidates, n_remove, pad]).encode()).hexdigest()
         path = _order_cache() / f"greedy-kl-{key[:32]}.json"
