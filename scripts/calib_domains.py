@@ -43,11 +43,8 @@ def main() -> None:
     rows = data.load("math", os.path.join(args.data, "gsm8k", "test.jsonl"))[0][: args.n]
     sets = {"gsm8k": [math_prompt(tok, r["question"]) for r in rows]}
     for name in MC_SETS:
-        prompts = []
-        for r in data.load("mc", os.path.join(args.data, "mc", f"{name}.jsonl"))[0][: args.n]:
-            ctx, conts, plen = MultipleChoice._context(tok, r)
-            prompts.append((ctx + conts[0])[:plen])
-        sets[name] = prompts
+        rows = data.load("mc", os.path.join(args.data, "mc", f"{name}.jsonl"))[0][: args.n]
+        sets[name] = [MultipleChoice.pair(tok, r)[0] for r in rows]
     cfg = TrainConfig(**{**read_config(args.gates)["training"]["config"], "out": args.gates})
     examples, _ = _examples(cfg, tok)
     gsm_held = [examples[i][0] for i in example_order(cfg, len(examples))[: cfg.calib_prompts]]

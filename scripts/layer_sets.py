@@ -41,11 +41,8 @@ def main() -> None:
             rows = data.load("math", os.path.join(args.data, "gsm8k", "test.jsonl"))[0][: args.n]
             sets[name] = [math_prompt(tok, r["question"]) for r in rows]
             continue
-        prompts = []
-        for r in data.load("mc", os.path.join(args.data, "mc", f"{name}.jsonl"))[0][: args.n]:
-            ctx, conts, plen = MultipleChoice._context(tok, r)
-            prompts.append((ctx + conts[0])[:plen])
-        sets[name] = prompts
+        rows = data.load("mc", os.path.join(args.data, "mc", f"{name}.jsonl"))[0][: args.n]
+        sets[name] = [MultipleChoice.pair(tok, r)[0] for r in rows]
     budgets = [float(b) for b in args.budgets.split(",")]
     skipped = lambda d: tuple(i for i, keep in enumerate(d.layers) if not keep)  # noqa: E731
     for name, prompts in sets.items():

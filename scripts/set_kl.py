@@ -39,12 +39,8 @@ def main() -> None:
     gsm = data.load("math", os.path.join(args.data, "gsm8k", "train.jsonl"))[0][-32:]
     sets = {"gsm8k": [(math_prompt(tok, r["question"]), tok(r["answer"], add_special_tokens=False)["input_ids"][:100]) for r in gsm]}
     for name in MC:
-        pairs = []
-        for r in data.load("mc", os.path.join(args.data, "mc", f"{name}.jsonl"))[0][-args.n :]:
-            ctx, conts, plen = MultipleChoice._context(tok, r)
-            seq = ctx + conts[r["answer"]]
-            pairs.append((seq[:plen], seq[plen:]))
-        sets[name] = pairs
+        rows = data.load("mc", os.path.join(args.data, "mc", f"{name}.jsonl"))[0][-args.n :]
+        sets[name] = [MultipleChoice.pair(tok, r) for r in rows]
     sets["prose"] = windows(tok, docstrings(), 32, 0)
     kl = {}
     with torch.no_grad():

@@ -29,10 +29,9 @@ def ordered(tok, seed: int, mc: list | tuple = ()) -> list[tuple[list[int], list
     out = []
     for path in mc:
         for row in load_mc(path)[0]:
-            ctx, conts, plen = MultipleChoice._context(tok, row)
-            seq = ctx + conts[row["answer"]]  # the decision prompt, then the rest of the correct choice
-            if len(seq) > plen:
-                out.append((seq[:plen], seq[plen:]))
+            prompt, answer = MultipleChoice.pair(tok, row)
+            if answer:
+                out.append((prompt, answer))
     random.Random(seed).shuffle(out)
     return out
 

@@ -385,6 +385,14 @@ class MultipleChoice:
         conts = [_encode(tok, c) for c in row["choices"]]
         return [_prefix_id(tok)], conts, 1 + _common_prefix(conts)
 
+    @classmethod
+    def pair(cls, tok, row) -> tuple[list[int], list[int]]:
+        """(decision prompt ids, the rest of the correct choice's ids): what the gates route on, then what
+        follows it in the correct sequence (the answer tokens a teacher-forced loss scores)."""
+        ctx, conts, plen = cls._context(tok, row)
+        seq = ctx + conts[row["answer"]]
+        return seq[:plen], seq[plen:]
+
     def run(self, model, rows, decide: Decide, batch_size: int = 8, max_new_tokens: int = 0) -> Iterator[list[ItemResult]]:
         """Items are scored whole: all choices of an item run in one forward (up to `batch_size` rows per
         forward, items of similar length together), so the item's one decision is made in that pass."""

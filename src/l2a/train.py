@@ -265,11 +265,11 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     gcfg = gate_config(m, cfg, budget_only=cfg.ablation or cfg.fixed_budget is not None)
     policy = GatePolicy(gcfg)
-    prose = training_pairs(cfg, tok)  # [] unless train_text
-    n_text = round(cfg.train_text * cfg.examples)  # prose examples per step
+    second = training_pairs(cfg, tok)  # second-source examples (mix.py); [] unless train_text
+    n_text = round(cfg.train_text * cfg.examples)  # second-source examples per step
     n_task = cfg.examples - n_text
     first = [examples[i][0] for i in train_idx[: 256 * n_task // cfg.examples]]  # router input standardised
-    first += [p for p, _ in prose[: 256 * n_text // cfg.examples]]  # on prompts drawn as training draws them
+    first += [p for p, _ in second[: 256 * n_text // cfg.examples]]  # on prompts drawn as training draws them
     policy.fit_input(pooled_prompts(m, policy, first, pad_id))
     warm_order = _warm_start(m, policy, cfg, held_out) if cfg.warm_start else None
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
@@ -294,7 +294,7 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     for step in bar:
         n = cfg.examples
         batch = [examples[train_idx[(step * n_task + j) % len(train_idx)]] for j in range(n_task)]
-        batch += [prose[(step * n_text + j) % len(prose)] for j in range(n_text)]
+        batch += [second[(step * n_text + j) % len(second)] for j in range(n_text)]
         ids, attn, prompt_mask, ans_mask = _batch(batch, pad_id)
         teacher, pooled = teacher_pass(m, ids, attn, prompt_mask, k)
         b_hi, b_lo = _sample_budgets(cfg, n, gen)
