@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from .checkpoint import save_gates
 from .gates import GateConfig, GatePolicy
 from .mix import training_pairs
 from .objective import objective
+from .warmstart import WARM_PAIRS, WARM_STARTS, warm_start
 
 
 @dataclass
@@ -61,6 +61,8 @@ class TrainConfig:
     warm_start: str | None = None  # initial layer ranking: "block-influence" or "greedy-kl" (WARM_STARTS)
     warm_scale: float = 1.5  # warm start: the static ranking's z-scores times this are added to the logit bias
     warm_text: int = 0  # greedy-kl: second-source examples (mix.py) searched on with the task's
+    warm_domains: bool = False  # greedy-kl: search the task's and the warm_text examples apart and start each
+    #   prompt from its own source's order (an input-aware warm start; warmstart.py)
     train_text: float = 0.0  # share of each step's examples from the second source (mix.py) instead of the
     #   task's: the objective then also sees text unlike GSM8K (out-of-domain prompts route from it too)
     mix_mc: list = field(default_factory=list)  # the second source: these MC files' (question, correct
@@ -115,6 +117,9 @@ class TrainConfig:
             raise ValueError("mix_mc names the second source of --train-text / --warm-text; give one of them")
         if self.warm_text < 0 or (self.warm_text and self.warm_start != "greedy-kl"):
             raise ValueError(f"warm_text needs warm_start greedy-kl and must be >= 0, got {self.warm_text!r}")
+        if self.warm_domains and not (self.warm_text and self.train_text):
+            raise ValueError("warm_domains starts each source from its own order: it needs warm_text (the second "
+                             "source's search examples) and train_text (its training prompts)")
         if not 0 <= self.train_text < 1 or (self.train_text and round(self.train_text * self.examples) < 1):
             raise ValueError(f"train_text must be in [0, 1) and give at least one prose example per step "
                              f"(train_text x examples >= 0.5), got {self.train_text!r} with {self.examples} examples")
@@ -269,9 +274,12 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     n_text = round(cfg.train_text * cfg.examples)  # second-source examples per step
     n_task = cfg.examples - n_text
     first = [examples[i][0] for i in train_idx[: 256 * n_task // cfg.examples]]  # router input standardised
-    first += [p for p, _ in second[: 256 * n_text // cfg.examples]]  # on prompts drawn as training draws them
-    policy.fit_input(pooled_prompts(m, policy, first, pad_id))
-    warm_order = _warm_start(m, policy, cfg, held_out) if cfg.warm_start else None
+    n_first = len(first)  # on prompts drawn as training draws them
+    first += [p for p, _ in second[: 256 * n_text // cfg.examples]]
+    pooled = pooled_prompts(m, policy, first, pad_id)  # (N, H)
+    policy.fit_input(pooled)
+    origin = (torch.arange(len(first)) >= n_first).long()  # (N,) 0 task, 1 second source
+    warm = warm_start(m, policy, cfg, held_out, pooled, origin) if cfg.warm_start else {}
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -282,6 +290,8 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
         start, lambdas = resumed
     k = gcfg.router_layers
     log = (out / "log.jsonl").open("a")
+    if warm and start == 0:
+        log.write(json.dumps({"step": 0, **warm}) + "\n")
     selector = None
     if cfg.select == "val-kl":
         from .selection import Selector
@@ -337,7 +347,7 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
         depth = fit_depth(m, policy, depth_set, pad_id, progress=progress)
     summary = {"config": dataclasses.asdict(cfg), "data_source": source, "train_examples": len(train_idx),
                "seconds": round(time.time() - t0, 1), "lambdas": lambdas, "calibration": table,
-               "gate_params": policy.n_params(), **({"warm_start_order": warm_order} if warm_order else {}),
+               "gate_params": policy.n_params(), **warm,
                **({"selected": selected} if selected else {}), **({"depth": depth} if depth else {})}
     save_gates(policy, out, m.hf, extra=summary)
     return summary
@@ -350,43 +360,7 @@ def gate_config(m, cfg: TrainConfig, **extra) -> GateConfig:
                       router_layers=cfg.router_layers, protect_last=cfg.protect_last, **extra)
 
 
-WARM_STARTS = ("block-influence", "greedy-kl")
-WARM_PAIRS = 16  # greedy-kl: held-out training examples searched on (the end of the seeded order)
 VAL_PAIRS = 32  # select = "val-kl": held-out training examples checkpoints are scored on (just before those)
-@torch.no_grad()
-def _warm_start(m, policy: GatePolicy, cfg: TrainConfig, held_out: list) -> list[int] | None:
-    """Rank layers initially by a static ranking (z-scored, added to the keep-logit bias), so training
-    starts from the static choice and refines it per input and budget: Block Influence, or the greedy
-    removal order under teacher-forced KL (static.greedy_kl_order, searched on `held_out` examples and
-    `warm_text` windows of generic prose down to 40% of the layers; kept in `out/warm_start.json`, so a
-    resumed run does not search again).
-    Returns the greedy order (least important first) when that ran."""
-    from .static import Calibration, greedy_kl_order, stats_for
-
-    gate = list(policy.config.gateable)
-    order = None
-    if cfg.warm_start == "block-influence":
-        score = torch.tensor(stats_for(m, Calibration(path=cfg.data)).bi)[gate]  # (n_gate,)
-    else:
-        cache = Path(cfg.out) / "warm_start.json"
-        if cache.is_file():
-            order = json.loads(cache.read_text())["order"]
-        else:
-            pad = m.tokenizer.pad_token_id if m.tokenizer.pad_token_id is not None else 0
-            n_remove = max(0, len(gate) + policy.config.protected - math.ceil(cfg.layer_min * policy.config.n_layers))
-            if cfg.warm_text:
-                from .mix import search_pairs
-
-                held_out = held_out + search_pairs(cfg, m.tokenizer)
-            order = greedy_kl_order(m, held_out, gate, n_remove, pad_id=pad)
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            cache.write_text(json.dumps({"warm_start": cfg.warm_start, "order": order}) + "\n")
-        score = torch.tensor([float(order.index(j)) for j in gate])  # later removal = more important
-    z = (score - score.mean()) / score.std().clamp_min(1e-6)
-    policy.out.bias[: len(z)] += cfg.warm_scale * z
-    return order
-
-
 @torch.no_grad()
 def pooled_prompts(m, policy: GatePolicy, prompts: list[list[int]], pad_id: int, batch: int = 16) -> torch.Tensor:
     """(N, H) router inputs of prompts exactly as `generate(budget=...)` computes them (its positions)."""

@@ -1,0 +1,114 @@
+"""Warm starts: training begins at a static layer ranking and refines it per input and budget.
+
+- `block-influence`: ShortGPT's Block Influence on the calibration text.
+- `greedy-kl`: the greedy removal order under teacher-forced KL to dense (static.greedy_kl_order), searched on
+  held-out task examples (plus `warm_text` second-source examples, mix.py). Its z-scores, times
+  `warm_scale`, are added to the keep-logit bias: every prompt starts from the same set.
+- `greedy-kl` with `warm_domains`: one order per source, searched on the task's held-out examples and on
+  `warm_text` second-source examples apart. The router's layer outputs are then fit (ridge regression on its
+  initial features of training prompts) so that each prompt starts from its own source's order: an
+  input-aware warm start, for sources whose cheap layers differ (GSM8K's early layers against the middle
+  block multiple-choice prompts can lose; scripts/set_kl.py).
+
+The searched orders are kept in `out/warm_start.json`, so a resumed run does not search again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+WARM_STARTS = ("block-influence", "greedy-kl")
+WARM_PAIRS = 16  # greedy-kl: held-out training examples searched on (the end of the seeded order)
+RIDGE = 0.01  # warm_domains: ridge penalty on the router's output weights, relative to the features' mean variance
+FIT_BUDGET = (0.7, 1.0)  # warm_domains: the (b_layer, b_head) whose router features the fit reads
+
+
+@torch.no_grad()
+def warm_start(m, policy, cfg, held_out: list, pooled: torch.Tensor | None = None,
+               source: torch.Tensor | None = None) -> dict:
+    """Apply cfg.warm_start to `policy`'s layer logits. `held_out`: the task's [(prompt, answer)] searched on;
+    `pooled` (N, H) and `source` (N,) (0 task, 1 second source): training prompts the warm_domains fit reads.
+    Returns what the summary keeps: {"warm_start_order": task order} (greedy-kl), plus "warm_start_second_order"
+    and "warm_start_fit" with warm_domains; {} for block-influence."""
+    from .static import Calibration, stats_for
+
+    gate = list(policy.config.gateable)
+    if cfg.warm_start == "block-influence":
+        score = torch.tensor(stats_for(m, Calibration(path=cfg.data)).bi)[gate]  # (n_gate,)
+        policy.out.bias[: len(gate)] += cfg.warm_scale * _z(score)
+        return {}
+    orders = _orders(m, policy, cfg, held_out)
+    z = torch.stack([_z(torch.tensor([float(o.index(j)) for j in gate])) for o in orders])  # (S, n_gate)
+    if not cfg.warm_domains:
+        policy.out.bias[: len(gate)] += cfg.warm_scale * z[0]
+        return {"warm_start_order": orders[0]}
+    fit = fit_sources(policy, pooled, source, cfg.warm_scale * z)
+    return {"warm_start_order": orders[0], "warm_start_second_order": orders[1], "warm_start_fit": fit}
+
+
+def _z(score: torch.Tensor) -> torch.Tensor:
+    """Later removal = more important: z-scored over the gateable layers."""
+    return (score - score.mean()) / score.std().clamp_min(1e-6)
+
+
+def _orders(m, policy, cfg, held_out: list) -> list[list[int]]:
+    """[task order] or, with warm_domains, [task order, second-source order]: least important first, searched
+    down to cfg.layer_min of the layers, read back from out/warm_start.json when a run already searched."""
+    from .mix import search_pairs
+    from .static import greedy_kl_order
+
+    cache = Path(cfg.out) / "warm_start.json"
+    if cache.is_file():
+        saved = json.loads(cache.read_text())
+        if not cfg.warm_domains:
+            return [saved["order"]]
+        if "second_order" in saved:
+            return [saved["order"], saved["second_order"]]
+    gate = list(policy.config.gateable)
+    pad = m.tokenizer.pad_token_id if m.tokenizer.pad_token_id is not None else 0
+    n_remove = max(0, len(gate) + policy.config.protected - math.ceil(cfg.layer_min * policy.config.n_layers))
+    second = search_pairs(cfg, m.tokenizer)
+    if cfg.warm_domains:
+        orders = [greedy_kl_order(m, held_out, gate, n_remove, pad_id=pad),
+                  greedy_kl_order(m, second, gate, n_remove, pad_id=pad)]
+    else:
+        orders = [greedy_kl_order(m, held_out + second, gate, n_remove, pad_id=pad)]
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({"warm_start": cfg.warm_start, "order": orders[0],
+                                 **({"second_order": orders[1]} if cfg.warm_domains else {})}) + "\n")
+    return orders
+
+
+@torch.no_grad()
+def fit_sources(policy, pooled: torch.Tensor, source: torch.Tensor, shift: torch.Tensor) -> dict:
+    """Fit the router's layer outputs so a prompt of source s starts at its current logits plus shift[s].
+
+    pooled (N, H) training prompts' router inputs, source (N,) their source index, shift (S, n_gate). The
+    output weights and biases of the layer gates are the ridge solution from the router's features at
+    FIT_BUDGET to those targets (the FiLM and budget-bias terms start near zero, so the fit holds at every
+    budget). Returns how well it took: per source, the share of its fit prompts whose lowest-logit
+    quarter of the layers is the target's."""
+    n_gate = shift.shape[1]
+    e = policy.budget(torch.tensor([FIT_BUDGET]))  # (1, E)
+    gamma, beta = policy.film(e).chunk(2, -1)  # (1, W) each
+    h = F.gelu(policy.features(pooled) * (1 + gamma) + beta)  # (N, W)
+    base = policy.out(h)[:, :n_gate]  # (N, n_gate) the logits before the fit
+    y = base.mean(0) + shift[source]  # (N, n_gate) targets
+    hm, ym = h.mean(0), y.mean(0)
+    hc, yc = h - hm, y - ym
+    gram = hc.T @ hc  # (W, W)
+    ridge = RIDGE * gram.diagonal().mean() * torch.eye(len(gram))
+    w = torch.linalg.solve(gram + ridge, hc.T @ yc)  # (W, n_gate)
+    policy.out.weight[:n_gate] = w.T
+    policy.out.bias[:n_gate] = ym - hm @ w
+    got = policy.out(h)[:, :n_gate]  # (N, n_gate)
+    k = max(1, n_gate // 4)
+    low = lambda x: x.topk(k, -1, largest=False).indices.sort(-1).values  # noqa: E731  (N, k) lowest logits
+    hit = (low(got) == low(y)).all(-1).float()  # (N,)
+    return {"ridge": RIDGE, "agree": {int(s): round(hit[source == s].mean().item(), 3) for s in source.unique()},
+            "residual": round((got - y).pow(2).mean().sqrt().item(), 3), "shift_std": round(shift.std().item(), 3)}
