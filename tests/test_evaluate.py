@@ -297,3 +297,36 @@ def test_interleaved_timing_rewrites_only_the_timing(gm, files, tmp_path, monkey
     again = run(gm, files, out, timing_repeats=3, timing_items=2, retime=True)
     assert len(calls) == 9 and all(r["seconds_per_item"] == pytest.approx(0.45) for r in again)
     assert [r["seconds_per_item_single"] for r in again] == [r["seconds_per_item_single"] for r in timed]
+
+
+def test_calibration_with_mc_pairs_and_resume_under_another_calibration(gm, files, tmp_path, monkeypatch):
+    """Calibration.mc adds the MC files' (question, correct choice) pairs to the calibrated baselines' text;
+    a file's calibrated lines resume only under the calibration that wrote them (a missing file fails first)."""
+    from l2a import static
+    from l2a.mix import ordered
+
+    mc, math = files
+    plain = Calibration(path=str(math), n=4, max_tokens=40)
+    mixed = Calibration(path=str(math), n=4, max_tokens=40, mc=[str(mc)])  # a list, as JSON reads back
+    assert mixed.mc == (str(mc),) and hash(mixed) != hash(plain)
+    seen = []
+    real = static.greedy_kl_order
+    monkeypatch.setattr(static, "greedy_kl_order", lambda m, prs, *a, **k: seen.append(prs) or real(m, prs, *a, **k))
+    static.greedy_order_for(gm, plain)
+    static.greedy_order_for(gm, mixed)
+    assert len(seen) == 2 and seen[1][:4] == seen[0] and seen[1][4:] == ordered(gm.tokenizer, 0, [str(mc)])[:4]
+    assert static.stats_for(gm, mixed).tokens > static.stats_for(gm, plain).tokens
+    out = tmp_path / "r.jsonl"
+    lines = run(gm, files, out, methods=["dense", "greedy-kl", "even-spaced"], budgets=[0.5], calibration=mixed)
+    assert Calibration(**lines[1]["config"]["calibration"]) == mixed
+    real_point = E._run_point
+    monkeypatch.setattr(E, "_run_point", lambda *a, **k: pytest.fail("a finished point ran again"))
+    again = run(gm, files, out, methods=["dense", "greedy-kl", "even-spaced"], budgets=[0.5], calibration=mixed)
+    assert again == json.loads(json.dumps(lines))  # read back under the same calibration
+    monkeypatch.setattr(E, "_run_point", real_point)
+    run(gm, files, out, methods=["dense", "even-spaced"], budgets=[0.5])  # uncalibrated lines do not care
+    with pytest.raises(ValueError, match="was calibrated on"):
+        run(gm, files, out, methods=["greedy-kl"], budgets=[0.5])
+    with pytest.raises(FileNotFoundError):
+        run(gm, files, tmp_path / "other.jsonl", calibration=Calibration(path=str(math), mc=[str(tmp_path / "none.jsonl")]))
+    assert not (tmp_path / "other.jsonl").exists()

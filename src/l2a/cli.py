@@ -182,6 +182,7 @@ def cmd_train_think(args) -> int:
 def cmd_eval(args) -> int:
     from .evaluate import evaluate
     from .record import run_record
+    from .static import Calibration
 
     if not args.results:
         raise ValueError("l2a eval needs --results FILE (one JSON line per point; rerun to resume)")
@@ -190,11 +191,12 @@ def cmd_eval(args) -> int:
                      batch_size=args.batch_size, seeds=args.seeds, out=args.results,
                      max_new_tokens=args.max_new_tokens, model_name=args.model, axes=args.axes,
                      tuned_gates=args.tuned_gates, timing_repeats=args.timing_repeats, timing_items=args.timing_items,
-                     retime=args.retime)
+                     retime=args.retime, calibration=Calibration(mc=tuple(args.calib_mc or ())))
     keys = ("method", "data", "budget", "n", "accuracy", "ci_low", "ci_high", "realized_layers", "seconds_per_item")
     for r in lines:
         print(" ".join(f"{k}={r.get(k)}" for k in keys), file=sys.stderr)
-    config = {k: getattr(args, k) for k in ("model", "gates", "task", "data", "budgets", "methods", "limit", "seeds", "dtype")}
+    config = {k: getattr(args, k) for k in ("model", "gates", "task", "data", "budgets", "methods", "limit", "seeds", "dtype",
+                                            "calib_mc")}
     _emit(run_record("eval", config, {"results": args.results, "points": len(lines)}), args.out)
     return 0
 
@@ -379,6 +381,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=_positive, default=8)
     e.add_argument("--max-new-tokens", type=_positive, default=256)
     e.add_argument("--results", help="results JSON lines (appended; finished points are skipped)")
+    e.add_argument("--calib-mc", nargs="+", metavar="FILE",
+                   help="add these multiple-choice files' (question, correct choice) pairs to the static baselines' "
+                        "calibration text (the data `l2a train --mix-mc` trains gates on; use its own --results file)")
     e.add_argument("--tuned-gates", help="tuned-static: directory of per-budget gates (DIR/b0.70/, ...)")
     e.add_argument("--axes", type=_axes, default=("all",),
                    help="budget axes swept, comma-separated: all (the scalar schedule; all:NAME for a named one), "

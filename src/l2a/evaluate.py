@@ -48,6 +48,7 @@ from .baselines import _StaticPolicy, kept_count, make_method
 from .budget import Budget
 from .checkpoint import policy_digest
 from .cost import CostModel
+from .data import load_mc
 from .static import Calibration
 from .results import append, finished, point_key
 from .tasks import get_task
@@ -170,6 +171,8 @@ def evaluate(
             points_all.append(("all" if Budget.parse(b).scalar is not None else "custom", Budget.parse(b)))
     points_all = list(dict.fromkeys(points_all))
     calibration = calibration or Calibration()
+    for path in calibration.mc:  # a missing or malformed calibration file fails before any model runs
+        load_mc(path)
     methods = sorted(methods, key=lambda m: m != "dense")  # dense first: static points at b=1 reuse it
     names = [m if isinstance(m, str) else m.name for m in methods]
     for m in methods:  # fail on unknown names (and missing gates) before any model runs
@@ -179,7 +182,7 @@ def evaluate(
                 raise ValueError(f"method {m!r}: no gates loaded: pass --gates DIR or use a model with shipped gates")
     dtype = next(model.hf.parameters()).dtype
     cfg = EvalConfig(model_name, task_name, limit, seeds, batch_size, max_new_tokens,
-                     str(dtype).removeprefix("torch."), asdict(calibration))
+                     str(dtype).removeprefix("torch."), {**asdict(calibration), "mc": list(calibration.mc)})  # as JSON reads it
     cost = CostModel.from_config(model.hf.config, dtype_bytes=torch.empty((), dtype=dtype).element_size())
     done = finished(out)
     provenance = _provenance()
@@ -198,6 +201,7 @@ def evaluate(
                 key = point_key(task_name, name, data_label, budget_field(b), limit)
                 if key in done:
                     _check_gates(done[key], name, digest, out)
+                    _check_calibration(done[key], name, m, calibration, out)
                     if "reused_from" not in done[key]:
                         timed.append((len(results), name, m, b))
                     results.append(done[key])
@@ -257,6 +261,19 @@ def _check_gates(line: dict, name: str, digest: str | None, out) -> None:
         was = f"other gates (digest {have}, now {digest})" if have else f"unrecorded gates (no digest; now {digest})"
         raise ValueError(f"{out}: its {name!r} line at budget {line.get('budget')} was written with {was}; "
                          f"pass another --results file, or remove those lines to measure them again")
+
+
+def _check_calibration(line: dict, name: str, method, calibration: Calibration, out) -> None:
+    """A finished calibrated-baseline line is reused only under the calibration that wrote it (the line's
+    key names the method, not its calibration text)."""
+    policy = make_method(method, calibration=calibration) if isinstance(method, str) else method
+    if not hasattr(policy, "calibration") or "reused_from" in line:
+        return
+    saved = (line.get("config") or {}).get("calibration") or {}
+    was = Calibration(**{k: v for k, v in saved.items() if k in Calibration.__dataclass_fields__})
+    if was != calibration:
+        raise ValueError(f"{out}: its {name!r} line at budget {line.get('budget')} was calibrated on {asdict(was)}, "
+                         f"not {asdict(calibration)}; pass another --results file for the other calibration")
 
 
 def _static_dense(policy, model, b: Budget) -> bool:

@@ -17,7 +17,8 @@ stream, which `output_hidden_states` does not give for the last layer):
 not a score: minutes, not one forward; SLEB, Song et al. 2024, removes blocks greedily by perplexity alike);
 training uses it as a warm start (`l2a train --warm-start greedy-kl`), and the `greedy-kl` baseline removes
 layers in its order: the static set L2A's gates start from, searched on the calibration set's first
-GREEDY_PAIRS items (chat prompt + worked answer, as training's search sees them).
+GREEDY_PAIRS items (chat prompt + worked answer, as training's search sees them). `Calibration.mc` adds
+multiple-choice (question, correct choice) pairs to every calibration (`l2a eval --calib-mc FILE ...`).
 
 Scores are cached per (model, Calibration). The selection rules are pure functions in `baselines.py`.
 This module does not evaluate anything and does not train.
@@ -46,11 +47,14 @@ class Calibration:
     """Which text calibrates the static baselines."""
 
     path: str | None = None  # math JSONL (question + answer); None = gsm8k/train.jsonl under a data root
-    n: int = 64  # the first n items
+    mc: tuple[str, ...] = ()  # MC files whose (question, correct choice) pairs join that text, in mix.py's
+    #   seed-0 order (the data `l2a train --mix-mc` trains on: a static baseline with the same data access)
+    n: int = 64  # the first n items (of each source)
     max_tokens: int = 256  # each text truncated to this many tokens
     batch_size: int = 8  # sequences per calibration forward
 
     def __post_init__(self):
+        object.__setattr__(self, "mc", tuple(str(p) for p in self.mc))  # hashable, as lists read back from JSON
         for name in ("n", "max_tokens", "batch_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -172,6 +176,7 @@ def stats_for(model, cal: Calibration) -> CalibStats:
         rows, source = data.load_math(cal.path, split="train")
         texts = [f"{r['question']}\n{r['answer']}" for r in rows[: cal.n]]
         seqs = [list(tok(t)["input_ids"])[: cal.max_tokens] for t in texts]
+        seqs += [(p + a)[: cal.max_tokens] for p, a in _mc_pairs(tok, cal, cal.n)]
         per_model[cal] = calibrate(model, seqs, cal.batch_size, pad, source)
     return per_model[cal]
 
@@ -247,6 +252,8 @@ def greedy_order_for(model, cal: Calibration, progress: bool = True) -> list[int
             prompt = math_prompt(tok, r["question"])[: GREEDY_MAX_LEN - 1]
             answer = solution_ids(tok, r["answer"])
             pairs.append((prompt, answer[: GREEDY_MAX_LEN - len(prompt)]))
+        pairs += [(p[: GREEDY_MAX_LEN - 1], a[: GREEDY_MAX_LEN - min(len(p), GREEDY_MAX_LEN - 1)])
+                  for p, a in _mc_pairs(tok, cal, min(cal.n, GREEDY_PAIRS))]
         L = model.n_layers
         candidates = list(range(1, L - 1))
         n_remove = max(0, L - max(2, math.ceil(GREEDY_FLOOR * L)))
@@ -261,6 +268,15 @@ def greedy_order_for(model, cal: Calibration, progress: bool = True) -> list[int
             tmp.write_text(json.dumps({"order": per_model[cal], "key": key}) + "\n")
             tmp.replace(path)
     return per_model[cal]
+
+
+def _mc_pairs(tok, cal: Calibration, n: int) -> list[tuple[list[int], list[int]]]:
+    """The first n (decision prompt, rest of the correct choice) pairs of cal.mc, in mix.py's seed-0 order."""
+    if not cal.mc:
+        return []
+    from .mix import ordered
+
+    return ordered(tok, 0, cal.mc)[:n]
 
 
 def _order_cache() -> Path:
