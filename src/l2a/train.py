@@ -273,8 +273,9 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     second = training_pairs(cfg, tok)  # second-source examples (mix.py); [] unless train_text
     n_text = round(cfg.train_text * cfg.examples)  # second-source examples per step
     n_task = cfg.examples - n_text
-    first = [examples[i][0] for i in train_idx[: 256 * n_task // cfg.examples]]  # router input standardised
-    n_first = len(first)  # on prompts drawn as training draws them
+    # the router input is standardised on prompts drawn as training draws them: the task's, then the second source's
+    first = [examples[i][0] for i in train_idx[: 256 * n_task // cfg.examples]]
+    n_first = len(first)
     first += [p for p, _ in second[: 256 * n_text // cfg.examples]]
     pooled = pooled_prompts(m, policy, first, pad_id)  # (N, H)
     policy.fit_input(pooled)
