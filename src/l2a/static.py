@@ -247,13 +247,12 @@ def greedy_order_for(model, cal: Calibration, progress: bool = True) -> list[int
     if cal not in per_model:
         tok, pad = _tokenizer(model)
         rows, _ = data.load_math(cal.path, split="train")
+        k = min(cal.n, GREEDY_PAIRS)
+        whole = [(math_prompt(tok, r["question"]), solution_ids(tok, r["answer"])) for r in rows[:k]]
         pairs = []
-        for r in rows[: min(cal.n, GREEDY_PAIRS)]:
-            prompt = math_prompt(tok, r["question"])[: GREEDY_MAX_LEN - 1]
-            answer = solution_ids(tok, r["answer"])
+        for prompt, answer in whole + _mc_pairs(tok, cal, k):  # each cut to GREEDY_MAX_LEN, prompt first
+            prompt = prompt[: GREEDY_MAX_LEN - 1]
             pairs.append((prompt, answer[: GREEDY_MAX_LEN - len(prompt)]))
-        pairs += [(p[: GREEDY_MAX_LEN - 1], a[: GREEDY_MAX_LEN - min(len(p), GREEDY_MAX_LEN - 1)])
-                  for p, a in _mc_pairs(tok, cal, min(cal.n, GREEDY_PAIRS))]
         L = model.n_layers
         candidates = list(range(1, L - 1))
         n_remove = max(0, L - max(2, math.ceil(GREEDY_FLOOR * L)))
