@@ -1,5 +1,6 @@
 """Warm starts (warmstart.py): the input-aware one starts each source's prompts from its own searched order."""
 
+import copy
 import json
 
 import pytest
@@ -66,3 +67,63 @@ def test_warm_domains_searches_each_source_apart_and_reads_the_search_back(tmp_p
     assert len(seen) == 2
     with pytest.raises(ValueError, match="warm_domains .* needs warm_text"):
         TrainConfig(warm_start="greedy-kl", warm_text=3, warm_domains=True)
+
+
+def test_rank_anchor_resists_reordering_only():
+    from l2a.losses import rank_anchor
+
+    ref = torch.randn(5, 8)
+    assert rank_anchor(3 * ref - 2, ref).item() < 1e-10  # shifts and sharpening are free
+    swapped = ref.clone()
+    swapped[:, [0, 1]] = ref[:, [1, 0]]
+    moved = swapped.clone().requires_grad_(True)
+    rank_anchor(moved, ref).backward()
+    assert rank_anchor(swapped, ref).item() > 1e-3
+    assert rank_anchor(swapped - 0.1 * moved.grad, ref) < rank_anchor(swapped, ref)  # the gradient restores the order
+
+
+def _anchor_run(tmp_path, name, anchor, steps, captured=None):
+    import l2a.train
+
+    m = GatedModel(tiny_model("llama", n_layers=L), tokenizer=tiny_tokenizer())
+    cfg = TrainConfig(data=str(write_math(tmp_path / "math.jsonl", 60)), out=str(tmp_path / name), steps=steps, examples=4,
+                      max_len=48, width=32, calib_prompts=4, save_every=2, dtype="float32", lr=0.05,
+                      warm_start="block-influence", warm_scale=3.0, anchor=anchor)
+    if captured is not None:  # the policy as warm-started: the reference the anchor holds
+        real = l2a.train.warm_start
+        l2a.train.warm_start = lambda m_, policy, *a: real(m_, policy, *a) or captured.append(copy.deepcopy(policy)) or {}
+        try:
+            train(cfg, model=m, progress=False)
+        finally:
+            l2a.train.warm_start = real
+    else:
+        train(cfg, model=m, progress=False)
+    return m, cfg
+
+
+def test_anchor_holds_the_warm_started_ranking_and_resumes(tmp_path):
+    from l2a.checkpoint import load_gates
+    from l2a.losses import rank_anchor
+    from l2a.train import pooled_prompts
+
+    refs = []
+    drift = {}
+    for anchor in (0.0, 20.0):
+        m, cfg = _anchor_run(tmp_path, f"a{anchor}", anchor, 12, refs)
+        trained = load_gates(cfg.out, m.hf)
+        ref = refs[-1]
+        prompts = [[5 + i, 9, 11 + i % 7, 3] for i in range(16)]
+        pooled = pooled_prompts(m, ref, prompts, 0)
+        with torch.no_grad():
+            b = torch.tensor([[0.6, 1.0, 1.0]]).expand(16, 3)
+            drift[anchor] = rank_anchor(trained(pooled, b).layers, ref(pooled, b).layers).item()
+    assert drift[20.0] < 0.5 * drift[0.0], drift
+    # a resumed run holds the same reference (the warm start, not the state it resumes from): after 6 + 1
+    # steps its anchor term is that of an uninterrupted run (CPU float sums differ run to run: not bit for bit)
+    m, cfg = _anchor_run(tmp_path, "resumed", 20.0, 6)
+    train(TrainConfig(**{**cfg.__dict__, "steps": 12}), model=m, progress=False)
+    at7 = [next(json.loads(x)["anchor"] for x in open(tmp_path / d / "log.jsonl") if json.loads(x)["step"] == 7)
+           for d in ("a20.0", "resumed")]
+    assert at7[0] > 1e-3 and abs(at7[1] - at7[0]) < 0.2 * at7[0], at7
+    with pytest.raises(ValueError, match="anchor .* needs --warm-start"):
+        TrainConfig(anchor=1.0)

@@ -105,6 +105,14 @@ def nesting(p_low: torch.Tensor, p_high: torch.Tensor) -> torch.Tensor:
     return F.relu(p_low - p_high).mean()
 
 
+def rank_anchor(logits: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Trust region on the layer ranking: mean squared difference of (B, n) logits and reference logits,
+    each z-scored over its row. Free to shift and scale (the cost term moves every layer's logit with the
+    budget; late training sharpens them), so it only resists reordering the layers."""
+    z = lambda x: (x - x.mean(-1, keepdim=True)) / x.std(-1, keepdim=True).clamp_min(1e-6)  # noqa: E731
+    return (z(logits.float()) - z(ref.detach().float())).pow(2).mean()
+
+
 def agreement(logits_low: torch.Tensor, logits_high: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Cross-budget consistency of answers: KL(stopgrad(p_high) ‖ p_low) over masked tokens."""
     return token_kl(F.log_softmax(logits_high.detach().float(), -1), logits_low, mask)

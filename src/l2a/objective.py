@@ -34,8 +34,10 @@ from . import losses
 from .decision import GateDecision
 
 
-def objective(m, policy, ids, attn, ans_mask, teacher, pooled, b_hi, b_lo, tau, gen, cfg, lambdas, noise: float = 1.0):
+def objective(m, policy, ids, attn, ans_mask, teacher, pooled, b_hi, b_lo, tau, gen, cfg, lambdas, noise: float = 1.0,
+              ref=None):
     """The unified objective on N examples, each at budgets b_hi and b_lo (N, 3), gate noise scaled by `noise`.
+    `ref`: the policy as warm-started, whose layer ranking `cfg.anchor` holds each row near (losses.rank_anchor).
 
     ids/attn/ans_mask (N, T); teacher (N, T-1, V) dense log-probs; pooled (N, H) router input.
     Returns (loss, {term: value}, (E[layers] (2N,), E[heads] (2N,)), budgets (2N, 3), share of layers run).
@@ -60,6 +62,12 @@ def objective(m, policy, ids, attn, ans_mask, teacher, pooled, b_hi, b_lo, tau, 
     mono = losses.nesting(p_layers[n:], p_layers[:n]) + losses.nesting(p_groups[n:], p_groups[:n])
     loss = task_loss + cfg.mono * mono + lambdas["layers"] * pen_l + lambdas["heads"] * pen_h + cfg.track * track
     terms = {"loss": loss, **terms, "mono": mono, "pen_layers": pen_l, "pen_heads": pen_h, "track": track}
+    if ref is not None and cfg.anchor > 0:
+        with torch.no_grad():
+            ref_layers = ref(pooled.repeat(2, 1), budgets).layers  # (2N, n_gate)
+        anchor = losses.rank_anchor(logits.layers, ref_layers)
+        terms["loss"] = loss = loss + cfg.anchor * anchor
+        terms["anchor"] = anchor
     return loss, terms, (e_layers.detach(), e_heads.detach()), budgets, share
 
 

@@ -16,6 +16,7 @@ Not here: the gate network (gates.py), the objective (objective.py, losses.py), 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import time
@@ -63,6 +64,8 @@ class TrainConfig:
     warm_text: int = 0  # greedy-kl: second-source examples (mix.py) searched on with the task's
     warm_domains: bool = False  # greedy-kl: search the task's and the warm_text examples apart and start each
     #   prompt from its own source's order (an input-aware warm start; warmstart.py)
+    anchor: float = 0.0  # weight of the trust region on each prompt's layer ranking as warm-started
+    #   (losses.rank_anchor; 0 = none): keeps one source's training from reordering another's layers
     train_text: float = 0.0  # share of each step's examples from the second source (mix.py) instead of the
     #   task's: the objective then also sees text unlike GSM8K (out-of-domain prompts route from it too)
     mix_mc: list = field(default_factory=list)  # the second source: these MC files' (question, correct
@@ -123,6 +126,9 @@ class TrainConfig:
         if not 0 <= self.train_text < 1 or (self.train_text and round(self.train_text * self.examples) < 1):
             raise ValueError(f"train_text must be in [0, 1) and give at least one prose example per step "
                              f"(train_text x examples >= 0.5), got {self.train_text!r} with {self.examples} examples")
+        if self.anchor < 0 or (self.anchor and self.warm_start is None):
+            raise ValueError(f"anchor holds the layer ranking near the warm start's: it needs --warm-start and "
+                             f"must be >= 0, got {self.anchor!r}")
         if self.warm_start is not None and self.warm_start not in WARM_STARTS:
             raise ValueError(f"warm_start must be one of {', '.join(WARM_STARTS)} or None, got {self.warm_start!r}")
 
@@ -281,6 +287,7 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     policy.fit_input(pooled)
     origin = (torch.arange(len(first)) >= n_first).long()  # (N,) 0 task, 1 second source
     warm = warm_start(m, policy, cfg, held_out, pooled, origin) if cfg.warm_start else {}
+    ref = copy.deepcopy(policy).requires_grad_(False) if cfg.anchor else None  # rebuilt the same way on resume
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -313,7 +320,7 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
         tau = cfg.tau_start * (cfg.tau_end / cfg.tau_start) ** frac
         noise = cfg.noise_end**frac
         loss, terms, costs, budgets, hard = objective(
-            m, policy, ids, attn, ans_mask, teacher, pooled, b_hi, b_lo, tau, gen, cfg, lambdas, noise
+            m, policy, ids, attn, ans_mask, teacher, pooled, b_hi, b_lo, tau, gen, cfg, lambdas, noise, ref
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()
