@@ -55,7 +55,7 @@ def test_budget_one_is_dense_exactly(gm):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("mode", ["threshold", "strict"])
+@pytest.mark.parametrize("mode", ["threshold", "strict", "exact"])
 def test_budget_path_equals_explicit_decisions(gm, mode):
     ids, mask = batch_ids()
     budgets = [0.3, 0.5, 0.6, 0.8, 0.9, 1.0]
@@ -66,6 +66,31 @@ def test_budget_path_equals_explicit_decisions(gm, mode):
     assert torch.equal(out, gm.generate(ids, attention_mask=mask, decisions=ds, max_new_tokens=4))
     assert torch.equal(gm.forward(ids, attention_mask=mask, budget=budgets, mode=mode),
                        gm.forward(ids, attention_mask=mask, decisions=ds))
+
+
+@torch.no_grad()
+def test_exact_keeps_the_static_count_nested_and_input_aware():
+    from l2a.baselines import kept_count
+
+    differ = 0
+    for seed in range(4):
+        m = GatedModel(tiny_model("qwen2", n_layers=L, seed=seed))
+        m.policy = random_policy(seed, scale=1.0)
+        ids, mask = batch_ids(6, 8, seed=seed)
+        prev = None
+        for b in [round(0.05 * i, 2) for i in range(7, 21)]:
+            ds = m.decide(ids, Budget(layers=b), attention_mask=mask, mode="exact")
+            thr = m.decide(ids, Budget(layers=b), attention_mask=mask, mode="threshold")
+            for d, t in zip(ds, thr):
+                assert sum(d.layers) == (L if b == 1.0 else max(2, kept_count(L, b)))  # router + last always run
+                assert d.kv_groups == t.kv_groups  # only the layer count changes
+                if sum(t.layers) == sum(d.layers):  # a threshold set of that size is the exact set
+                    assert d.layers == t.layers
+            if prev is not None:  # nested: kept at the lower budget => kept at this one
+                assert all(all(h or not lo for lo, h in zip(p.layers, d.layers)) for p, d in zip(prev, ds))
+            differ += len({d.layers for d in ds}) > 1
+            prev = ds
+    assert differ > 0  # the layers chosen depend on the prompt
 
 
 @torch.no_grad()

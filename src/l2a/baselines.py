@@ -20,7 +20,7 @@ set by static methods (no cap) except `think-cap`. Per method:
 | static-groups | all, or even-spaced when b.layers < 1 | calibrated importance, per layer |
 | think-cap | even-spaced (all at b.layers = 1) | first k; think capped at round(b.think * FULL_THINK) tokens (s1-style) |
 | tuned-static | the top layers of a budget-only gate trained at that budget | top groups of that gate |
-| l2a / l2a-strict | learned gates (`model.decide`, threshold / strict mode) | learned |
+| l2a / l2a-strict / l2a-exact | learned gates (`model.decide`, threshold / strict / exact mode) | learned |
 """
 
 from __future__ import annotations
@@ -219,8 +219,8 @@ class L2APolicy:
 
     def __init__(self, mode: str = "threshold"):
         self.mode = mode
-        if mode == "strict":
-            self.name = "l2a-strict"
+        if mode != "threshold":
+            self.name = f"l2a-{mode}"
 
     def decide(self, model, input_ids, attention_mask, budgets) -> list[GateDecision]:
         self._check(model)
@@ -311,6 +311,7 @@ METHODS = {
     "dense": _dense,
     "l2a": lambda seed=0, calibration=None, **_: L2APolicy("threshold"),
     "l2a-strict": lambda seed=0, calibration=None, **_: L2APolicy("strict"),
+    "l2a-exact": lambda seed=0, calibration=None, **_: L2APolicy("exact"),
     "even-spaced": lambda seed=0, calibration=None, **_: EvenSpacedPolicy(),
     "drop-last": lambda seed=0, calibration=None, **_: DropLastPolicy(),
     "random": lambda seed=0, calibration=None, **_: RandomPolicy(seed),

@@ -12,6 +12,10 @@ Inference turns logits into hard `GateDecision`s:
   and head axes (the training consistency term makes the raw sets nearly nested, so this removes little).
 - *strict*: the threshold set at the largest budget b' <= b whose set fits floor(b * L) layers, so the
   realized fraction never exceeds the budget and sets stay nested.
+- *exact*: exactly the static baselines' layer count at b (baselines.kept_count) for every prompt, taken in
+  the prompt's own ranking: by the lowest grid budget whose threshold set still keeps a layer, then by its
+  logit there. One ranking per prompt for every layer budget, so sets stay nested; where a threshold set
+  has that count, it is the exact set. Input-aware choice of layers at the static methods' own cost.
 A calibration table (fit after training on held-out prompts, calibration.calibrate) gives each requested layer
 budget an effective budget and a logit threshold, so the mean realized fraction tracks the request even
 where the raw gates saturate (a layer is kept where its logit exceeds the threshold; budget 1.0 keeps all).
@@ -37,9 +41,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .baselines import kept_count
 from .budget import Budget
 from .decision import GateDecision
 
+MODES = ("threshold", "strict", "exact")  # how logits become hard decisions (module docstring)
 GRID = tuple(round(0.05 * i, 2) for i in range(1, 21))  # budgets 0.05 .. 1.0 used for nesting
 DEPTH_MAX = 3.0  # largest depth-head shift, in layers
 DEPTH_TOP = 0.99  # a shifted layer budget stays below 1: only a request of 1.0 is the dense model
@@ -254,8 +260,8 @@ class GatePolicy(nn.Module):
     def decisions(self, pooled: torch.Tensor, budgets: list[Budget], mode: str = "threshold",
                   lengths: torch.Tensor | None = None) -> list[GateDecision]:
         """Hard per-row decisions from pooled prompt states (B, H) (and prompt lengths (B,) for the think head)."""
-        if mode not in ("threshold", "strict"):
-            raise ValueError(f"mode must be 'threshold' or 'strict', got {mode!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         c = self.config
         for axis in c.untrained:
             if any(getattr(b, axis) < 1.0 for b in budgets):
@@ -279,6 +285,8 @@ class GatePolicy(nn.Module):
             keep_l, keep_g = nested_l[i], nested_g[i]  # (L,), (L, G)
             if mode == "strict":
                 keep_l, keep_g = self._strict(feats[i], b, keep_l, keep_g, anchor[i])
+            elif mode == "exact" and b.layers < 1.0:
+                keep_l = self._exact(feats[i], b)
             keep_g[: c.router_layers] = True  # the router pass runs these densely and prefill reuses it
             if b.layers >= 1.0:  # a full axis budget is no restriction: budget 1.0 is the dense model
                 keep_l[:] = True
@@ -345,6 +353,19 @@ class GatePolicy(nn.Module):
             limited = torch.zeros_like(keep_g).scatter_(1, gg.topk(g_limit, -1).indices, True) & keep_g
             keep_g = torch.where(over[:, None], limited, keep_g)
         return keep_l, keep_g
+
+    def _exact(self, feat, b: Budget) -> torch.Tensor:
+        """kept_count(L, b.layers) layers (L,): the protected ones, then the gateable ones by this prompt's ranking."""
+        c = self.config
+        lg = self._logits(feat[None], [(g, b.heads) for g in GRID])[0][0]  # (P, n_gate), GRID ascending
+        kept = (lg > 0).flip(0).cumprod(0).flip(0)  # (P, n_gate) the nested threshold sets of _nested
+        order = lg[0].argsort(descending=True)  # ties broken by the logit at the lowest grid budget
+        order = order[kept.sum(0)[order].argsort(descending=True, stable=True)]  # kept longest first
+        keep = torch.zeros(c.n_layers, dtype=torch.bool, device=feat.device)
+        keep[: c.router_layers] = True
+        keep[c.n_layers - c.protect_last :] = True
+        keep[[c.gateable[j] for j in order[: max(0, kept_count(c.n_layers, b.layers) - c.protected)].tolist()]] = True
+        return keep
 
     def n_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

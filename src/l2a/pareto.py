@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import paired
-from .equalcost import _finite, _gain_cell, _tally, at_equal_latency, interpolate, static_at_learned
+from .equalcost import LEARNED, _finite, _gain_cell, _tally, at_equal_latency, interpolate, static_at_learned
 
 TOLERANCE = 0.01  # "within 1 point of dense": accuracies are fractions
 
@@ -293,26 +293,27 @@ def report(results_path, out_dir=None, plots: bool = True) -> dict:
                       + ("" if method not in sure else "; with 95% confidence: "
                          + ("none" if sure[method] is None else f"{100 * sure[method]:.1f}%")))
         md.append("")
-        for x, what, unit, scale in (("seconds_per_item", "measured latency", "s/item", 1.0),
-                                     ("flops_per_token", "modeled FLOPs", "GFLOP/token", 1e-9)):
-            y_key, rows = at_equal_latency(rs, x=x)
+        learned = [n for n in LEARNED if any(r["method"] == n for r in rs)]  # each learned mode on its own
+        for me, (x, what, unit, scale) in itertools.product(learned, (
+                ("seconds_per_item", "measured latency", "s/item", 1.0), ("flops_per_token", "modeled FLOPs", "GFLOP/token", 1e-9))):
+            y_key, rows = at_equal_latency(rs, learned=me, x=x)
             if not rows:
                 continue
             pct, f = (1.0, ".3f") if y_key == "nll" else (100.0, ".1f")
-            md.append(f"l2a vs the best static point of each budget at equal {what} ({y_key}; l2a's "
+            md.append(f"{me} vs the best static point of each budget at equal {what} ({y_key}; {me}'s "
                       f"curve through its points and dense, interpolated at the static point's {unit}):\n")
-            md.append(f"| budget | best static | its {y_key} | its {unit} | l2a at that {unit} | gain |\n|---|---|---|---|---|---|")
+            md.append(f"| budget | best static | its {y_key} | its {unit} | {me} at that {unit} | gain |\n|---|---|---|---|---|---|")
             md += [f"| {r['budget']:g} | {r['static']} | {pct * r['static_y']:{f}} | {scale * r['x']:.4f} | "
-                   + ("– (outside l2a's range) | – |" if r["gain"] is None else
+                   + (f"– (outside {me}'s range) | – |" if r["gain"] is None else
                       f"{pct * r['learned_y']:{f}} | {_gain_cell(r, pct, f)} |") for r in rows]
-            md.append(f"\nl2a above the best static point at equal {what} at {_tally(rows)} budgets.\n")
-            md.append(f"The other direction: each l2a point against the best static curve interpolated at its {unit}:\n")
-            md.append(f"| budget | l2a {y_key} | its {unit} | best static curve there | gain |\n|---|---|---|---|---|")
-            back = static_at_learned(rs, x=x)[1]
+            md.append(f"\n{me} above the best static point at equal {what} at {_tally(rows)} budgets.\n")
+            md.append(f"The other direction: each {me} point against the best static curve interpolated at its {unit}:\n")
+            md.append(f"| budget | {me} {y_key} | its {unit} | best static curve there | gain |\n|---|---|---|---|---|")
+            back = static_at_learned(rs, learned=me, x=x)[1]
             md += [f"| {r['budget']:g} | {pct * r['learned_y']:{f}} | {scale * r['x']:.4f} | "
                    + ("– (no static curve spans it) | – |" if r["gain"] is None else
                       f"{r['static']} {pct * r['static_y']:{f}} | {_gain_cell(r, pct, f)} |") for r in back]
-            md.append(f"\nl2a above the best static curve at its {unit} at {_tally(back)} points.\n")
+            md.append(f"\n{me} above the best static curve at its {unit} at {_tally(back)} points.\n")
         twin = _dense_task(task)
         baselines = [(rs, "a fixed cap", twin == task)] + (  # (caps, named, dense ends the cap curve)
             [(groups[(twin, data)], f"`{twin}`'s fixed cap (its prompt, s1-style)", True)] if (twin, data) in groups else [])
