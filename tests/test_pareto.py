@@ -258,6 +258,12 @@ def test_equal_cost_rows_carry_paired_cis_and_confident_sparsity(tmp_path):
     md = report(results, plots=False)["markdown"].read_text()
     assert "l2a above the best static point at equal measured latency at 1 of 1 (paired 95% CI above zero at 1" in md
     assert "- l2a [layers]: 30.0% of layers skipped; with 95% confidence: 30.0%" in md
+    # each learned mode is compared alone: l2a-exact's point is neither a static point nor part of l2a's curve
+    exact = lines + [line("l2a-exact", 0.7, 0.7, breaking(200))]
+    results.write_text("".join(json.dumps(dict(r, task="mc", data="d.jsonl")) + "\n" for r in exact))
+    md = report(results, plots=False)["markdown"].read_text()
+    assert "l2a above the best static point at equal measured latency at 1 of 1 (paired 95% CI above zero at 1" in md
+    assert "l2a-exact above the best static point at equal measured latency at 0 of 1 (paired 95% CI above zero at 0, below zero at 1" in md
 
 
 def test_paired_recipes_script_compares_artifacts_item_by_item(tmp_path, capsys):
