@@ -280,13 +280,14 @@ class GatePolicy(nn.Module):
         nested_g = torch.empty(len(budgets), c.n_layers, c.n_groups, dtype=torch.bool, device=feats.device)
         for (lay, head), rows in rows_at.items():
             nested_l[rows], nested_g[rows] = self._nested(feats[rows], lay, head)
+        exact = self._exact(feats, budgets) if mode == "exact" else None  # (B, L)
         out = []
         for i, b in enumerate(budgets):
             keep_l, keep_g = nested_l[i], nested_g[i]  # (L,), (L, G)
             if mode == "strict":
                 keep_l, keep_g = self._strict(feats[i], b, keep_l, keep_g, anchor[i])
             elif mode == "exact" and b.layers < 1.0:
-                keep_l = self._exact(feats[i], b)
+                keep_l = exact[i]
             keep_g[: c.router_layers] = True  # the router pass runs these densely and prefill reuses it
             if b.layers >= 1.0:  # a full axis budget is no restriction: budget 1.0 is the dense model
                 keep_l[:] = True
@@ -354,17 +355,23 @@ class GatePolicy(nn.Module):
             keep_g = torch.where(over[:, None], limited, keep_g)
         return keep_l, keep_g
 
-    def _exact(self, feat, b: Budget) -> torch.Tensor:
-        """kept_count(L, b.layers) layers (L,): the protected ones, then the gateable ones by this prompt's ranking."""
+    def _exact(self, feats: torch.Tensor, budgets: list[Budget]) -> torch.Tensor:
+        """Rows' features (B, W) -> kept layers (B, L): per row kept_count(L, b.layers), the protected layers
+        and then the gateable ones in the row's ranking, rows sharing a head budget ranked in one call."""
         c = self.config
-        lg = self._logits(feat[None], [(g, b.heads) for g in GRID])[0][0]  # (P, n_gate), GRID ascending
-        kept = (lg > 0).flip(0).cumprod(0).flip(0)  # (P, n_gate) the nested threshold sets of _nested
-        order = lg[0].argsort(descending=True)  # ties broken by the logit at the lowest grid budget
-        order = order[kept.sum(0)[order].argsort(descending=True, stable=True)]  # kept longest first
-        keep = torch.zeros(c.n_layers, dtype=torch.bool, device=feat.device)
-        keep[: c.router_layers] = True
-        keep[c.n_layers - c.protect_last :] = True
-        keep[[c.gateable[j] for j in order[: max(0, kept_count(c.n_layers, b.layers) - c.protected)].tolist()]] = True
+        keep = torch.zeros(len(budgets), c.n_layers, dtype=torch.bool, device=feats.device)
+        keep[:, : c.router_layers] = True
+        keep[:, c.n_layers - c.protect_last :] = True
+        gate = torch.tensor(c.gateable, device=feats.device)
+        for head in {b.heads for b in budgets}:
+            rows = [i for i, b in enumerate(budgets) if b.heads == head]
+            lg = self._logits(feats[rows], [(g, head) for g in GRID])[0]  # (R, P, n_gate), GRID ascending
+            kept = (lg > 0).flip(1).cumprod(1).flip(1).sum(1)  # (R, n_gate) grid budgets of _nested's sets keeping it
+            order = lg[:, 0].argsort(-1, descending=True)  # ties broken by the logit at the lowest grid budget
+            order = order.gather(1, kept.gather(1, order).argsort(dim=-1, descending=True, stable=True))  # kept longest first
+            k = torch.tensor([kept_count(c.n_layers, budgets[i].layers) - c.protected for i in rows], device=feats.device)
+            first = torch.arange(len(gate), device=feats.device) < k[:, None]  # (R, n_gate) the first k of each ranking
+            keep[torch.tensor(rows, device=feats.device)[:, None], gate] = torch.zeros_like(first).scatter_(1, order, first)
         return keep
 
     def n_params(self) -> int:
