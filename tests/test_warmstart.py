@@ -82,34 +82,27 @@ def test_rank_anchor_resists_reordering_only():
     assert rank_anchor(swapped - 0.1 * moved.grad, ref) < rank_anchor(swapped, ref)  # the gradient restores the order
 
 
-def _anchor_run(tmp_path, name, anchor, steps, captured=None):
-    import l2a.train
-
+def _anchor_run(tmp_path, name, anchor, steps):
     m = GatedModel(tiny_model("llama", n_layers=L), tokenizer=tiny_tokenizer())
     cfg = TrainConfig(data=str(write_math(tmp_path / "math.jsonl", 60)), out=str(tmp_path / name), steps=steps, examples=4,
                       max_len=48, width=32, calib_prompts=4, save_every=2, dtype="float32", lr=0.05,
                       warm_start="block-influence", warm_scale=3.0, anchor=anchor)
-    if captured is not None:  # the policy as warm-started: the reference the anchor holds
-        real = l2a.train.warm_start
-        l2a.train.warm_start = lambda m_, policy, *a: real(m_, policy, *a) or captured.append(copy.deepcopy(policy)) or {}
-        try:
-            train(cfg, model=m, progress=False)
-        finally:
-            l2a.train.warm_start = real
-    else:
-        train(cfg, model=m, progress=False)
+    train(cfg, model=m, progress=False)
     return m, cfg
 
 
-def test_anchor_holds_the_warm_started_ranking_and_resumes(tmp_path):
+def test_anchor_holds_the_warm_started_ranking_and_resumes(tmp_path, monkeypatch):
+    import l2a.train
     from l2a.checkpoint import load_gates
     from l2a.losses import rank_anchor
     from l2a.train import pooled_prompts
 
-    refs = []
+    refs = []  # the policy as warm-started: the reference the anchor holds
+    real = l2a.train.warm_start
+    monkeypatch.setattr(l2a.train, "warm_start", lambda m_, policy, *a: real(m_, policy, *a) or refs.append(copy.deepcopy(policy)) or {})
     drift = {}
     for anchor in (0.0, 20.0):
-        m, cfg = _anchor_run(tmp_path, f"a{anchor}", anchor, 12, refs)
+        m, cfg = _anchor_run(tmp_path, f"a{anchor}", anchor, 12)
         trained = load_gates(cfg.out, m.hf)
         ref = refs[-1]
         prompts = [[5 + i, 9, 11 + i % 7, 3] for i in range(16)]

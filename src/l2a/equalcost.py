@@ -21,6 +21,7 @@ from . import paired
 
 LEARNED = ("l2a", "l2a-strict", "l2a-exact")  # the learned gates' decision modes (gates.MODES), each compared alone
 
+
 def _finite(*xs) -> bool:
     return all(x is not None and isinstance(x, (int, float)) and math.isfinite(x) for x in xs)
 
