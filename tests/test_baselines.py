@@ -249,3 +249,19 @@ def test_l2a_delegates_to_model_decide():
     model.policy, model.decide = object(), decide
     assert policy.decide(model, torch.zeros(2, 3), None, [Budget(0.5)] * 2) == [GateDecision.dense(2)] * 2
     assert seen == {"budgets": [Budget(0.5)] * 2, "mode": "threshold"}
+
+
+def test_greedy_search_chunks_change_nothing_but_padding(gm, monkeypatch):
+    """Chunked by length, the greedy search finds the order it finds on one padded batch (its KL is a mean over
+    answer positions either way). Chunks hold every pair once, each within the token cap."""
+    g = torch.Generator().manual_seed(0)
+    lens = zip(torch.randint(2, 20, (9,), generator=g).tolist(), torch.randint(1, 5, (9,), generator=g).tolist())
+    pairs = [(torch.randint(4, 100, (n,), generator=g).tolist(), torch.randint(4, 100, (k,), generator=g).tolist())
+             for n, k in lens]
+    parts = static.search_chunks(pairs, tokens=40)
+    assert len(parts) > 2 and sorted(sum(parts, [])) == sorted(pairs)
+    assert all(len(c) * max(len(p) + len(a) for p, a in c) <= 40 for c in parts)
+    assert static.search_chunks(pairs, tokens=10**6) == [pairs]  # fits: one chunk, order kept
+    whole = static.greedy_kl_order(gm, pairs, list(range(1, L - 1)), n_remove=L - 2, progress=False)
+    monkeypatch.setattr(static, "SEARCH_TOKENS", 40)
+    assert static.greedy_kl_order(gm, pairs, list(range(1, L - 1)), n_remove=L - 2, progress=False) == whole

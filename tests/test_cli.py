@@ -66,6 +66,12 @@ def test_calibrate_needs_a_gate_artifact(capsys):
     assert capsys.readouterr().err.splitlines()[-1].startswith("l2a: error: l2a calibrate needs --gates DIR")
 
 
+def test_calib_mc_search_needs_calib_mc(capsys, tmp_path):
+    assert cli.main(["eval", "--task", "mc", "--results", str(tmp_path / "r.jsonl"), "--calib-mc-search", "64"]) == 2
+    assert "pass --calib-mc FILE too" in capsys.readouterr().err.splitlines()[-1]
+    assert not (tmp_path / "r.jsonl").exists()
+
+
 def test_fit_depth_and_check_gates_without_statics_say_what_they_need(capsys):
     assert cli.main(["fit-depth"]) == 2
     assert capsys.readouterr().err.splitlines()[-1].startswith("l2a: error: l2a fit-depth needs --gates DIR")

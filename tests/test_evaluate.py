@@ -315,6 +315,9 @@ def test_calibration_with_mc_pairs_and_resume_under_another_calibration(gm, file
     static.greedy_order_for(gm, plain)
     static.greedy_order_for(gm, mixed)
     assert len(seen) == 2 and seen[1][:4] == seen[0] and seen[1][4:] == ordered(gm.tokenizer, 0, [str(mc)])[:4]
+    more = Calibration(path=str(math), n=4, max_tokens=40, mc=[str(mc)], mc_search=6)  # more MC pairs searched
+    static.greedy_order_for(gm, more)
+    assert len(seen) == 3 and seen[2][:4] == seen[0] and seen[2][4:] == ordered(gm.tokenizer, 0, [str(mc)])[:6]
     assert static.stats_for(gm, mixed).tokens > static.stats_for(gm, plain).tokens
     out = tmp_path / "r.jsonl"
     lines = run(gm, files, out, methods=["dense", "greedy-kl", "even-spaced"], budgets=[0.5], calibration=mixed)
@@ -327,6 +330,8 @@ def test_calibration_with_mc_pairs_and_resume_under_another_calibration(gm, file
     run(gm, files, out, methods=["dense", "even-spaced"], budgets=[0.5])  # uncalibrated lines do not care
     with pytest.raises(ValueError, match="was calibrated on"):
         run(gm, files, out, methods=["greedy-kl"], budgets=[0.5])
+    with pytest.raises(ValueError, match="was calibrated on"):
+        run(gm, files, out, methods=["greedy-kl"], budgets=[0.5], calibration=more)
     with pytest.raises(FileNotFoundError):
         run(gm, files, tmp_path / "other.jsonl", calibration=Calibration(path=str(math), mc=[str(tmp_path / "none.jsonl")]))
     assert not (tmp_path / "other.jsonl").exists()

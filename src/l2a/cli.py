@@ -101,6 +101,15 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def _calibration(args):
+    """The static baselines' Calibration from `l2a eval`'s --calib-mc / --calib-mc-search."""
+    from .static import Calibration
+
+    if args.calib_mc_search and not args.calib_mc:
+        raise ValueError("--calib-mc-search N sets how many --calib-mc pairs greedy-kl searches: pass --calib-mc FILE too")
+    return Calibration(mc=tuple(args.calib_mc or ()), **({"mc_search": args.calib_mc_search} if args.calib_mc_search else {}))
+
+
 def _load(args):
     import torch
 
@@ -182,21 +191,21 @@ def cmd_train_think(args) -> int:
 def cmd_eval(args) -> int:
     from .evaluate import evaluate
     from .record import run_record
-    from .static import Calibration
 
     if not args.results:
         raise ValueError("l2a eval needs --results FILE (one JSON line per point; rerun to resume)")
+    calibration = _calibration(args)
     gm = _load(args)
     lines = evaluate(gm, args.task, args.data or [None], args.budgets, args.methods.split(","), limit=args.limit,
                      batch_size=args.batch_size, seeds=args.seeds, out=args.results,
                      max_new_tokens=args.max_new_tokens, model_name=args.model, axes=args.axes,
                      tuned_gates=args.tuned_gates, timing_repeats=args.timing_repeats, timing_items=args.timing_items,
-                     retime=args.retime, calibration=Calibration(mc=tuple(args.calib_mc or ())))
+                     retime=args.retime, calibration=calibration)
     keys = ("method", "data", "budget", "n", "accuracy", "ci_low", "ci_high", "realized_layers", "seconds_per_item")
     for r in lines:
         print(" ".join(f"{k}={r.get(k)}" for k in keys), file=sys.stderr)
     config = {k: getattr(args, k) for k in ("model", "gates", "task", "data", "budgets", "methods", "limit", "seeds", "dtype",
-                                            "calib_mc")}
+                                            "calib_mc", "calib_mc_search")}
     _emit(run_record("eval", config, {"results": args.results, "points": len(lines)}), args.out)
     return 0
 
@@ -387,6 +396,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--calib-mc", nargs="+", metavar="FILE",
                    help="add these multiple-choice files' (question, correct choice) pairs to the static baselines' "
                         "calibration text (the data `l2a train --mix-mc` trains gates on; use its own --results file)")
+    e.add_argument("--calib-mc-search", type=_positive, metavar="N",
+                   help="greedy-kl: search on the first N of those pairs (default 16; `l2a train --warm-text N` "
+                        "gives the gates' warm start as many)")
     e.add_argument("--tuned-gates", help="tuned-static: directory of per-budget gates (DIR/b0.70/, ...)")
     e.add_argument("--axes", type=_axes, default=("all",),
                    help="budget axes swept, comma-separated: all (the scalar schedule; all:NAME for a named one), "

@@ -50,13 +50,17 @@ class Calibration:
     mc: tuple[str, ...] = ()  # MC files whose (question, correct choice) pairs join that text, in mix.py's
     #   seed-0 order (the data `l2a train --mix-mc` trains on: a static baseline with the same data access)
     n: int = 64  # the first n items (of each source)
+    mc_search: int | None = None  # greedy-kl: how many of mc's pairs join its searched items (None: as many as
+    #   the GSM8K items, min(n, GREEDY_PAIRS)); MC answers are ~3 tokens against GSM8K's ~100
     max_tokens: int = 256  # each text truncated to this many tokens
     batch_size: int = 8  # sequences per calibration forward
 
     def __post_init__(self):
         object.__setattr__(self, "mc", tuple(str(p) for p in self.mc))  # hashable, as lists read back from JSON
-        for name in ("n", "max_tokens", "batch_size"):
+        for name in ("n", "mc_search", "max_tokens", "batch_size"):
             v = getattr(self, name)
+            if v is None and name == "mc_search":
+                continue
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"Calibration.{name} must be a positive int, got {v!r}")
 
@@ -186,46 +190,78 @@ def greedy_kl_order(model, pairs, candidates, n_remove: int, pad_id: int = 0, pr
     """`candidates` (layer indices), least important first, by greedy removal: each step drops the layer
     whose removal (with those dropped before) raises teacher-forced KL(dense ‖ pruned) over the answer
     tokens of `pairs` [(prompt ids, answer ids)] the least. After `n_remove` steps the rest follow in
-    the order of their last step's KL. One batch; the dense log-probs are computed once, only answer
-    positions reach the LM head, and each candidate resumes from the step's shared layer outputs before
-    it (`GatedModel.forward(reuse=)`: the same numbers, about half the layers run). Cost: ~n_remove *
-    len(candidates) / 2 forwards of the batch (SmolLM2, 16 pairs of <= 160 tokens, 18 steps: ~5 min on 2 cores)."""
+    the order of their last step's KL. The pairs run in length-sorted chunks (`search_chunks`: one chunk,
+    in the given order, whenever they fit); the dense log-probs are computed once, only answer positions
+    reach the LM head, and each candidate resumes from the step's shared layer outputs before it
+    (`GatedModel.forward(reuse=)`: the same numbers, about half the layers run). Cost: ~n_remove *
+    len(candidates) / 2 forwards of the pairs' tokens (SmolLM2, 16 pairs of <= 160 tokens, 18 steps: ~5 min
+    on 2 cores)."""
     from tqdm import tqdm
 
     from .losses import logits_keep, position_kl
     from .train import _batch
 
-    ids, attn, _, ans = _batch(pairs, pad_id)  # (N, T) right-padded
-    keep = logits_keep(ans[:, 1:])  # (N, T) positions predicting an answer token
-    dense = torch.log_softmax(model.forward(ids, attn, logits_to_keep=keep).float(), -1)  # (M, V)
-    dense_p = dense.exp()
+    chunks = []  # [(ids (n, T), attention (n, T), keep (n, T), dense log-probs (M, V), their probs)]
+    for part in search_chunks(pairs):
+        ids, attn, _, ans = _batch(part, pad_id)  # (n, T) right-padded
+        keep = logits_keep(ans[:, 1:])  # (n, T) positions predicting an answer token
+        dense = torch.log_softmax(model.forward(ids, attn, logits_to_keep=keep).float(), -1)  # (M, V)
+        chunks.append((ids, attn, keep, dense, dense.exp()))
+    positions = sum(len(c[3]) for c in chunks)
     n, layers = model.n_layers, arch.decoder_layers(model.hf)
 
-    def decisions(drop: set) -> list[GateDecision]:
-        return [GateDecision.dropping(n, drop)] * len(pairs)
+    def decisions(drop: set, rows: int) -> list[GateDecision]:
+        return [GateDecision.dropping(n, drop)] * rows
 
-    def outputs(drop: set) -> dict[int, torch.Tensor]:  # every layer's output (N, T, H) with `drop` skipped
-        outs = {}
-        hooks = [layer.register_forward_hook(lambda mod, a, o, i=i: outs.__setitem__(i, o)) for i, layer in enumerate(layers)]
-        try:
-            model.forward(ids, attn, decisions=decisions(drop), logits_to_keep=torch.zeros_like(keep))
-        finally:
-            for h in hooks:
-                h.remove()
-        return outs
+    def outputs(drop: set) -> list[dict[int, torch.Tensor]]:  # per chunk, every layer's output (n, T, H)
+        per = []
+        for ids, attn, keep, _, _ in chunks:
+            outs = {}
+            hooks = [layer.register_forward_hook(lambda mod, a, o, i=i: outs.__setitem__(i, o)) for i, layer in enumerate(layers)]
+            try:
+                model.forward(ids, attn, decisions=decisions(drop, len(ids)), logits_to_keep=torch.zeros_like(keep))
+            finally:
+                for h in hooks:
+                    h.remove()
+            per.append(outs)
+        return per
 
-    def kl(drop: set, j: int, outs: dict) -> float:  # drop ∪ {j} shares drop's outputs of the layers before j
-        logits = model.forward(ids, attn, decisions=decisions({*drop, j}), logits_to_keep=keep,
-                               reuse={i: outs[i] for i in range(j)})
-        return position_kl(dense, torch.log_softmax(logits.float(), -1), dense_p).mean().item()
+    def kl(drop: set, j: int, per: list) -> float:  # drop ∪ {j} shares drop's outputs of the layers before j
+        total = 0.0
+        for (ids, attn, keep, dense, dense_p), outs in zip(chunks, per):
+            logits = model.forward(ids, attn, decisions=decisions({*drop, j}, len(ids)), logits_to_keep=keep,
+                                   reuse={i: outs[i] for i in range(j)})
+            total += position_kl(dense, torch.log_softmax(logits.float(), -1), dense_p).sum().item()
+        return total / positions
 
     removed: list[int] = []
     last: dict[int, float] = {}
     for _ in tqdm(range(min(n_remove, len(candidates))), desc="greedy layer removal", disable=not progress):
-        outs = outputs(set(removed))
-        last = {j: kl(set(removed), j, outs) for j in candidates if j not in removed}
+        per = outputs(set(removed))
+        last = {j: kl(set(removed), j, per) for j in candidates if j not in removed}
         removed.append(min(last, key=last.get))
     return removed + sorted((j for j in candidates if j not in removed), key=lambda j: last.get(j, 0.0))
+
+
+SEARCH_TOKENS = 4096  # greedy search: padded tokens per chunk (16 GSM8K pairs of 160 tokens fit one)
+
+
+def search_chunks(pairs: list, tokens: int | None = None) -> list[list]:
+    """`pairs` [(prompt ids, answer ids)] as the greedy search runs them: all in one chunk, in the given
+    order, when their right-padded batch fits `tokens`; else sorted by length and cut into chunks that
+    each fit (`tokens`: SEARCH_TOKENS by default), so short pairs (multiple-choice ones are ~27 tokens, GSM8K's
+    ~160) carry little padding."""
+    tokens = tokens or SEARCH_TOKENS
+    size = lambda part: len(part) * max(len(p) + len(a) for p, a in part)  # noqa: E731  padded tokens
+    if not pairs or size(pairs) <= tokens:
+        return [list(pairs)]
+    chunks, cur = [], []
+    for pair in sorted(pairs, key=lambda pa: len(pa[0]) + len(pa[1])):
+        if cur and size(cur + [pair]) > tokens:
+            chunks.append(cur)
+            cur = []
+        cur.append(pair)
+    return chunks + [cur]
 
 
 # ---- policies -------------------------------------------------------------------------------------------
@@ -250,7 +286,7 @@ def greedy_order_for(model, cal: Calibration, progress: bool = True) -> list[int
         k = min(cal.n, GREEDY_PAIRS)
         whole = [(math_prompt(tok, r["question"]), solution_ids(tok, r["answer"])) for r in rows[:k]]
         pairs = []
-        for prompt, answer in whole + _mc_pairs(tok, cal, k):  # each cut to GREEDY_MAX_LEN, prompt first
+        for prompt, answer in whole + _mc_pairs(tok, cal, cal.mc_search or k):  # each cut to GREEDY_MAX_LEN, prompt first
             prompt = prompt[: GREEDY_MAX_LEN - 1]
             pairs.append((prompt, answer[: GREEDY_MAX_LEN - len(prompt)]))
         L = model.n_layers
