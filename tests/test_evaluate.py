@@ -316,6 +316,8 @@ def test_calibration_with_mc_pairs_and_resume_under_another_calibration(gm, file
     static.greedy_order_for(gm, mixed)
     assert len(seen) == 2 and seen[1][:4] == seen[0] and seen[1][4:] == ordered(gm.tokenizer, 0, [str(mc)])[:4]
     more = Calibration(path=str(math), n=4, max_tokens=40, mc=[str(mc)], mc_search=6)  # more MC pairs searched
+    with pytest.raises(ValueError, match="mc_search must be a positive int"):
+        Calibration(mc=[str(mc)], mc_search=0)
     static.greedy_order_for(gm, more)
     assert len(seen) == 3 and seen[2][:4] == seen[0] and seen[2][4:] == ordered(gm.tokenizer, 0, [str(mc)])[:6]
     assert static.stats_for(gm, mixed).tokens > static.stats_for(gm, plain).tokens

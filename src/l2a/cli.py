@@ -107,7 +107,7 @@ def _calibration(args):
 
     if args.calib_mc_search and not args.calib_mc:
         raise ValueError("--calib-mc-search N sets how many --calib-mc pairs greedy-kl searches: pass --calib-mc FILE too")
-    return Calibration(mc=tuple(args.calib_mc or ()), **({"mc_search": args.calib_mc_search} if args.calib_mc_search else {}))
+    return Calibration(mc=tuple(args.calib_mc or ()), mc_search=args.calib_mc_search)
 
 
 def _load(args):
