@@ -5,16 +5,18 @@
 A and B are gate directories (or their `warm_start.json` files) of two `l2a train --warm-start greedy-kl`
 runs. For each searched order (`order`: the task's; `second_order`: the second source's, with
 `--warm-domains`) and budget, prints the Jaccard overlap of the layer sets the two orders remove at that
-budget (the first L - round(b * L) of each order, as the static baselines count): 1.0 = the same set.
+budget (the first L - kept_count(L, b) of each order, as the static baselines count): 1.0 = the same set.
 """
 
 import argparse
 import json
 from pathlib import Path
 
+from l2a.baselines import kept_count
+
 
 def removed(order: list[int], layers: int, budget: float) -> set[int]:
-    return set(order[: layers - round(budget * layers)])
+    return set(order[: layers - kept_count(layers, budget)])
 
 
 def main() -> None:

@@ -57,10 +57,9 @@ class Calibration:
 
     def __post_init__(self):
         object.__setattr__(self, "mc", tuple(str(p) for p in self.mc))  # hashable, as lists read back from JSON
-        for name in ("n", "mc_search", "max_tokens", "batch_size"):
+        optional = ("mc_search",) if self.mc_search is not None else ()
+        for name in ("n", "max_tokens", "batch_size", *optional):
             v = getattr(self, name)
-            if v is None and name == "mc_search":  # the one optional count
-                continue
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"Calibration.{name} must be a positive int, got {v!r}")
 
