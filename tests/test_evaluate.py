@@ -320,6 +320,11 @@ def test_calibration_with_mc_pairs_and_resume_under_another_calibration(gm, file
         Calibration(mc=[str(mc)], mc_search=0)
     static.greedy_order_for(gm, more)
     assert len(seen) == 3 and seen[2][:4] == seen[0] and seen[2][4:] == ordered(gm.tokenizer, 0, [str(mc)])[:6]
+    fewer = Calibration(path=str(math), n=4, max_tokens=40, mc=[str(mc)], search=2)  # fewer GSM8K items searched
+    with pytest.raises(ValueError, match="search must be a positive int"):
+        Calibration(search=0)
+    static.greedy_order_for(gm, fewer)  # as many MC pairs as GSM8K items unless mc_search says otherwise
+    assert len(seen) == 4 and seen[3] == seen[0][:2] + ordered(gm.tokenizer, 0, [str(mc)])[:2]
     assert static.stats_for(gm, mixed).tokens > static.stats_for(gm, plain).tokens
     out = tmp_path / "r.jsonl"
     lines = run(gm, files, out, methods=["dense", "greedy-kl", "even-spaced"], budgets=[0.5], calibration=mixed)

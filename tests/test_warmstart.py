@@ -120,3 +120,33 @@ def test_anchor_holds_the_warm_started_ranking_and_resumes(tmp_path, monkeypatch
     assert at7[0] > 1e-3 and abs(at7[1] - at7[0]) < 0.2 * at7[0], at7
     with pytest.raises(ValueError, match="anchor .* needs --warm-start"):
         TrainConfig(anchor=1.0)
+
+
+def test_warm_pairs_sets_how_many_held_out_examples_the_search_sees(tmp_path, monkeypatch):
+    """warm_pairs: the greedy warm start searches the last warm_pairs examples of the seeded order, and
+    training never draws them; a count below one is refused."""
+    import l2a.static
+    import l2a.train as T
+
+    seen, drawn = [], []
+    real = l2a.static.greedy_kl_order
+    monkeypatch.setattr(l2a.static, "greedy_kl_order", lambda m, prs, *a, **k: seen.append(prs) or real(m, prs, *a, **k))
+    m = GatedModel(tiny_model("llama", n_layers=L), tokenizer=tiny_tokenizer())
+    math = tmp_path / "math.jsonl"  # distinct items, so an example drawn is told from one searched by its ids
+    math.write_text("".join(json.dumps({"question": f"What is {i}+{i + 1}?", "answer": f"#### {2 * i + 1}"}) + "\n"
+                            for i in range(20)))
+    cfg = TrainConfig(data=str(math), out=str(tmp_path / "gates"), steps=5, examples=4, max_len=48, width=32,
+                      calib_prompts=4, save_every=1, dtype="float32", warm_start="greedy-kl", warm_pairs=9)
+    examples, _ = T._examples(cfg, m.tokenizer)
+    order = T.example_order(cfg, len(examples))
+    real_batch = T._batch
+    monkeypatch.setattr(T, "_batch", lambda exs, *a, **k: drawn.extend(exs) or real_batch(exs, *a, **k))
+    summary = train(cfg, model=m, progress=False)
+    assert len(seen) == 1 and seen[0] == [examples[i] for i in order[-9:]]
+    search, steps = drawn[:9], drawn[9:]  # the search batches its pairs once; training's 20 draws wrap its 7
+    assert sorted(search) == sorted(seen[0]) and len(steps) == 20 and not any(ex in seen[0] for ex in steps)
+    assert json.loads((tmp_path / "gates" / "warm_start.json").read_text())["pairs"] == 9
+    assert summary["warm_start_order"] == json.loads((tmp_path / "gates" / "warm_start.json").read_text())["order"]
+    for bad in (0, -3, True, 2.5):
+        with pytest.raises(ValueError, match="warm_pairs must be a positive int"):
+            TrainConfig(warm_start="greedy-kl", warm_pairs=bad)

@@ -102,12 +102,12 @@ def cmd_bench(args) -> int:
 
 
 def _calibration(args):
-    """The static baselines' Calibration from `l2a eval`'s --calib-mc / --calib-mc-search."""
+    """The static baselines' Calibration from `l2a eval`'s --calib-search / --calib-mc / --calib-mc-search."""
     from .static import Calibration
 
     if args.calib_mc_search and not args.calib_mc:
         raise ValueError("--calib-mc-search N sets how many --calib-mc pairs greedy-kl searches: pass --calib-mc FILE too")
-    return Calibration(mc=tuple(args.calib_mc or ()), mc_search=args.calib_mc_search)
+    return Calibration(mc=tuple(args.calib_mc or ()), search=args.calib_search, mc_search=args.calib_mc_search)
 
 
 def _load(args):
@@ -161,7 +161,7 @@ def cmd_train(args) -> int:
                           ablation=args.ablation, limit=args.limit, track=args.track, warm_start=args.warm_start,
                           fixed_budget=args.fixed_budget, dual=args.dual, noise_end=args.noise_end, select=args.select,
                           estimator=args.estimator, samples=args.samples, dense_at_full=args.dense_at_full,
-                          warm_scale=args.warm_scale, warm_text=args.warm_text, warm_domains=args.warm_domains, anchor=args.anchor, train_text=args.train_text, mix_mc=args.mix_mc or [], cost=args.cost, row_tol=args.row_tol, depth_pairs=args.depth_pairs,
+                          warm_scale=args.warm_scale, warm_pairs=args.warm_pairs, warm_text=args.warm_text, warm_domains=args.warm_domains, anchor=args.anchor, train_text=args.train_text, mix_mc=args.mix_mc or [], cost=args.cost, row_tol=args.row_tol, depth_pairs=args.depth_pairs,
                           depth_max_len=args.depth_max_len,
                           **({"calib_prompts": 0} if args.fixed_budget else {}))
     summary = train(cfg)
@@ -205,7 +205,7 @@ def cmd_eval(args) -> int:
     for r in lines:
         print(" ".join(f"{k}={r.get(k)}" for k in keys), file=sys.stderr)
     config = {k: getattr(args, k) for k in ("model", "gates", "task", "data", "budgets", "methods", "limit", "seeds", "dtype",
-                                            "calib_mc", "calib_mc_search")}
+                                            "calib_search", "calib_mc", "calib_mc_search")}
     _emit(run_record("eval", config, {"results": args.results, "points": len(lines)}), args.out)
     return 0
 
@@ -347,6 +347,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="the depth head's chains' length, prompt included (default: %(default)s)")
     t.add_argument("--dense-at-full", action="store_true", help="rows at budget 1.0 run dense in training, as at inference")
     t.add_argument("--warm-scale", type=float, default=1.5, help="weight of the warm-start ranking in the logit bias")
+    t.add_argument("--warm-pairs", type=_positive, default=16, metavar="N",
+                   help="--warm-start greedy-kl: search on N held-out task examples (default: %(default)s; "
+                        "`l2a eval --calib-search N` gives the greedy-kl baseline as many)")
     t.add_argument("--warm-text", type=int, default=0, metavar="N",
                    help="--warm-start greedy-kl: also search on N second-source examples (generic prose, or --mix-mc)")
     t.add_argument("--warm-domains", action="store_true",
@@ -393,12 +396,15 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=_positive, default=8)
     e.add_argument("--max-new-tokens", type=_positive, default=256)
     e.add_argument("--results", help="results JSON lines (appended; finished points are skipped)")
+    e.add_argument("--calib-search", type=_positive, metavar="N",
+                   help="greedy-kl: search on the first N GSM8K calibration items (default 16; `l2a train "
+                        "--warm-pairs N` gives the gates' warm start as many)")
     e.add_argument("--calib-mc", nargs="+", metavar="FILE",
                    help="add these multiple-choice files' (question, correct choice) pairs to the static baselines' "
                         "calibration text (the data `l2a train --mix-mc` trains gates on; use its own --results file)")
     e.add_argument("--calib-mc-search", type=_positive, metavar="N",
-                   help="greedy-kl: search on the first N of those pairs (default 16; `l2a train --warm-text N` "
-                        "gives the gates' warm start as many)")
+                   help="greedy-kl: search on the first N of those pairs (default: as many as the GSM8K items; "
+                        "`l2a train --warm-text N` gives the gates' warm start as many)")
     e.add_argument("--tuned-gates", help="tuned-static: directory of per-budget gates (DIR/b0.70/, ...)")
     e.add_argument("--axes", type=_axes, default=("all",),
                    help="budget axes swept, comma-separated: all (the scalar schedule; all:NAME for a named one), "

@@ -179,7 +179,7 @@ def fit_artifact(m, directory, out, pairs: int = 320, max_len: int = 320, progre
     to `out`. Its chains are training chains the artifact's run never reached (just before the ones it held
     out for warm start and validation), cut at `max_len` tokens with the prompt, as the test chains are."""
     from .checkpoint import load_gates, read_config, save_gates
-    from .train import VAL_PAIRS, WARM_PAIRS, TrainConfig, _examples, example_order
+    from .train import VAL_PAIRS, TrainConfig, _examples, example_order
 
     training = read_config(directory).get("training") or {}
     saved = training.get("config")
@@ -192,7 +192,7 @@ def fit_artifact(m, directory, out, pairs: int = 320, max_len: int = 320, progre
         raise ValueError(f"max_len {max_len} would cut the chains shorter than training did ({cfg.max_len} tokens)")
     examples, source = _examples(cfg, m.tokenizer, cut=max_len)  # the training run's examples, uncut answers
     order = example_order(cfg, len(examples))
-    end = len(order) - WARM_PAIRS - VAL_PAIRS
+    end = len(order) - cfg.warm_pairs - VAL_PAIRS
     reached = cfg.calib_prompts + cfg.steps * cfg.examples  # the front of the order: calibration, then training
     if end - pairs < reached:
         raise ValueError(f"its training reached {reached} of {len(order)} examples: at most {max(0, end - reached)} "

@@ -17,8 +17,8 @@ stream, which `output_hidden_states` does not give for the last layer):
 not a score: minutes, not one forward; SLEB, Song et al. 2024, removes blocks greedily by perplexity alike);
 training uses it as a warm start (`l2a train --warm-start greedy-kl`), and the `greedy-kl` baseline removes
 layers in its order: the static set L2A's gates start from, searched on the calibration set's first
-GREEDY_PAIRS items (chat prompt + worked answer, as training's search sees them). `Calibration.mc` adds
-multiple-choice (question, correct choice) pairs to every calibration (`l2a eval --calib-mc FILE ...`).
+GREEDY_PAIRS items (chat prompt + worked answer, as training's search sees them; `Calibration.search` sets
+another count). `Calibration.mc` adds multiple-choice (question, correct choice) pairs to every calibration (`l2a eval --calib-mc FILE ...`).
 
 Scores are cached per (model, Calibration). The selection rules are pure functions in `baselines.py`.
 This module does not evaluate anything and does not train.
@@ -50,14 +50,15 @@ class Calibration:
     mc: tuple[str, ...] = ()  # MC files whose (question, correct choice) pairs join that text, in mix.py's
     #   seed-0 order (the data `l2a train --mix-mc` trains on: a static baseline with the same data access)
     n: int = 64  # the first n items (of each source)
+    search: int | None = None  # greedy-kl: the first `search` GSM8K items are searched on (None: min(n, GREEDY_PAIRS))
     mc_search: int | None = None  # greedy-kl: how many of mc's pairs join its searched items (None: as many as
-    #   the GSM8K items, min(n, GREEDY_PAIRS)); MC answers are ~3 tokens against GSM8K's ~100
+    #   the GSM8K items searched); MC answers are ~3 tokens against GSM8K's ~100
     max_tokens: int = 256  # each text truncated to this many tokens
     batch_size: int = 8  # sequences per calibration forward
 
     def __post_init__(self):
         object.__setattr__(self, "mc", tuple(str(p) for p in self.mc))  # hashable, as lists read back from JSON
-        optional = ("mc_search",) if self.mc_search is not None else ()
+        optional = tuple(k for k in ("search", "mc_search") if getattr(self, k) is not None)
         for name in ("n", "max_tokens", "batch_size", *optional):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -274,7 +275,7 @@ _ORDERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model.hf -
 
 def greedy_order_for(model, cal: Calibration, progress: bool = True) -> list[int]:
     """The greedy-KL removal order (least important first) of layers 1..L-2 of `model` on `cal`'s first
-    GREEDY_PAIRS items: searched once per (model, Calibration) and kept on disk, keyed by the model's
+    GREEDY_PAIRS items (or `cal.search`): searched once per (model, Calibration) and kept on disk, keyed by the model's
     parameters and dtype and by the searched token ids, so a later run reads it back."""
     from .tasks import math_prompt, solution_ids
 
@@ -282,7 +283,7 @@ def greedy_order_for(model, cal: Calibration, progress: bool = True) -> list[int
     if cal not in per_model:
         tok, pad = _tokenizer(model)
         rows, _ = data.load_math(cal.path, split="train")
-        k = min(cal.n, GREEDY_PAIRS)
+        k = cal.search or min(cal.n, GREEDY_PAIRS)
         whole = [(math_prompt(tok, r["question"]), solution_ids(tok, r["answer"])) for r in rows[:k]]
         pairs = []
         for prompt, answer in whole + _mc_pairs(tok, cal, cal.mc_search or k):  # each cut to GREEDY_MAX_LEN, prompt first

@@ -61,6 +61,7 @@ class TrainConfig:
     track: float = 0.0  # weight of (E[cost] - b)^2 per axis (10 tracked budgets to ±0.013 but chose worse layers)
     warm_start: str | None = None  # initial layer ranking: "block-influence" or "greedy-kl" (WARM_STARTS)
     warm_scale: float = 1.5  # warm start: the static ranking's z-scores times this are added to the logit bias
+    warm_pairs: int = WARM_PAIRS  # greedy-kl: held-out task examples searched on (the end of the seeded order)
     warm_text: int = 0  # greedy-kl: second-source examples (mix.py) searched on with the task's
     warm_domains: bool = False  # greedy-kl: search the task's and the warm_text examples apart and start each
     #   prompt from its own source's order (an input-aware warm start; warmstart.py)
@@ -118,6 +119,8 @@ class TrainConfig:
         self.mix_mc = [str(p) for p in self.mix_mc]  # a list, as the saved JSON config reads back
         if self.mix_mc and not (self.train_text or self.warm_text):
             raise ValueError("mix_mc names the second source of --train-text / --warm-text; give one of them")
+        if isinstance(self.warm_pairs, bool) or not isinstance(self.warm_pairs, int) or self.warm_pairs < 1:
+            raise ValueError(f"warm_pairs must be a positive int, got {self.warm_pairs!r}")
         if self.warm_text < 0 or (self.warm_text and self.warm_start != "greedy-kl"):
             raise ValueError(f"warm_text needs warm_start greedy-kl and must be >= 0, got {self.warm_text!r}")
         if self.warm_domains and not (self.warm_text and self.train_text):
@@ -258,17 +261,18 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     gen = torch.Generator().manual_seed(cfg.seed)
     order = example_order(cfg, len(examples))
     calib = [examples[i] for i in order[: cfg.calib_prompts]]
-    # The end of the order is held out: the last WARM_PAIRS for the greedy warm-start search, the VAL_PAIRS
+    # The end of the order is held out: the last warm_pairs for the greedy warm-start search, the VAL_PAIRS
     # before them for checkpoint selection (disjoint, so selection does not favour the searched ranking).
-    reserve = (WARM_PAIRS if cfg.warm_start == "greedy-kl" or cfg.select == "val-kl" or cfg.depth_pairs else 0) + (
+    w = cfg.warm_pairs
+    reserve = (w if cfg.warm_start == "greedy-kl" or cfg.select == "val-kl" or cfg.depth_pairs else 0) + (
         VAL_PAIRS if cfg.select == "val-kl" or cfg.depth_pairs else 0) + cfg.depth_pairs
     if len(order) - cfg.calib_prompts - reserve < cfg.examples:
         raise ValueError(f"{len(order)} examples leave too few to train on after {cfg.calib_prompts} calibration "
                          f"and {reserve} held-out prompts")
     train_idx = order[cfg.calib_prompts : len(order) - reserve]
-    held_out = [examples[i] for i in order[len(order) - WARM_PAIRS :]]
-    val = [examples[i] for i in order[len(order) - WARM_PAIRS - VAL_PAIRS : len(order) - WARM_PAIRS]]
-    end = len(order) - WARM_PAIRS - VAL_PAIRS  # the depth head's chains come just before those
+    held_out = [examples[i] for i in order[len(order) - w :]]
+    val = [examples[i] for i in order[len(order) - w - VAL_PAIRS : len(order) - w]]
+    end = len(order) - w - VAL_PAIRS  # the depth head's chains come just before those
     # the depth head's chains whole, as at inference (a head fit on chains cut at max_len did not transfer)
     whole = _examples(cfg, tok, cut=cfg.depth_max_len)[0] if cfg.depth_pairs else examples
     depth_set = [whole[i] for i in order[end - cfg.depth_pairs : end]] if cfg.depth_pairs else []

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 WARM_STARTS = ("block-influence", "greedy-kl")
-WARM_PAIRS = 16  # greedy-kl: held-out training examples searched on (the end of the seeded order)
+WARM_PAIRS = 16  # greedy-kl: held-out training examples searched on by default (TrainConfig.warm_pairs)
 RIDGE = 0.01  # warm_domains: ridge penalty on the router's output weights, relative to the features' mean variance
 FIT_BUDGET = (0.7, 1.0)  # warm_domains: the (b_layer, b_head) whose router features the fit reads
 
@@ -79,7 +79,7 @@ def _orders(m, policy, cfg, held_out: list) -> list[list[int]]:
     else:
         orders = [greedy_kl_order(m, held_out + second, gate, n_remove, pad_id=pad)]
     cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps({"warm_start": cfg.warm_start, "order": orders[0],
+    cache.write_text(json.dumps({"warm_start": cfg.warm_start, "pairs": len(held_out), "order": orders[0],
                                  **({"second_order": orders[1]} if cfg.warm_domains else {})}) + "\n")
     return orders
 
