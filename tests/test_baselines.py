@@ -35,7 +35,7 @@ def gm():
 
 BUDGETS = [Budget(1.0), Budget(0.85), Budget(0.7), Budget(0.55), Budget(0.3), Budget(layers=0.5, heads=0.5),
            Budget(layers=1.0, heads=0.25)]
-STATIC = ["even-spaced", "drop-last", "random", "block-influence", "angular", "greedy-kl", "static-groups"]
+STATIC = ["even-spaced", "drop-last", "random", "block-influence", "angular", "greedy-kl", "greedy-swap", "static-groups"]
 
 
 @pytest.mark.parametrize("method", STATIC)
@@ -265,3 +265,61 @@ def test_greedy_search_chunks_change_nothing_but_padding(gm, monkeypatch):
     whole = static.greedy_kl_order(gm, pairs, list(range(1, L - 1)), n_remove=L - 2, progress=False)
     monkeypatch.setattr(static, "SEARCH_TOKENS", 40)
     assert static.greedy_kl_order(gm, pairs, list(range(1, L - 1)), n_remove=L - 2, progress=False) == whole
+
+
+def _pairs(seed: int, n: int = 6):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randint(4, 100, (8,), generator=g).tolist(), torch.randint(4, 100, (4,), generator=g).tolist())
+            for _ in range(n)]
+
+
+def test_set_kl_reuse_and_swap_refinement_against_brute_force():
+    """SetKL resuming from a set's layer outputs gives the KL of a full forward; swap_refine ends at a set no
+    single exchange improves (checked by full forwards over every exchange) and never above its start."""
+    from l2a.swap import SetKL, swap_refine
+
+    m = GatedModel(tiny_model("llama", n_layers=8, seed=3), tokenizer=char_tokenizer())
+    kl = SetKL(m, _pairs(0))
+    cand = list(range(1, 7))
+    assert kl(set()) == pytest.approx(0.0, abs=1e-6) and kl({2, 5}) > 0
+    per = kl.outputs({2, 5})
+    assert kl({2, 6}, per, 5) == pytest.approx(kl({2, 6}), abs=1e-6)  # layers 0..4 skip the same: resumed
+    start = {1, 2, 3}
+    found = swap_refine(kl, start, cand, max_sweeps=20, progress=False)
+    assert len(found["removed"]) == 3 and set(found["removed"]) <= set(cand)
+    assert found["kl"] == pytest.approx(kl(set(found["removed"])), abs=1e-6) and found["kl"] <= found["start_kl"]
+    assert found["start_kl"] == pytest.approx(kl(start), abs=1e-6)
+    cur = set(start)
+    for out, into in found["swaps"]:  # each exchange lowers the KL
+        before, cur = kl(cur), cur - {out} | {into}
+        assert kl(cur) < before
+    assert cur == set(found["removed"])
+    best = min(kl(cur - {i} | {j}) for i in cur for j in cand if j not in cur)
+    assert best >= found["kl"] - 1e-6  # a local optimum: no single exchange improves it
+    assert swap_refine(kl, start, cand, max_sweeps=0, progress=False)["removed"] == sorted(start)
+
+
+def test_greedy_swap_refines_the_greedy_set_per_budget_and_reads_it_back(gm, calib_file, monkeypatch, _static_cache):
+    """greedy-swap removes swap_refine's set started from the greedy order's first layers at each budget's
+    count, on the greedy search's own pairs; searched once per (model, Calibration, count), then read back."""
+    import l2a.swap
+
+    cal = static.Calibration(path=str(calib_file), n=4, max_tokens=48)
+    calls = []
+    real = l2a.swap.swap_refine
+    monkeypatch.setattr(l2a.swap, "swap_refine", lambda kl, start, cand, **k: calls.append((list(start), kl)) or real(kl, start, cand, **k))
+    policy = make_method("greedy-swap", calibration=cal)
+    order = static.greedy_order_for(gm, cal)
+    b = Budget(layers=0.5)
+    policy.prepare(gm, b)
+    r = L - kept_count(L, 0.5)
+    (start, kl), = calls
+    assert start == order[:r] and kl.positions == sum(len(a) for _, a in static._search(gm, cal)[0])
+    found = static.swapped_set_for(gm, cal, r)
+    d = policy.decision(gm, b)
+    assert d.layers == GateDecision.dropping(L, found["removed"]).layers and len(calls) == 1
+    assert json.loads(next(_static_cache.glob("greedy-swap-*.json")).read_text())["removed"] == found["removed"]
+    static._ORDERS.clear()
+    assert policy.decision(gm, b) == d and len(calls) == 1  # read back from disk
+    policy.decision(gm, Budget(layers=0.85))
+    assert len(calls) == 2 and calls[1][0] == order[: L - kept_count(L, 0.85)]

@@ -301,7 +301,7 @@ def decider(model, policy, budget: Budget, task=None, warm_rows=None, max_new_to
     cost kept out of measured time), seeding torch with 0, and, with `task` and `warm_rows`, an untimed
     warm-up on the first row."""
     if hasattr(policy, "prepare"):
-        policy.prepare(model)
+        policy.prepare(model, budget)
 
     def decide(ids, mask):
         return policy.decide(model, ids, mask, [budget] * ids.shape[0])

@@ -198,47 +198,14 @@ def greedy_kl_order(model, pairs, candidates, n_remove: int, pad_id: int = 0, pr
     on 2 cores)."""
     from tqdm import tqdm
 
-    from .losses import logits_keep, position_kl
-    from .train import _batch
+    from .swap import SetKL
 
-    chunks = []  # [(ids (n, T), attention (n, T), keep (n, T), dense log-probs (M, V), their probs)]
-    for part in search_chunks(pairs):
-        ids, attn, _, ans = _batch(part, pad_id)  # (n, T) right-padded
-        keep = logits_keep(ans[:, 1:])  # (n, T) positions predicting an answer token
-        dense = torch.log_softmax(model.forward(ids, attn, logits_to_keep=keep).float(), -1)  # (M, V)
-        chunks.append((ids, attn, keep, dense, dense.exp()))
-    positions = sum(len(c[3]) for c in chunks)
-    n, layers = model.n_layers, arch.decoder_layers(model.hf)
-
-    def decisions(drop: set, rows: int) -> list[GateDecision]:
-        return [GateDecision.dropping(n, drop)] * rows
-
-    def outputs(drop: set) -> list[dict[int, torch.Tensor]]:  # per chunk, every layer's output (n, T, H)
-        per = []
-        for ids, attn, keep, _, _ in chunks:
-            outs = {}
-            hooks = [layer.register_forward_hook(lambda mod, a, o, i=i: outs.__setitem__(i, o)) for i, layer in enumerate(layers)]
-            try:
-                model.forward(ids, attn, decisions=decisions(drop, len(ids)), logits_to_keep=torch.zeros_like(keep))
-            finally:
-                for h in hooks:
-                    h.remove()
-            per.append(outs)
-        return per
-
-    def kl(drop: set, j: int, per: list) -> float:  # drop ∪ {j} shares drop's outputs of the layers before j
-        total = 0.0
-        for (ids, attn, keep, dense, dense_p), outs in zip(chunks, per):
-            logits = model.forward(ids, attn, decisions=decisions({*drop, j}, len(ids)), logits_to_keep=keep,
-                                   reuse={i: outs[i] for i in range(j)})
-            total += position_kl(dense, torch.log_softmax(logits.float(), -1), dense_p).sum().item()
-        return total / positions
-
+    kl = SetKL(model, pairs, pad_id)
     removed: list[int] = []
     last: dict[int, float] = {}
     for _ in tqdm(range(min(n_remove, len(candidates))), desc="greedy layer removal", disable=not progress):
-        per = outputs(set(removed))
-        last = {j: kl(set(removed), j, per) for j in candidates if j not in removed}
+        per = kl.outputs(removed)
+        last = {j: kl({*removed, j}, per, j) for j in candidates if j not in removed}  # layers before j: removed's
         removed.append(min(last, key=last.get))
     return removed + sorted((j for j in candidates if j not in removed), key=lambda j: last.get(j, 0.0))
 
@@ -275,34 +242,65 @@ _ORDERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model.hf -
 
 def greedy_order_for(model, cal: Calibration, progress: bool = True) -> list[int]:
     """The greedy-KL removal order (least important first) of layers 1..L-2 of `model` on `cal`'s first
-    GREEDY_PAIRS items (or `cal.search`): searched once per (model, Calibration) and kept on disk, keyed by the model's
-    parameters and dtype and by the searched token ids, so a later run reads it back."""
-    from .tasks import math_prompt, solution_ids
-
+    GREEDY_PAIRS items (or `cal.search`): searched once per (model, Calibration) and kept on disk, keyed by
+    the model's parameters and dtype and by the searched token ids, so a later run reads it back."""
     per_model = _ORDERS.setdefault(model.hf, {})
     if cal not in per_model:
-        tok, pad = _tokenizer(model)
-        rows, _ = data.load_math(cal.path, split="train")
-        k = cal.search or min(cal.n, GREEDY_PAIRS)
-        whole = [(math_prompt(tok, r["question"]), solution_ids(tok, r["answer"])) for r in rows[:k]]
-        pairs = []
-        for prompt, answer in whole + _mc_pairs(tok, cal, cal.mc_search or k):  # each cut to GREEDY_MAX_LEN, prompt first
-            prompt = prompt[: GREEDY_MAX_LEN - 1]
-            pairs.append((prompt, answer[: GREEDY_MAX_LEN - len(prompt)]))
+        pairs, pad, key = _search(model, cal)
         L = model.n_layers
-        candidates = list(range(1, L - 1))
-        n_remove = max(0, L - max(2, math.ceil(GREEDY_FLOOR * L)))
-        key = hashlib.sha256(json.dumps([_fingerprint(model), pairs, candidates, n_remove, pad]).encode()).hexdigest()
-        path = _order_cache() / f"greedy-kl-{key[:32]}.json"
-        if path.is_file():
-            per_model[cal] = json.loads(path.read_text())["order"]
-        else:
-            per_model[cal] = greedy_kl_order(model, pairs, candidates, n_remove, pad_id=pad, progress=progress)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"order": per_model[cal], "key": key}) + "\n")
-            tmp.replace(path)
+        per_model[cal] = _on_disk("greedy-kl", key, lambda: {"order": greedy_kl_order(
+            model, pairs, list(range(1, L - 1)), _greedy_steps(L), pad_id=pad, progress=progress)})["order"]
     return per_model[cal]
+
+
+def swapped_set_for(model, cal: Calibration, removals: int, progress: bool = True) -> dict:
+    """The greedy order's first `removals` layers, refined by swap.swap_refine on the same pairs: searched
+    once per (model, Calibration, removals) and kept on disk like the order ({"removed", "kl", ...})."""
+    from .swap import SetKL, swap_refine
+
+    per_model = _ORDERS.setdefault(model.hf, {})
+    if (cal, removals) not in per_model:
+        order = greedy_order_for(model, cal, progress)
+        pairs, pad, key = _search(model, cal)
+        refine = lambda: swap_refine(SetKL(model, pairs, pad), order[:removals], order, progress=progress)  # noqa: E731
+        per_model[cal, removals] = _on_disk("greedy-swap", f"{key}-{removals}", refine)
+    return per_model[cal, removals]
+
+
+def _search(model, cal: Calibration) -> tuple[list, int, str]:
+    """(pairs, pad id, cache key) of the greedy search on `cal`: its first GSM8K items (chat prompt + worked
+    answer) and MC pairs, each cut to GREEDY_MAX_LEN tokens, prompt first."""
+    from .tasks import math_prompt, solution_ids
+
+    tok, pad = _tokenizer(model)
+    rows, _ = data.load_math(cal.path, split="train")
+    k = cal.search or min(cal.n, GREEDY_PAIRS)
+    whole = [(math_prompt(tok, r["question"]), solution_ids(tok, r["answer"])) for r in rows[:k]]
+    pairs = []
+    for prompt, answer in whole + _mc_pairs(tok, cal, cal.mc_search or k):
+        prompt = prompt[: GREEDY_MAX_LEN - 1]
+        pairs.append((prompt, answer[: GREEDY_MAX_LEN - len(prompt)]))
+    L = model.n_layers
+    key = hashlib.sha256(json.dumps([_fingerprint(model), pairs, list(range(1, L - 1)), _greedy_steps(L), pad]).encode())
+    return pairs, pad, key.hexdigest()
+
+
+def _greedy_steps(L: int) -> int:
+    """Greedy removals searched: down to GREEDY_FLOOR of the L layers (at least 2 kept)."""
+    return max(0, L - max(2, math.ceil(GREEDY_FLOOR * L)))
+
+
+def _on_disk(kind: str, key: str, compute) -> dict:
+    """compute() (a JSON-able dict), kept in the order cache as `kind`-<key>.json and read back from there."""
+    path = _order_cache() / f"{kind}-{key[:32]}{key[64:]}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    found = {**compute(), "key": key}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(found) + "\n")
+    tmp.replace(path)
+    return found
 
 
 def _mc_pairs(tok, cal: Calibration, n: int) -> list[tuple[list[int], list[int]]]:
@@ -344,7 +342,7 @@ class _Calibrated(_StaticPolicy):
         super().__init__()
         self.calibration = calibration or Calibration()
 
-    def prepare(self, model) -> CalibStats:
+    def prepare(self, model, budget=None) -> CalibStats:
         """Run (or fetch) the calibration now, so the evaluator can keep it out of measured time."""
         return stats_for(model, self.calibration)
 
@@ -380,7 +378,7 @@ class GreedyKLPolicy(_Calibrated):
 
     name = "greedy-kl"
 
-    def prepare(self, model) -> CalibStats:
+    def prepare(self, model, budget=None) -> CalibStats:
         greedy_order_for(model, self.calibration)
         return super().prepare(model)
 
@@ -390,6 +388,22 @@ class GreedyKLPolicy(_Calibrated):
         importance = [rank.get(i, len(order)) for i in range(model.n_layers)]
         layers = keep_most_important(importance, model.n_layers, budget.layers)
         return self._with_groups(model, budget, layers)
+
+
+class GreedySwapPolicy(_Calibrated):
+    """Remove the greedy-KL set of each budget refined by single-layer swaps under the same KL (swap.py):
+    a set per budget, not nested across budgets; groups by calibrated importance."""
+
+    name = "greedy-swap"
+
+    def prepare(self, model, budget=None) -> CalibStats:
+        if budget is not None:  # the per-budget search runs here, out of measured time
+            swapped_set_for(model, self.calibration, model.n_layers - kept_count(model.n_layers, budget.layers))
+        return super().prepare(model)
+
+    def decision(self, model, budget) -> GateDecision:
+        found = swapped_set_for(model, self.calibration, model.n_layers - kept_count(model.n_layers, budget.layers))
+        return self._with_groups(model, budget, GateDecision.dropping(model.n_layers, found["removed"]))
 
 
 class StaticGroupsPolicy(_Calibrated):
