@@ -3,7 +3,8 @@
 `SetKL` scores a set of skipped layers by KL(dense ‖ skipped) over the answer tokens of (prompt, answer)
 pairs: the dense log-probs are computed once, the pairs run in length-sorted chunks (static.search_chunks),
 and a set that differs from a scored one only at layer j or later resumes from that set's layer outputs
-(`GatedModel.forward(reuse=)`: the same numbers, fewer layers run). The greedy order (static.greedy_kl_order)
+(`GatedModel.forward(reuse=)`: the same numbers, fewer layers run; an exchange that puts back layer i and
+removes j resumes at j from the set with i put back when j > i, else from the current set). The greedy order (static.greedy_kl_order)
 and the swap search both run on it.
 
 The greedy order fixes each removal given the earlier ones, and at deep budgets its path can miss much better
@@ -88,9 +89,11 @@ def swap_refine(kl: SetKL, removed, candidates, max_sweeps: int = MAX_SWEEPS, pr
     swaps = []
     for sweep in range(max_sweeps):
         per = kl.outputs(cur)
-        trials = [(i, j) for i in sorted(cur) for j in candidates if j not in cur]
-        scores = {(i, j): kl(cur - {i} | {j}, per, min(i, j))
-                  for i, j in tqdm(trials, desc=f"swap refinement, sweep {sweep + 1}", disable=not progress, leave=False)}
+        scores = {}
+        for i in tqdm(sorted(cur), desc=f"swap refinement, sweep {sweep + 1}", disable=not progress, leave=False):
+            back = kl.outputs(cur - {i})  # layer i put back: the exchanges' layers before j (> i) are these
+            for j in (j for j in candidates if j not in cur):  # before j (< i), cur's: either way j layers resume
+                scores[i, j] = kl(cur - {i} | {j}, back if j > i else per, j)
         if not scores:
             break
         (i, j), val = min(scores.items(), key=lambda kv: kv[1])
