@@ -18,7 +18,8 @@ not a score: minutes, not one forward; SLEB, Song et al. 2024, removes blocks gr
 training uses it as a warm start (`l2a train --warm-start greedy-kl`), and the `greedy-kl` baseline removes
 layers in its order: the static set L2A's gates start from, searched on the calibration set's first
 GREEDY_PAIRS items (chat prompt + worked answer, as training's search sees them; `Calibration.search` sets
-another count). `Calibration.mc` adds multiple-choice (question, correct choice) pairs to every calibration (`l2a eval --calib-mc FILE ...`).
+another count). `Calibration.mc` adds multiple-choice (question, correct choice) pairs to every
+calibration (`l2a eval --calib-mc FILE ...`). `greedy-swap` refines greedy-kl's set at each budget (swap.py).
 
 Scores are cached per (model, Calibration). The selection rules are pure functions in `baselines.py`.
 This module does not evaluate anything and does not train.
@@ -281,7 +282,8 @@ def _search(model, cal: Calibration) -> tuple[list, int, str]:
         prompt = prompt[: GREEDY_MAX_LEN - 1]
         pairs.append((prompt, answer[: GREEDY_MAX_LEN - len(prompt)]))
     L = model.n_layers
-    key = hashlib.sha256(json.dumps([_fingerprint(model), pairs, list(range(1, L - 1)), _greedy_steps(L), pad]).encode())
+    key = hashlib.sha256(json.dumps([_fingerprint(model), pairs, list(range(1, L - 1)), _greedy_steps(L), pad])
+                         .encode())
     return pairs, pad, key.hexdigest()
 
 
@@ -398,12 +400,15 @@ class GreedySwapPolicy(_Calibrated):
 
     def prepare(self, model, budget=None) -> CalibStats:
         if budget is not None:  # the per-budget search runs here, out of measured time
-            swapped_set_for(model, self.calibration, model.n_layers - kept_count(model.n_layers, budget.layers))
+            self._removed(model, budget)
         return super().prepare(model)
 
     def decision(self, model, budget) -> GateDecision:
-        found = swapped_set_for(model, self.calibration, model.n_layers - kept_count(model.n_layers, budget.layers))
-        return self._with_groups(model, budget, GateDecision.dropping(model.n_layers, found["removed"]))
+        return self._with_groups(model, budget, GateDecision.dropping(model.n_layers, self._removed(model, budget)))
+
+    def _removed(self, model, budget) -> list[int]:
+        L = model.n_layers
+        return swapped_set_for(model, self.calibration, L - kept_count(L, budget.layers))["removed"]
 
 
 class StaticGroupsPolicy(_Calibrated):

@@ -3,16 +3,17 @@
 `SetKL` scores a set of skipped layers by KL(dense ‖ skipped) over the answer tokens of (prompt, answer)
 pairs: the dense log-probs are computed once, the pairs run in length-sorted chunks (static.search_chunks),
 and a set that differs from a scored one only at layer j or later resumes from that set's layer outputs
-(`GatedModel.forward(reuse=)`: the same numbers, fewer layers run; an exchange that puts back layer i and
-removes j resumes at j from the set with i put back when j > i, else from the current set). The greedy order (static.greedy_kl_order)
-and the swap search both run on it.
+(`GatedModel.forward(reuse=)`: the same numbers, fewer layers run). The greedy order
+(static.greedy_kl_order) and the swap search both run on it.
 
-The greedy order fixes each removal given the earlier ones, and at deep budgets its path can miss much better
-sets: on SmolLM2 at 0.55 of the layers, its set's KL on 32 held-out GSM8K chains is 2.75 where a set another
-search found has 2.33 (`scripts/set_kl.py`). `swap_refine` starts from a set and makes the best exchange of
-one removed layer for one kept candidate while that lowers the KL (best improvement, up to `max_sweeps`
-exchanges): one set per budget, not an order. The `greedy-swap` baseline (static.GreedySwapPolicy) removes
-the greedy set refined so. Not here: which pairs are searched (static.py) or training's warm start.
+The greedy order fixes each removal given the earlier ones, and at deep budgets its path can miss much
+better sets: on SmolLM2 at 0.55 of the layers, its set's KL on 32 held-out GSM8K chains is 3.46 where a set
+another search found has 2.65 (`scripts/set_kl.py`). `swap_refine` starts from a set and makes the best
+exchange of one removed layer for one kept candidate while that lowers the KL (up to `max_sweeps`
+exchanges; an exchange that puts back i and removes j resumes at j, from the set with i put back when
+j > i, else from the current set): one set per budget, not an order, and a local optimum only (from
+another start it may stall in another basin). The `greedy-swap` baseline (static.GreedySwapPolicy)
+removes the greedy set refined so. Not here: which pairs are searched (static.py), training's warm start.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ class SetKL:
             hooks = [layer.register_forward_hook(lambda mod, a, o, i=i: outs.__setitem__(i, o))
                      for i, layer in enumerate(self.layers)]
             try:
-                self.model.forward(ids, attn, decisions=self._decisions(drop, len(ids)), logits_to_keep=torch.zeros_like(keep))
+                self.model.forward(ids, attn, decisions=self._decisions(drop, len(ids)),
+                                   logits_to_keep=torch.zeros_like(keep))
             finally:
                 for h in hooks:
                     h.remove()
