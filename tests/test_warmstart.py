@@ -150,3 +150,62 @@ def test_warm_pairs_sets_how_many_held_out_examples_the_search_sees(tmp_path, mo
     for bad in (0, -3, True, 2.5):
         with pytest.raises(ValueError, match="warm_pairs must be a positive int"):
             TrainConfig(warm_start="greedy-kl", warm_pairs=bad)
+
+
+def test_nested_order_puts_a_set_first_and_keeps_each_part_in_order():
+    from l2a.swap import nested_order
+
+    assert nested_order([5, 2, 7, 1, 3], {7, 3}) == [7, 3, 5, 2, 1]
+    assert nested_order([5, 2, 7, 1, 3], [2, 5]) == [5, 2, 7, 1, 3]  # a prefix already: unchanged
+    with pytest.raises(ValueError, match=r"layers \[9\] are not in the order"):
+        nested_order([5, 2, 7], {9, 2})
+
+
+def test_warm_refine_starts_the_gates_from_the_swapped_set_nested_and_reads_it_back(tmp_path, monkeypatch):
+    """warm_refine b: the greedy order's set at b's count is swap-refined on the same pairs and the order is
+    rebuilt around it, so the warm-started gates rank that set lowest; a resumed run reads the search back."""
+    import l2a.swap
+    import l2a.train
+    from l2a.swap import nested_order
+    from l2a.train import pooled_prompts
+
+    calls, policies = [], []
+    real_refine = l2a.swap.swap_refine
+    monkeypatch.setattr(l2a.swap, "swap_refine", lambda kl, start, cand, **k: calls.append((list(start), kl)) or
+                        real_refine(kl, start, cand, **k))
+    real_warm = l2a.train.warm_start
+    monkeypatch.setattr(l2a.train, "warm_start", lambda m_, policy, *a: real_warm(m_, policy, *a) |
+                        {"_": policies.append(copy.deepcopy(policy))})
+    m = GatedModel(tiny_model("llama", n_layers=L, seed=2), tokenizer=tiny_tokenizer())
+    cfg = TrainConfig(data=str(write_math(tmp_path / "math.jsonl", 60)), out=str(tmp_path / "gates"), steps=2,
+                      examples=4, max_len=48, width=32, calib_prompts=4, save_every=1, dtype="float32",
+                      warm_start="greedy-kl", warm_scale=3.0, warm_refine=0.5)
+    summary = train(cfg, model=m, progress=False)
+    saved = json.loads((tmp_path / "gates" / "warm_start.json").read_text())
+    (start, kl), = calls
+    found, = saved["refined"]
+    r = 3  # 6 layers at 0.5 keep 3: the three gateable ones removed
+    assert start == saved["greedy_order"][:r] and found["budget"] == 0.5 and len(found["removed"]) == r
+    assert found["kl"] <= found["start_kl"] and found["kl"] == pytest.approx(kl(set(found["removed"])), abs=1e-6)
+    assert saved["order"] == nested_order(saved["greedy_order"], found["removed"]) == summary["warm_start_order"]
+    assert summary["warm_start_refined"] == saved["refined"]
+    train(TrainConfig(**{**cfg.__dict__, "steps": 3}), model=m, progress=False)  # resumes: no second search
+    assert len(calls) == 1
+
+    # whatever set the swaps return is the one the warm-started gates rank lowest (here: greedy's last layers)
+    monkeypatch.setattr(l2a.swap, "swap_refine", lambda kl, start, cand, **k: {
+        "removed": sorted(saved["greedy_order"][-r:]), "kl": 0.0, "start_kl": 0.0, "swaps": []})
+    out = train(TrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "forced"), "steps": 1}), model=m, progress=False)
+    assert out["warm_start_order"][:r] == [j for j in saved["greedy_order"] if j in saved["greedy_order"][-r:]]
+    policy = policies[-1]
+    pooled = pooled_prompts(m, policy, [[5 + i, 9, 11 + i % 7, 3] for i in range(8)], 0)
+    with torch.no_grad():
+        logits = policy(pooled, torch.tensor([[0.5, 1.0, 1.0]]).expand(8, 3)).layers  # (8, n_gateable)
+    gate = list(policy.config.gateable)
+    lowest = {frozenset(gate[i] for i in row.topk(r, largest=False).indices.tolist()) for row in logits}
+    assert lowest == {frozenset(saved["greedy_order"][-r:])}
+    for bad in (0.2, 1.0, True):
+        with pytest.raises(ValueError, match="warm_refine refines the greedy-kl warm start's set"):
+            TrainConfig(warm_start="greedy-kl", warm_refine=bad)
+    with pytest.raises(ValueError, match="it needs warm_start greedy-kl"):
+        TrainConfig(warm_start="block-influence", warm_refine=0.6)

@@ -161,7 +161,8 @@ def cmd_train(args) -> int:
                           ablation=args.ablation, limit=args.limit, track=args.track, warm_start=args.warm_start,
                           fixed_budget=args.fixed_budget, dual=args.dual, noise_end=args.noise_end, select=args.select,
                           estimator=args.estimator, samples=args.samples, dense_at_full=args.dense_at_full,
-                          warm_scale=args.warm_scale, warm_pairs=args.warm_pairs, warm_text=args.warm_text, warm_domains=args.warm_domains, anchor=args.anchor, train_text=args.train_text, mix_mc=args.mix_mc or [], cost=args.cost, row_tol=args.row_tol, depth_pairs=args.depth_pairs,
+                          warm_scale=args.warm_scale, warm_pairs=args.warm_pairs, warm_text=args.warm_text, warm_domains=args.warm_domains,
+                          warm_refine=args.warm_refine, anchor=args.anchor, train_text=args.train_text, mix_mc=args.mix_mc or [], cost=args.cost, row_tol=args.row_tol, depth_pairs=args.depth_pairs,
                           depth_max_len=args.depth_max_len,
                           **({"calib_prompts": 0} if args.fixed_budget else {}))
     summary = train(cfg)
@@ -355,6 +356,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--warm-domains", action="store_true",
                    help="--warm-start greedy-kl: search the task's and the --warm-text examples apart and start each "
                         "training prompt from its own source's order (input-aware warm start; needs --train-text)")
+    t.add_argument("--warm-refine", type=_fraction, default=None, metavar="B",
+                   help="--warm-start greedy-kl: refine the order's set at layer budget B by single-layer swaps under "
+                        "the same KL, and start from an order nested around it (greedy's path misses better deep sets)")
     t.add_argument("--anchor", type=float, default=0.0, metavar="W",
                    help="with --warm-start: weight of a trust region holding each prompt's layer ranking near the "
                         "warm start's (z-scored logits; shifts with the budget are free). 0 = none (default)")

@@ -13,7 +13,9 @@ exchange of one removed layer for one kept candidate while that lowers the KL (u
 exchanges; an exchange that puts back i and removes j resumes at j, from the set with i put back when
 j > i, else from the current set): one set per budget, not an order, and a local optimum only (from
 another start it may stall in another basin). The `greedy-swap` baseline (static.GreedySwapPolicy)
-removes the greedy set refined so. Not here: which pairs are searched (static.py), training's warm start.
+removes the greedy set refined so. `nested_order` puts a refined set back into an order (its layers first,
+each part in the order's own sequence), so every shallower prefix is a subset of it: training's warm start
+with `warm_refine` starts the gates there (warmstart.py). Not here: which pairs are searched (static.py).
 """
 
 from __future__ import annotations
@@ -104,3 +106,14 @@ def swap_refine(kl: SetKL, removed, candidates, max_sweeps: int = MAX_SWEEPS, pr
         cur, best = cur - {i} | {j}, val
         swaps.append([i, j])
     return {"removed": sorted(cur), "kl": best, "start_kl": start, "swaps": swaps}
+
+
+def nested_order(order: list[int], removed) -> list[int]:
+    """`order` (least important first) with the layers of `removed` moved ahead of the others, each part in
+    `order`'s sequence: its first len(removed) layers are `removed`, and each shorter prefix is a subset of
+    them (an order nests its sets, as the gates' decisions do). Prefixes that already lay inside `removed`
+    are unchanged."""
+    inside = set(removed)
+    if not inside <= set(order):
+        raise ValueError(f"layers {sorted(inside - set(order))} are not in the order")
+    return [j for j in order if j in inside] + [j for j in order if j not in inside]

@@ -65,6 +65,8 @@ class TrainConfig:
     warm_text: int = 0  # greedy-kl: second-source examples (mix.py) searched on with the task's
     warm_domains: bool = False  # greedy-kl: search the task's and the warm_text examples apart and start each
     #   prompt from its own source's order (an input-aware warm start; warmstart.py)
+    warm_refine: float | None = None  # greedy-kl: swap-refine the order's set at this layer budget and nest the
+    #   order around it (warmstart.py); None = the greedy order as searched
     anchor: float = 0.0  # weight of the trust region on each prompt's layer ranking as warm-started
     #   (losses.rank_anchor; 0 = none): keeps one source's training from reordering another's layers
     train_text: float = 0.0  # share of each step's examples from the second source (mix.py) instead of the
@@ -129,6 +131,10 @@ class TrainConfig:
         if not 0 <= self.train_text < 1 or (self.train_text and round(self.train_text * self.examples) < 1):
             raise ValueError(f"train_text must be in [0, 1) and give at least one prose example per step "
                              f"(train_text x examples >= 0.5), got {self.train_text!r} with {self.examples} examples")
+        if self.warm_refine is not None and (self.warm_start != "greedy-kl" or isinstance(self.warm_refine, bool)
+                                             or not self.layer_min <= self.warm_refine < 1):
+            raise ValueError(f"warm_refine refines the greedy-kl warm start's set at a layer budget in [layer_min, 1) "
+                             f"= [{self.layer_min}, 1): it needs warm_start greedy-kl, got {self.warm_refine!r}")
         if self.anchor < 0 or (self.anchor and self.warm_start is None):
             raise ValueError(f"anchor holds the layer ranking near the warm start's: it needs --warm-start and "
                              f"must be >= 0, got {self.anchor!r}")

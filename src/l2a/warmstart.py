@@ -9,6 +9,11 @@
   initial features of training prompts) so that each prompt starts from its own source's order: an
   input-aware warm start, for sources whose cheap layers differ (GSM8K's early layers against the middle
   block multiple-choice prompts can lose; scripts/set_kl.py).
+- `greedy-kl` with `warm_refine` b: the greedy order's set at budget b (baselines.kept_count's count) is refined
+  by single-layer swaps under the same KL on the same pairs (swap.swap_refine; greedy's path misses better
+  deep sets), and the order is rebuilt around it (swap.nested_order): the gates start from the refined set at
+  b and from subsets of it at every higher budget. With warm_domains each source's order is refined on its
+  own pairs.
 
 The searched orders are kept in `out/warm_start.json`, so a resumed run does not search again.
 """
@@ -34,7 +39,8 @@ def warm_start(m, policy, cfg, held_out: list, pooled: torch.Tensor | None = Non
     """Apply cfg.warm_start to `policy`'s layer logits. `held_out`: the task's [(prompt, answer)] searched on;
     `pooled` (N, H) and `source` (N,) (0 task, 1 second source): training prompts the warm_domains fit reads.
     Returns what the summary keeps: {"warm_start_order": task order} (greedy-kl), plus "warm_start_second_order"
-    and "warm_start_fit" with warm_domains; {} for block-influence."""
+    and "warm_start_fit" with warm_domains and "warm_start_refined" (the swap search, per order) with
+    warm_refine; {} for block-influence."""
     from .static import Calibration, stats_for
 
     gate = list(policy.config.gateable)
@@ -42,13 +48,14 @@ def warm_start(m, policy, cfg, held_out: list, pooled: torch.Tensor | None = Non
         score = torch.tensor(stats_for(m, Calibration(path=cfg.data)).bi)[gate]  # (n_gate,)
         policy.out.bias[: len(gate)] += cfg.warm_scale * _z(score)
         return {}
-    orders = _orders(m, policy, cfg, held_out)
+    orders, refined = _orders(m, policy, cfg, held_out)
+    refined = {"warm_start_refined": refined} if refined else {}
     z = torch.stack([_z(torch.tensor([float(o.index(j)) for j in gate])) for o in orders])  # (S, n_gate)
     if not cfg.warm_domains:
         policy.out.bias[: len(gate)] += cfg.warm_scale * z[0]
-        return {"warm_start_order": orders[0]}
+        return {"warm_start_order": orders[0], **refined}
     fit = fit_sources(policy, pooled, source, cfg.warm_scale * z)
-    return {"warm_start_order": orders[0], "warm_start_second_order": orders[1], "warm_start_fit": fit}
+    return {"warm_start_order": orders[0], "warm_start_second_order": orders[1], "warm_start_fit": fit, **refined}
 
 
 def _z(score: torch.Tensor) -> torch.Tensor:
@@ -56,32 +63,39 @@ def _z(score: torch.Tensor) -> torch.Tensor:
     return (score - score.mean()) / score.std().clamp_min(1e-6)
 
 
-def _orders(m, policy, cfg, held_out: list) -> list[list[int]]:
-    """[task order] or, with warm_domains, [task order, second-source order]: least important first, searched
-    down to cfg.layer_min of the layers, read back from out/warm_start.json when a run already searched."""
+def _orders(m, policy, cfg, held_out: list) -> tuple[list[list[int]], list[dict]]:
+    """([task order] or, with warm_domains, [task order, second-source order]; the swap searches of
+    warm_refine, [] without): least important first, searched down to cfg.layer_min of the layers, read back
+    from out/warm_start.json when a run already searched."""
+    from .baselines import kept_count
     from .mix import search_pairs
     from .static import greedy_kl_order
+    from .swap import SetKL, nested_order, swap_refine
 
     cache = Path(cfg.out) / "warm_start.json"
     if cache.is_file():
         saved = json.loads(cache.read_text())
-        if not cfg.warm_domains:
-            return [saved["order"]]
-        if "second_order" in saved:
-            return [saved["order"], saved["second_order"]]
+        if not cfg.warm_domains or "second_order" in saved:
+            return [saved["order"], *([saved["second_order"]] if cfg.warm_domains else [])], saved.get("refined", [])
     gate = list(policy.config.gateable)
     pad = m.tokenizer.pad_token_id if m.tokenizer.pad_token_id is not None else 0
     n_remove = max(0, len(gate) + policy.config.protected - math.ceil(cfg.layer_min * policy.config.n_layers))
     second = search_pairs(cfg, m.tokenizer)
-    if cfg.warm_domains:
-        orders = [greedy_kl_order(m, held_out, gate, n_remove, pad_id=pad),
-                  greedy_kl_order(m, second, gate, n_remove, pad_id=pad)]
-    else:
-        orders = [greedy_kl_order(m, held_out + second, gate, n_remove, pad_id=pad)]
+    searched = [held_out, second] if cfg.warm_domains else [held_out + second]
+    greedy = [greedy_kl_order(m, pairs, gate, n_remove, pad_id=pad) for pairs in searched]
+    orders, refined = list(greedy), []
+    if cfg.warm_refine is not None:
+        n = policy.config.n_layers
+        r = min(len(gate), n - kept_count(n, cfg.warm_refine))  # layers the budget removes, as the baselines count
+        for k, pairs in enumerate(searched):
+            found = swap_refine(SetKL(m, pairs, pad), greedy[k][:r], gate)
+            orders[k] = nested_order(greedy[k], found["removed"])
+            refined.append({"budget": cfg.warm_refine, **found})
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps({"warm_start": cfg.warm_start, "pairs": len(held_out), "order": orders[0],
-                                 **({"second_order": orders[1]} if cfg.warm_domains else {})}) + "\n")
-    return orders
+                                 **({"second_order": orders[1]} if cfg.warm_domains else {}),
+                                 **({"greedy_order": greedy[0], "refined": refined} if refined else {})}) + "\n")
+    return orders, refined
 
 
 @torch.no_grad()
