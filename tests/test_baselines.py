@@ -299,6 +299,27 @@ def test_set_kl_reuse_and_swap_refinement_against_brute_force():
     assert swap_refine(kl, start, cand, max_sweeps=0, progress=False)["removed"] == sorted(start)
 
 
+def test_block_start_is_the_best_greedy_head_plus_block_by_full_forwards():
+    """block_start: over greedy's first k removals plus a contiguous block of the rest (resumed at the block),
+    the set with the lowest KL, checked against full forwards over every (k, block)."""
+    from l2a.swap import SetKL, block_start
+
+    m = GatedModel(tiny_model("llama", n_layers=8, seed=3), tokenizer=char_tokenizer())
+    kl = SetKL(m, _pairs(1))
+    cand, order, r = list(range(1, 7)), [4, 1, 6, 2, 3, 5], 4
+    brute = {}
+    for k in range(r - 1):  # blocks of at least two layers
+        for a in cand:
+            block = set(range(a, a + r - k))
+            if block <= set(cand) and not block & set(order[:k]):
+                brute[k, a] = kl(set(order[:k]) | block)
+    found = block_start(kl, order, r, cand, progress=False)
+    (k, a), val = min(brute.items(), key=lambda kv: kv[1])
+    assert found["kl"] == pytest.approx(val, abs=1e-6) and (found["k"], found["block"][0]) == (k, a)
+    assert found["removed"] == sorted(set(order[:k]) | set(range(a, a + r - k))) and len(brute) > 5
+    assert block_start(kl, [1, 3, 5, 2, 4, 6], 4, [1, 3, 5], progress=False) == {}  # no two candidates adjacent
+
+
 def test_greedy_swap_refines_the_greedy_set_per_budget_and_reads_it_back(gm, calib_file, monkeypatch, _static_cache):
     """greedy-swap removes swap_refine's set started from the greedy order's first layers at each budget's
     count, on the greedy search's own pairs; searched once per (model, Calibration, count), then read back."""

@@ -164,13 +164,14 @@ def test_nested_order_puts_a_set_first_and_keeps_each_part_in_order():
 def test_warm_refine_starts_the_gates_from_the_swapped_set_nested_and_reads_it_back(tmp_path, monkeypatch):
     """warm_refine b: the greedy order's set at b's count is swap-refined on the same pairs and the order is
     rebuilt around it, so the warm-started gates rank that set lowest; a resumed run reads the search back."""
+    import l2a.static
     import l2a.swap
     import l2a.train
     from l2a.swap import nested_order
     from l2a.train import pooled_prompts
 
     calls, policies = [], []
-    real_refine = l2a.swap.swap_refine
+    real_refine, real_greedy = l2a.swap.swap_refine, l2a.static.greedy_kl_order
     monkeypatch.setattr(l2a.swap, "swap_refine", lambda kl, start, cand, **k: calls.append((list(start), kl)) or
                         real_refine(kl, start, cand, **k))
     real_warm = l2a.train.warm_start
@@ -185,12 +186,22 @@ def test_warm_refine_starts_the_gates_from_the_swapped_set_nested_and_reads_it_b
     (start, kl), = calls
     found, = saved["refined"]
     r = 3  # 6 layers at 0.5 keep 3: the three gateable ones removed
-    assert start == saved["greedy_order"][:r] and found["budget"] == 0.5 and len(found["removed"]) == r
+    block = found["block_start"]  # the swaps start from the better of greedy's set and the best block start
+    assert found["greedy_kl"] == pytest.approx(kl(set(saved["greedy_order"][:r])), abs=1e-6) and block["kl"] > 0
+    assert start == (block["removed"] if block["kl"] < found["greedy_kl"] else saved["greedy_order"][:r])
+    assert found["budget"] == 0.5 and len(found["removed"]) == r and found["start_kl"] == min(block["kl"], found["greedy_kl"])
     assert found["kl"] <= found["start_kl"] and found["kl"] == pytest.approx(kl(set(found["removed"])), abs=1e-6)
     assert saved["order"] == nested_order(saved["greedy_order"], found["removed"]) == summary["warm_start_order"]
     assert summary["warm_start_refined"] == saved["refined"]
     train(TrainConfig(**{**cfg.__dict__, "steps": 3}), model=m, progress=False)  # resumes: no second search
     assert len(calls) == 1
+    # interrupted after the greedy search: the refinement runs again from the kept greedy order, no greedy search
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "cut" / "warm_start.json").write_text(json.dumps({"greedy_orders": [saved["greedy_order"]]}))
+    monkeypatch.setattr(l2a.static, "greedy_kl_order", lambda *a, **k: pytest.fail("searched again"))
+    cut = train(TrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "cut"), "steps": 1}), model=m, progress=False)
+    assert len(calls) == 2 and cut["warm_start_order"] == saved["order"]
+    monkeypatch.setattr(l2a.static, "greedy_kl_order", real_greedy)
 
     # whatever set the swaps return is the one the warm-started gates rank lowest (here: greedy's last layers)
     monkeypatch.setattr(l2a.swap, "swap_refine", lambda kl, start, cand, **k: {

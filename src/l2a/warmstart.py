@@ -9,9 +9,11 @@
   initial features of training prompts) so that each prompt starts from its own source's order: an
   input-aware warm start, for sources whose cheap layers differ (GSM8K's early layers against the middle
   block multiple-choice prompts can lose; scripts/set_kl.py).
-- `greedy-kl` with `warm_refine` b: the greedy order's set at budget b (baselines.kept_count's count) is refined
-  by single-layer swaps under the same KL on the same pairs (swap.swap_refine; greedy's path misses better
-  deep sets), and the order is rebuilt around it (swap.nested_order): the gates start from the refined set at
+- `greedy-kl` with `warm_refine` b: the set at budget b (baselines.kept_count's count) is searched further under
+  the same KL on the same pairs, because greedy's path misses better deep sets: the better of the greedy
+  order's set and the best block start (greedy's first removals plus a contiguous block, swap.block_start) is
+  refined by single-layer swaps (swap.swap_refine), and the order is rebuilt around the result
+  (swap.nested_order): the gates start from the refined set at
   b and from subsets of it at every higher budget. With warm_domains each source's order is refined on its
   own pairs.
 
@@ -70,10 +72,10 @@ def _orders(m, policy, cfg, held_out: list) -> tuple[list[list[int]], list[dict]
     from .baselines import kept_count
     from .mix import search_pairs
     from .static import greedy_kl_order
-    from .swap import SetKL, nested_order, swap_refine
+    from .swap import SetKL, block_start, nested_order, swap_refine
 
     cache = Path(cfg.out) / "warm_start.json"
-    if cache.is_file():
+    if cache.is_file() and "order" in json.loads(cache.read_text()):
         saved = json.loads(cache.read_text())
         if not cfg.warm_domains or "second_order" in saved:
             return [saved["order"], *([saved["second_order"]] if cfg.warm_domains else [])], saved.get("refined", [])
@@ -82,20 +84,33 @@ def _orders(m, policy, cfg, held_out: list) -> tuple[list[list[int]], list[dict]
     n_remove = max(0, len(gate) + policy.config.protected - math.ceil(cfg.layer_min * policy.config.n_layers))
     second = search_pairs(cfg, m.tokenizer)
     searched = [held_out, second] if cfg.warm_domains else [held_out + second]
-    greedy = [greedy_kl_order(m, pairs, gate, n_remove, pad_id=pad) for pairs in searched]
+    greedy = _searched(cache, "greedy_orders", lambda: [greedy_kl_order(m, pairs, gate, n_remove, pad_id=pad)
+                                                        for pairs in searched])
     orders, refined = list(greedy), []
     if cfg.warm_refine is not None:
         n = policy.config.n_layers
         r = min(len(gate), n - kept_count(n, cfg.warm_refine))  # layers the budget removes, as the baselines count
         for k, pairs in enumerate(searched):
-            found = swap_refine(SetKL(m, pairs, pad), greedy[k][:r], gate)
+            kl = SetKL(m, pairs, pad)
+            block, greedy_kl = block_start(kl, greedy[k], r, gate), kl(set(greedy[k][:r]))
+            start = block["removed"] if block and block["kl"] < greedy_kl else greedy[k][:r]
+            found = swap_refine(kl, start, gate)
             orders[k] = nested_order(greedy[k], found["removed"])
-            refined.append({"budget": cfg.warm_refine, **found})
-    cache.parent.mkdir(parents=True, exist_ok=True)
+            refined.append({"budget": cfg.warm_refine, "greedy_kl": greedy_kl, "block_start": block, **found})
     cache.write_text(json.dumps({"warm_start": cfg.warm_start, "pairs": len(held_out), "order": orders[0],
                                  **({"second_order": orders[1]} if cfg.warm_domains else {}),
                                  **({"greedy_order": greedy[0], "refined": refined} if refined else {})}) + "\n")
     return orders, refined
+
+
+def _searched(cache: Path, key: str, search):
+    """search()'s result, kept under `key` in the (not yet final) cache file, so a run interrupted after the
+    greedy search resumes at the refinement."""
+    saved = json.loads(cache.read_text()) if cache.is_file() else {}
+    if key not in saved:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps({key: search()}) + "\n")
+    return json.loads(cache.read_text())[key]
 
 
 @torch.no_grad()
