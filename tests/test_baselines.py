@@ -35,7 +35,7 @@ def gm():
 
 BUDGETS = [Budget(1.0), Budget(0.85), Budget(0.7), Budget(0.55), Budget(0.3), Budget(layers=0.5, heads=0.5),
            Budget(layers=1.0, heads=0.25)]
-STATIC = ["even-spaced", "drop-last", "random", "block-influence", "angular", "greedy-kl", "greedy-swap", "static-groups"]
+STATIC = ["even-spaced", "drop-last", "random", "block-influence", "angular", "greedy-kl", "greedy-swap", "block-swap", "static-groups"]
 
 
 @pytest.mark.parametrize("method", STATIC)
@@ -320,27 +320,37 @@ def test_block_start_is_the_best_greedy_head_plus_block_by_full_forwards():
     assert block_start(kl, [1, 3, 5, 2, 4, 6], 4, [1, 3, 5], progress=False) == {}  # no two candidates adjacent
 
 
-def test_greedy_swap_refines_the_greedy_set_per_budget_and_reads_it_back(gm, calib_file, monkeypatch, _static_cache):
+@pytest.mark.parametrize("method", ["greedy-swap", "block-swap"])
+def test_greedy_swap_refines_the_greedy_set_per_budget_and_reads_it_back(gm, calib_file, monkeypatch, _static_cache,
+                                                                         method):
     """greedy-swap removes swap_refine's set started from the greedy order's first layers at each budget's
-    count, on the greedy search's own pairs; searched once per (model, Calibration, count), then read back."""
+    count (block-swap: from the better of those and the best block start), on the greedy search's own pairs;
+    searched once per (model, Calibration, count), then read back."""
     import l2a.swap
 
     cal = static.Calibration(path=str(calib_file), n=4, max_tokens=48)
     calls = []
     real = l2a.swap.swap_refine
     monkeypatch.setattr(l2a.swap, "swap_refine", lambda kl, start, cand, **k: calls.append((list(start), kl)) or real(kl, start, cand, **k))
-    policy = make_method("greedy-swap", calibration=cal)
+    policy = make_method(method, calibration=cal)
     order = static.greedy_order_for(gm, cal)
     b = Budget(layers=0.5)
     policy.prepare(gm, b)
     r = L - kept_count(L, 0.5)
     (start, kl), = calls
-    assert start == order[:r] and kl.positions == sum(len(a) for _, a in static._search(gm, cal)[0])
-    found = static.swapped_set_for(gm, cal, r)
+    found = static.swapped_set_for(gm, cal, r, blocks=method == "block-swap")
+    assert kl.positions == sum(len(a) for _, a in static._search(gm, cal)[0])
+    assert found["greedy_kl"] == pytest.approx(kl(set(order[:r])), abs=1e-6)
+    if method == "greedy-swap":
+        assert start == order[:r] and "block_start" not in found
+    else:
+        block = found["block_start"]
+        assert block and block == l2a.swap.block_start(kl, order, r, order, progress=False)
+        assert start == (block["removed"] if block["kl"] < found["greedy_kl"] else order[:r])
     d = policy.decision(gm, b)
     assert d.layers == GateDecision.dropping(L, found["removed"]).layers and len(calls) == 1
-    assert json.loads(next(_static_cache.glob("greedy-swap-*.json")).read_text())["removed"] == found["removed"]
+    assert json.loads(next(_static_cache.glob(f"{method}-*.json")).read_text())["removed"] == found["removed"]
     static._ORDERS.clear()
     assert policy.decision(gm, b) == d and len(calls) == 1  # read back from disk
     policy.decision(gm, Budget(layers=0.85))
-    assert len(calls) == 2 and calls[1][0] == order[: L - kept_count(L, 0.85)]
+    assert len(calls) == 2 and (method == "block-swap" or calls[1][0] == order[: L - kept_count(L, 0.85)])

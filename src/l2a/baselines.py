@@ -18,6 +18,7 @@ set by static methods (no cap) except `think-cap`. Per method:
 | angular | all but the closest contiguous block (Gromov et al.), last (and first) kept | calibrated importance |
 | greedy-kl | removed in greedy order under teacher-forced KL (SLEB-style; L2A's warm start), first and last kept | calibrated importance |
 | greedy-swap | greedy-kl's set at each budget, refined by single-layer swaps under the same KL (per budget, not nested) | calibrated importance |
+| block-swap | as greedy-swap, the swaps started from the better of greedy's set and greedy's first removals plus the best contiguous block | calibrated importance |
 | static-groups | all, or even-spaced when b.layers < 1 | calibrated importance, per layer |
 | think-cap | even-spaced (all at b.layers = 1) | first k; think capped at round(b.think * FULL_THINK) tokens (s1-style) |
 | tuned-static | the top layers of a budget-only gate trained at that budget | top groups of that gate |
@@ -320,6 +321,7 @@ METHODS = {
     "angular": _calibrated("AngularPolicy"),
     "greedy-kl": _calibrated("GreedyKLPolicy"),
     "greedy-swap": _calibrated("GreedySwapPolicy"),
+    "block-swap": _calibrated("BlockSwapPolicy"),
     "static-groups": _calibrated("StaticGroupsPolicy"),
     "think-cap": lambda seed=0, calibration=None, **_: ThinkCapPolicy(),
     "tuned-static": lambda seed=0, calibration=None, tuned_gates=None, **_: TunedStaticPolicy(tuned_gates),

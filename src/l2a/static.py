@@ -19,7 +19,8 @@ training uses it as a warm start (`l2a train --warm-start greedy-kl`), and the `
 layers in its order: the static set L2A's gates start from, searched on the calibration set's first
 GREEDY_PAIRS items (chat prompt + worked answer, as training's search sees them; `Calibration.search` sets
 another count). `Calibration.mc` adds multiple-choice (question, correct choice) pairs to every
-calibration (`l2a eval --calib-mc FILE ...`). `greedy-swap` refines greedy-kl's set at each budget (swap.py).
+calibration (`l2a eval --calib-mc FILE ...`). `greedy-swap` refines greedy-kl's set at each budget (swap.py); `block-swap` may start the
+refinement from a block start instead.
 
 Scores are cached per (model, Calibration). The selection rules are pure functions in `baselines.py`.
 This module does not evaluate anything and does not train.
@@ -254,18 +255,20 @@ def greedy_order_for(model, cal: Calibration, progress: bool = True) -> list[int
     return per_model[cal]
 
 
-def swapped_set_for(model, cal: Calibration, removals: int, progress: bool = True) -> dict:
-    """The greedy order's first `removals` layers, refined by swap.swap_refine on the same pairs: searched
-    once per (model, Calibration, removals) and kept on disk like the order ({"removed", "kl", ...})."""
-    from .swap import SetKL, swap_refine
+def swapped_set_for(model, cal: Calibration, removals: int, blocks: bool = False, progress: bool = True) -> dict:
+    """The greedy order's first `removals` layers (or, with `blocks`, the better of those and the best block
+    start) refined by swap.swap_refine on the same pairs (swap.refine): searched once per (model, Calibration,
+    removals, blocks) and kept on disk like the order ({"removed", "kl", ...})."""
+    from .swap import SetKL, refine
 
     per_model = _ORDERS.setdefault(model.hf, {})
-    if (cal, removals) not in per_model:
+    if (cal, removals, blocks) not in per_model:
         order = greedy_order_for(model, cal, progress)
         pairs, pad, key = _search(model, cal)
-        refine = lambda: swap_refine(SetKL(model, pairs, pad), order[:removals], order, progress=progress)  # noqa: E731
-        per_model[cal, removals] = _on_disk("greedy-swap", f"{key}-{removals}", refine)
-    return per_model[cal, removals]
+        search = lambda: refine(SetKL(model, pairs, pad), order, removals, order, blocks, progress)  # noqa: E731
+        per_model[cal, removals, blocks] = _on_disk("block-swap" if blocks else "greedy-swap", f"{key}-{removals}",
+                                                    search)
+    return per_model[cal, removals, blocks]
 
 
 def _search(model, cal: Calibration) -> tuple[list, int, str]:
@@ -397,6 +400,7 @@ class GreedySwapPolicy(_Calibrated):
     a set per budget, not nested across budgets; groups by calibrated importance."""
 
     name = "greedy-swap"
+    blocks = False  # block-swap: the swaps may start from the best block start instead (swap.block_start)
 
     def prepare(self, model, budget=None) -> CalibStats:
         if budget is not None:  # the per-budget search runs here, out of measured time
@@ -408,7 +412,14 @@ class GreedySwapPolicy(_Calibrated):
 
     def _removed(self, model, budget) -> list[int]:
         L = model.n_layers
-        return swapped_set_for(model, self.calibration, L - kept_count(L, budget.layers))["removed"]
+        return swapped_set_for(model, self.calibration, L - kept_count(L, budget.layers), self.blocks)["removed"]
+
+
+class BlockSwapPolicy(GreedySwapPolicy):
+    """greedy-swap whose swaps start from the better of greedy's set and the best greedy-head-plus-block set."""
+
+    name = "block-swap"
+    blocks = True
 
 
 class StaticGroupsPolicy(_Calibrated):

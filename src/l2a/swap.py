@@ -135,6 +135,17 @@ def block_start(kl: SetKL, order: list[int], removals: int, candidates, progress
     return best
 
 
+def refine(kl: SetKL, order: list[int], removals: int, candidates, blocks: bool, progress: bool = True) -> dict:
+    """The set of `removals` layers searched past the greedy `order`: swap_refine started from order's first
+    layers or, with `blocks`, from the better of those and block_start's set. Returns swap_refine's dict plus
+    "greedy_kl" (the KL of order's set) and, with `blocks`, "block_start"."""
+    greedy_kl = kl(set(order[:removals]))
+    block = block_start(kl, order, removals, candidates, progress) if blocks else {}
+    start = block["removed"] if block and block["kl"] < greedy_kl else order[:removals]
+    return {"greedy_kl": greedy_kl, **({"block_start": block} if blocks else {}),
+            **swap_refine(kl, start, candidates, progress=progress)}
+
+
 def nested_order(order: list[int], removed) -> list[int]:
     """`order` (least important first) with the layers of `removed` moved ahead of the others, each part in
     `order`'s sequence: its first len(removed) layers are `removed`, and each shorter prefix is a subset of

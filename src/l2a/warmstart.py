@@ -72,7 +72,7 @@ def _orders(m, policy, cfg, held_out: list) -> tuple[list[list[int]], list[dict]
     from .baselines import kept_count
     from .mix import search_pairs
     from .static import greedy_kl_order
-    from .swap import SetKL, block_start, nested_order, swap_refine
+    from .swap import SetKL, nested_order, refine
 
     cache = Path(cfg.out) / "warm_start.json"
     if cache.is_file() and "order" in json.loads(cache.read_text()):
@@ -91,12 +91,9 @@ def _orders(m, policy, cfg, held_out: list) -> tuple[list[list[int]], list[dict]
         n = policy.config.n_layers
         r = min(len(gate), n - kept_count(n, cfg.warm_refine))  # layers the budget removes, as the baselines count
         for k, pairs in enumerate(searched):
-            kl = SetKL(m, pairs, pad)
-            block, greedy_kl = block_start(kl, greedy[k], r, gate), kl(set(greedy[k][:r]))
-            start = block["removed"] if block and block["kl"] < greedy_kl else greedy[k][:r]
-            found = swap_refine(kl, start, gate)
+            found = refine(SetKL(m, pairs, pad), greedy[k], r, gate, blocks=True)
             orders[k] = nested_order(greedy[k], found["removed"])
-            refined.append({"budget": cfg.warm_refine, "greedy_kl": greedy_kl, "block_start": block, **found})
+            refined.append({"budget": cfg.warm_refine, **found})
     cache.write_text(json.dumps({"warm_start": cfg.warm_start, "pairs": len(held_out), "order": orders[0],
                                  **({"second_order": orders[1]} if cfg.warm_domains else {}),
                                  **({"greedy_order": greedy[0], "refined": refined} if refined else {})}) + "\n")
