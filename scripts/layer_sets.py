@@ -1,9 +1,10 @@
 """Which layers does a gate artifact skip, on which data, and how much do its decisions vary by input?
 
     python scripts/layer_sets.py [GATES_DIR] [--n 200] [--budgets 0.85,0.7] [--data ../shared/data] [--sets gsm8k,arc_easy,piqa,winogrande]
+        [--mode threshold|exact]
 
 For each set (the first `--n` GSM8K test prompts, or MC items routed on what `l2a eval` routes on: the
-question, or WinoGrande's shared sentence start) and layer budget (threshold mode): the mean realized
+question, or WinoGrande's shared sentence start) and layer budget (threshold mode, or `--mode exact`: `l2a-exact`'s decisions): the mean realized
 layer fraction, the number of distinct layer sets, the share of prompts on the most common set and that
 set, and how often each layer is skipped; then the static sets of block-influence and angular at the same
 budgets. Without GATES_DIR, the shipped gates. One JSON line per (set, budget) on stdout; ~1 min, bf16.
@@ -21,6 +22,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--budgets", default="0.85,0.7")
     ap.add_argument("--sets", default="gsm8k,arc_easy,piqa,winogrande")
+    ap.add_argument("--mode", default="threshold", choices=("threshold", "exact"))
     ap.add_argument("--data", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
     args = ap.parse_args()
 
@@ -50,7 +52,7 @@ def main() -> None:
             ds = []
             for i in range(0, len(prompts), 16):
                 ids, mask = left_pad(prompts[i : i + 16], pad)
-                ds += m.decide(ids, Budget(layers=b), attention_mask=mask)
+                ds += m.decide(ids, Budget(layers=b), attention_mask=mask, mode=args.mode)
             sets_ = Counter(skipped(d) for d in ds)
             layer = Counter(i for d in ds for i in skipped(d))
             modal, count = sets_.most_common(1)[0]
