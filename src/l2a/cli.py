@@ -161,8 +161,10 @@ def cmd_train(args) -> int:
                           ablation=args.ablation, limit=args.limit, track=args.track, warm_start=args.warm_start,
                           fixed_budget=args.fixed_budget, dual=args.dual, noise_end=args.noise_end, select=args.select,
                           estimator=args.estimator, samples=args.samples, dense_at_full=args.dense_at_full,
-                          warm_scale=args.warm_scale, warm_pairs=args.warm_pairs, warm_text=args.warm_text, warm_domains=args.warm_domains,
-                          warm_refine=args.warm_refine, anchor=args.anchor, train_text=args.train_text, mix_mc=args.mix_mc or [], cost=args.cost, row_tol=args.row_tol, depth_pairs=args.depth_pairs,
+                          warm_scale=args.warm_scale, warm_pairs=args.warm_pairs, warm_text=args.warm_text,
+                          warm_domains=args.warm_domains, warm_refine=args.warm_refine, anchor=args.anchor,
+                          train_text=args.train_text, mix_mc=args.mix_mc or [], cost=args.cost, row_tol=args.row_tol,
+                          depth_pairs=args.depth_pairs,
                           depth_max_len=args.depth_max_len,
                           **({"calib_prompts": 0} if args.fixed_budget else {}))
     summary = train(cfg)

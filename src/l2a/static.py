@@ -19,8 +19,8 @@ training uses it as a warm start (`l2a train --warm-start greedy-kl`), and the `
 layers in its order: the static set L2A's gates start from, searched on the calibration set's first
 GREEDY_PAIRS items (chat prompt + worked answer, as training's search sees them; `Calibration.search` sets
 another count). `Calibration.mc` adds multiple-choice (question, correct choice) pairs to every
-calibration (`l2a eval --calib-mc FILE ...`). `greedy-swap` refines greedy-kl's set at each budget (swap.py); `block-swap` may start the
-refinement from a block start instead.
+calibration (`l2a eval --calib-mc FILE ...`). `greedy-swap` refines greedy-kl's set at each budget (swap.py);
+`block-swap` may start the refinement from a block start instead.
 
 Scores are cached per (model, Calibration). The selection rules are pure functions in `baselines.py`.
 This module does not evaluate anything and does not train.

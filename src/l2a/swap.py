@@ -12,13 +12,14 @@ another search found has 2.65 (`scripts/set_kl.py`). `swap_refine` starts from a
 exchange of one removed layer for one kept candidate while that lowers the KL (up to `max_sweeps`
 exchanges; an exchange that puts back i and removes j resumes at j, from the set with i put back when
 j > i, else from the current set): one set per budget, not an order, and a local optimum only (from
-another start it may stall in another basin). The `greedy-swap` baseline (static.GreedySwapPolicy)
-removes the greedy set refined so. Single exchanges from greedy's set often stall in its basin (SmolLM2 at
-0.55: one exchange, KL 2.99 -> 2.90, where the middle-block set scores far lower), so `block_start` offers
-another start: greedy's first k removals completed by a contiguous block of layers (the shape ShortGPT-style
-removal finds), the best over k and the block's place. `nested_order` puts a refined set back into an order (its layers first,
-each part in the order's own sequence), so every shallower prefix is a subset of it: training's warm start
-with `warm_refine` starts the gates there (warmstart.py). Not here: which pairs are searched (static.py).
+another start it may stall in another basin). Single exchanges from greedy's set often stall in its basin
+(SmolLM2 at 0.55: one exchange, KL 2.99 -> 2.90, where the middle-block set scores 2.37), so `block_start`
+offers another start: greedy's first k removals completed by a contiguous block of layers (the shape
+ShortGPT-style removal finds), the best over k and the block's place. `refine` runs either search: the
+`greedy-swap` and `block-swap` baselines (static.py) remove its set at each budget. `nested_order` puts a
+refined set back into an order (its layers first, each part in the order's own sequence), so every
+shallower prefix is a subset of it: training's warm start with `warm_refine` starts the gates there
+(warmstart.py). Not here: which pairs are searched (static.py).
 """
 
 from __future__ import annotations
