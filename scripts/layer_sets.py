@@ -4,9 +4,9 @@
         [--mode threshold|exact]
 
 For each set (the first `--n` GSM8K test prompts, or MC items routed on what `l2a eval` routes on: the
-question, or WinoGrande's shared sentence start) and layer budget (threshold mode, or `--mode exact`: `l2a-exact`'s decisions): the mean realized
-layer fraction, the number of distinct layer sets, the share of prompts on the most common set and that
-set, and how often each layer is skipped; then the static sets of block-influence and angular at the same
+question, or WinoGrande's shared sentence start) and layer budget (threshold mode, or `--mode exact`:
+`l2a-exact`'s decisions): the mean realized layer fraction, the number of distinct layer sets, the share of
+prompts on the most common set and that set, and how often each layer is skipped; then the static sets of block-influence and angular at the same
 budgets. Without GATES_DIR, the shipped gates. One JSON line per (set, budget) on stdout; ~1 min, bf16.
 """
 

@@ -13,9 +13,8 @@
   the same KL on the same pairs, because greedy's path misses better deep sets: the better of the greedy
   order's set and the best block start (greedy's first removals plus a contiguous block, swap.block_start) is
   refined by single-layer swaps (swap.swap_refine), and the order is rebuilt around the result
-  (swap.nested_order): the gates start from the refined set at
-  b and from subsets of it at every higher budget. With warm_domains each source's order is refined on its
-  own pairs.
+  (swap.nested_order): the gates start from the refined set at b and from subsets of it at every higher
+  budget. With warm_domains each source's order is refined on its own pairs.
 
 The searched orders are kept in `out/warm_start.json`, so a resumed run does not search again.
 """
@@ -75,8 +74,8 @@ def _orders(m, policy, cfg, held_out: list) -> tuple[list[list[int]], list[dict]
     from .swap import SetKL, nested_order, refine
 
     cache = Path(cfg.out) / "warm_start.json"
-    if cache.is_file() and "order" in json.loads(cache.read_text()):
-        saved = json.loads(cache.read_text())
+    saved = json.loads(cache.read_text()) if cache.is_file() else {}
+    if "order" in saved:
         if not cfg.warm_domains or "second_order" in saved:
             return [saved["order"], *([saved["second_order"]] if cfg.warm_domains else [])], saved.get("refined", [])
     gate = list(policy.config.gateable)
