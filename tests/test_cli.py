@@ -116,3 +116,17 @@ def test_dtype_auto_is_resolved_before_the_command_runs(native, monkeypatch, cap
     assert cli._parser().parse_args(["eval", "--task", "mc", "--dtype", "auto"]).dtype == "auto"
     with pytest.raises(SystemExit):
         cli._parser().parse_args(["eval", "--task", "mc", "--dtype", "int8"])
+
+
+def test_warm_refine_takes_several_budgets_and_refuses_bad_ones(capsys, tmp_path):
+    args = cli._parser().parse_args(["train", "--warm-start", "greedy-kl", "--warm-refine", "0.7", "0.55"])
+    assert args.warm_refine == [0.7, 0.55]  # TrainConfig sorts them deepest first
+    out = str(tmp_path / "g")
+    assert cli.main(["train", "--gates-out", out, "--warm-start", "block-influence", "--warm-refine", "0.6"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith("l2a: error: warm_refine refines the greedy-kl")
+    assert cli.main(["train", "--gates-out", out, "--warm-start", "greedy-kl", "--warm-refine", "0.3"]) == 2
+    assert "[0.4, 1)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--warm-start", "greedy-kl", "--warm-refine", "0.55", "1.5"])
+    assert "budget must be in (0, 1]" in capsys.readouterr().err
+    assert not (tmp_path / "g").exists()

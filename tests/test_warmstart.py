@@ -215,8 +215,47 @@ def test_warm_refine_starts_the_gates_from_the_swapped_set_nested_and_reads_it_b
     gate = list(policy.config.gateable)
     lowest = {frozenset(gate[i] for i in row.topk(r, largest=False).indices.tolist()) for row in logits}
     assert lowest == {frozenset(saved["greedy_order"][-r:])}
-    for bad in (0.2, 1.0, True):
-        with pytest.raises(ValueError, match="warm_refine refines the greedy-kl warm start's set"):
+    for bad in (0.2, 1.0, True, [0.5, 1.0], ["0.5"]):
+        with pytest.raises(ValueError, match="warm_refine refines the greedy-kl warm start's sets"):
             TrainConfig(warm_start="greedy-kl", warm_refine=bad)
     with pytest.raises(ValueError, match="it needs warm_start greedy-kl"):
         TrainConfig(warm_start="block-influence", warm_refine=0.6)
+
+
+def test_warm_refine_at_two_budgets_searches_the_second_set_inside_the_first(tmp_path, monkeypatch):
+    """Several warm_refine budgets, deepest first: each set is searched only among the layers of the one before,
+    so the rebuilt order nests both (its first 2 layers are the shallow set, its first 3 the deep one); each
+    search is kept as it ends, so a run cut between them resumes at the second."""
+    import l2a.swap
+    from l2a.swap import nested_order
+
+    calls = []
+    real_refine = l2a.swap.swap_refine
+    monkeypatch.setattr(l2a.swap, "swap_refine", lambda kl, start, cand, **k: calls.append((list(start), list(cand)))
+                        or real_refine(kl, start, cand, **k))
+    m = GatedModel(tiny_model("llama", n_layers=L, seed=3), tokenizer=tiny_tokenizer())
+    cfg = TrainConfig(data=str(write_math(tmp_path / "math.jsonl", 60)), out=str(tmp_path / "gates"), steps=1,
+                      examples=4, max_len=48, width=32, calib_prompts=4, save_every=1, dtype="float32",
+                      warm_start="greedy-kl", warm_scale=3.0, warm_refine=[0.67, 0.5])
+    assert cfg.warm_refine == [0.5, 0.67]  # deepest first, whatever order they were given in
+    summary = train(cfg, model=m, progress=False)
+    saved = json.loads((tmp_path / "gates" / "warm_start.json").read_text())
+    deep, shallow = saved["refined"]
+    assert (deep["budget"], shallow["budget"]) == (0.5, 0.67) and len(deep["removed"]) == 3
+    assert len(shallow["removed"]) == 2 and set(shallow["removed"]) < set(deep["removed"])
+    (_, cand_deep), (start, cand_shallow) = calls
+    assert sorted(cand_deep) == sorted(saved["greedy_order"]) and sorted(cand_shallow) == deep["removed"]
+    middle = nested_order(saved["greedy_order"], deep["removed"])  # the second search starts from this order
+    assert start in (middle[:2], shallow["block_start"].get("removed"))
+    assert saved["order"] == nested_order(middle, shallow["removed"]) == summary["warm_start_order"]
+    assert set(saved["order"][:2]) == set(shallow["removed"]) and set(saved["order"][:3]) == set(deep["removed"])
+    # cut after the deep search: only the shallow one runs again, from the kept deep set
+    (tmp_path / "cut").mkdir()
+    kept = {k: v for k, v in deep.items() if k != "budget"}
+    (tmp_path / "cut" / "warm_start.json").write_text(json.dumps({"greedy_orders": [saved["greedy_order"]],
+                                                                  "refined_0_0.5": kept}))
+    cut = train(TrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "cut")}), model=m, progress=False)
+    assert len(calls) == 3 and sorted(calls[-1][1]) == deep["removed"]
+    assert cut["warm_start_order"] == saved["order"]
+    # a config saved with one number (before several were allowed) reads back as a list of one
+    assert TrainConfig(**{**cfg.__dict__, "warm_refine": 0.55}).warm_refine == [0.55]

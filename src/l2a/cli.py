@@ -358,9 +358,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--warm-domains", action="store_true",
                    help="--warm-start greedy-kl: search the task's and the --warm-text examples apart and start each "
                         "training prompt from its own source's order (input-aware warm start; needs --train-text)")
-    t.add_argument("--warm-refine", type=_fraction, default=None, metavar="B",
-                   help="--warm-start greedy-kl: refine the order's set at layer budget B by single-layer swaps under "
-                        "the same KL, and start from an order nested around it (greedy's path misses better deep sets)")
+    t.add_argument("--warm-refine", type=_fraction, nargs="+", default=[], metavar="B",
+                   help="--warm-start greedy-kl: refine the order's set at layer budget B (a block start, then "
+                        "single-layer swaps under the same KL) and start from an order nested around it (greedy's "
+                        "path misses better deep sets); several budgets: deepest first, each searched inside the last")
     t.add_argument("--anchor", type=float, default=0.0, metavar="W",
                    help="with --warm-start: weight of a trust region holding each prompt's layer ranking near the "
                         "warm start's (z-scored logits; shifts with the budget are free). 0 = none (default)")

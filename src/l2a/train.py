@@ -65,8 +65,9 @@ class TrainConfig:
     warm_text: int = 0  # greedy-kl: second-source examples (mix.py) searched on with the task's
     warm_domains: bool = False  # greedy-kl: search the task's and the warm_text examples apart and start each
     #   prompt from its own source's order (an input-aware warm start; warmstart.py)
-    warm_refine: float | None = None  # greedy-kl: swap-refine the order's set at this layer budget and nest the
-    #   order around it (warmstart.py); None = the greedy order as searched
+    warm_refine: list = field(default_factory=list)  # greedy-kl: swap-refine the order's set at these layer
+    #   budgets, deepest first, each inside the one before, and nest the order around them (warmstart.py);
+    #   empty = the greedy order as searched (a single number is read as a list of one)
     anchor: float = 0.0  # weight of the trust region on each prompt's layer ranking as warm-started
     #   (losses.rank_anchor; 0 = none): keeps one source's training from reordering another's layers
     train_text: float = 0.0  # share of each step's examples from the second source (mix.py) instead of the
@@ -131,10 +132,12 @@ class TrainConfig:
         if not 0 <= self.train_text < 1 or (self.train_text and round(self.train_text * self.examples) < 1):
             raise ValueError(f"train_text must be in [0, 1) and give at least one prose example per step "
                              f"(train_text x examples >= 0.5), got {self.train_text!r} with {self.examples} examples")
-        if self.warm_refine is not None and (self.warm_start != "greedy-kl" or isinstance(self.warm_refine, bool)
-                                             or not self.layer_min <= self.warm_refine < 1):
-            raise ValueError(f"warm_refine refines the greedy-kl warm start's set at a layer budget in [layer_min, 1) "
+        refine = [self.warm_refine] if isinstance(self.warm_refine, (int, float)) else list(self.warm_refine or [])
+        if refine and (self.warm_start != "greedy-kl" or any(isinstance(b, bool) or not isinstance(b, (int, float))
+                                                             or not self.layer_min <= b < 1 for b in refine)):
+            raise ValueError(f"warm_refine refines the greedy-kl warm start's sets at layer budgets in [layer_min, 1) "
                              f"= [{self.layer_min}, 1): it needs warm_start greedy-kl, got {self.warm_refine!r}")
+        self.warm_refine = sorted({float(b) for b in refine})  # deepest first
         if self.anchor < 0 or (self.anchor and self.warm_start is None):
             raise ValueError(f"anchor holds the layer ranking near the warm start's: it needs --warm-start and "
                              f"must be >= 0, got {self.anchor!r}")
@@ -232,9 +235,9 @@ def _load_state(out: Path, policy, opt, gen, cfg) -> tuple[int, dict] | None:
     if not (t_path.exists() and j_path.exists()):
         return None
     meta = json.loads(j_path.read_text())
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # fields added since the run
     after = ("steps", "save_every", "out", "depth_pairs", "depth_max_len")  # may change between a run and its resumption
-    saved = {k: v for k, v in {**defaults, **meta["config"]}.items() if k not in after}
+    # read back through TrainConfig: fields added since the run take their defaults, old forms are normalized
+    saved = {k: v for k, v in dataclasses.asdict(TrainConfig(**meta["config"])).items() if k not in after}
     now = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in after}
     if saved != now:
         diff = {k: (saved.get(k), now.get(k)) for k in now if saved.get(k) != now.get(k)}

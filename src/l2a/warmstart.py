@@ -14,13 +14,18 @@
   order's set and the best block start (greedy's first removals plus a contiguous block, swap.block_start) is
   refined by single-layer swaps (swap.swap_refine), and the order is rebuilt around the result
   (swap.nested_order): the gates start from the refined set at b and from subsets of it at every higher
-  budget. With warm_domains each source's order is refined on its own pairs.
+  budget. With several budgets (deepest first) each later set is searched only among the layers of the one
+  before and the order is rebuilt around each in turn, so every refined set is a prefix of it: the training
+  starts from the searched set at each of those budgets, not from greedy's subset of the deepest one. With
+  warm_domains each source's order is refined on its own pairs.
 
-The searched orders are kept in `out/warm_start.json`, so a resumed run does not search again.
+The searched orders are kept in `out/warm_start.json`, so a resumed run does not search again; each search
+(greedy's, then each refinement) is kept as it ends, so an interrupted run resumes at the next one.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -85,14 +90,16 @@ def _orders(m, policy, cfg, held_out: list) -> tuple[list[list[int]], list[dict]
     searched = [held_out, second] if cfg.warm_domains else [held_out + second]
     greedy = _searched(cache, "greedy_orders", lambda: [greedy_kl_order(m, pairs, gate, n_remove, pad_id=pad)
                                                         for pairs in searched])
-    orders, refined = list(greedy), []
-    if cfg.warm_refine is not None:
-        n = policy.config.n_layers
-        r = min(len(gate), n - kept_count(n, cfg.warm_refine))  # layers the budget removes, as the baselines count
-        for k, pairs in enumerate(searched):
-            found = refine(SetKL(m, pairs, pad), greedy[k], r, gate, blocks=True)
-            orders[k] = nested_order(greedy[k], found["removed"])
-            refined.append({"budget": cfg.warm_refine, **found})
+    orders, refined, n = list(greedy), [], policy.config.n_layers
+    for k, pairs in enumerate(searched if cfg.warm_refine else []):
+        kl = functools.cache(lambda pairs=pairs: SetKL(m, pairs, pad))  # built once, only when a search runs
+        inside = gate
+        for b in cfg.warm_refine:  # deepest first: each set is searched inside the one before, so they nest
+            r = min(len(inside), n - kept_count(n, b))  # layers the budget removes, as the baselines count
+            found = _searched(cache, f"refined_{k}_{b}", lambda: refine(kl(), orders[k], r, inside, blocks=True))
+            orders[k] = nested_order(orders[k], found["removed"])
+            refined.append({"budget": b, **found})
+            inside = found["removed"]
     cache.write_text(json.dumps({"warm_start": cfg.warm_start, "pairs": len(held_out), "order": orders[0],
                                  **({"second_order": orders[1]} if cfg.warm_domains else {}),
                                  **({"greedy_order": greedy[0], "refined": refined} if refined else {})}) + "\n")
@@ -100,12 +107,12 @@ def _orders(m, policy, cfg, held_out: list) -> tuple[list[list[int]], list[dict]
 
 
 def _searched(cache: Path, key: str, search):
-    """search()'s result, kept under `key` in the (not yet final) cache file, so a run interrupted after the
-    greedy search resumes at the refinement."""
+    """search()'s result, kept under `key` in the (not yet final) cache file beside the searches before it, so
+    an interrupted run resumes at the first search it had not finished."""
     saved = json.loads(cache.read_text()) if cache.is_file() else {}
     if key not in saved:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps({key: search()}) + "\n")
+        cache.write_text(json.dumps({**saved, key: search()}) + "\n")
     return json.loads(cache.read_text())[key]
 
 
