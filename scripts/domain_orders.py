@@ -4,7 +4,7 @@
 
 Three domains: GSM8K train chains of thought (chat prompt -> solution), English prose (the docstrings of
 Python's standard library) and Python code (its source files); both text domains are split into windows
-of 48 prompt + 112 answer tokens. A greedy-KL layer order (static.greedy_kl_order, 12 removals on 16
+of 48 prompt + 112 answer tokens. A greedy-KL layer order (swap.greedy_kl_order, 12 removals on 16
 windows) is searched on each text domain; the GSM8K order is the shipped gates' warm start. Every order's
 top-21 and top-16 sets are then scored by teacher-forced KL(dense ‖ pruned) on 48 other examples of every
 domain. If each domain's own order were clearly best on it, a router reading the prompt could gain by
@@ -28,7 +28,7 @@ def main() -> None:
     from l2a.data import load_math
     from l2a.decision import GateDecision
     from l2a.gatecheck import chain_kl
-    from l2a.static import greedy_kl_order
+    from l2a.swap import greedy_kl_order
     from l2a.tasks import math_prompt
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -9,7 +9,7 @@ import torch
 from chartok import char_tokenizer
 from conftest import tiny_model
 
-from l2a import static
+from l2a import static, swap
 from l2a.baselines import (METHODS, drop_block, keep_most_important, kept_count, make_method, random_decision,
                            top_groups)
 from l2a.budget import Budget
@@ -114,8 +114,8 @@ def test_greedy_kl_removes_layers_in_the_searched_order(gm, calib_file, monkeypa
     model and items, then read back from disk."""
     cal = static.Calibration(path=str(calib_file), n=4, max_tokens=48)
     calls = []
-    real = static.greedy_kl_order
-    monkeypatch.setattr(static, "greedy_kl_order", lambda m, pairs, *a, **k: calls.append((pairs, a)) or real(m, pairs, *a, **k))
+    real = swap.greedy_kl_order
+    monkeypatch.setattr(swap, "greedy_kl_order", lambda m, pairs, *a, **k: calls.append((pairs, a)) or real(m, pairs, *a, **k))
     policy = make_method("greedy-kl", calibration=cal)
     policy.prepare(gm)
     order = static.greedy_order_for(gm, cal)
@@ -258,13 +258,13 @@ def test_greedy_search_chunks_change_nothing_but_padding(gm, monkeypatch):
     lens = zip(torch.randint(2, 20, (9,), generator=g).tolist(), torch.randint(1, 5, (9,), generator=g).tolist())
     pairs = [(torch.randint(4, 100, (n,), generator=g).tolist(), torch.randint(4, 100, (k,), generator=g).tolist())
              for n, k in lens]
-    parts = static.search_chunks(pairs, tokens=40)
+    parts = swap.search_chunks(pairs, tokens=40)
     assert len(parts) > 2 and sorted(sum(parts, [])) == sorted(pairs)
     assert all(len(c) * max(len(p) + len(a) for p, a in c) <= 40 for c in parts)
-    assert static.search_chunks(pairs, tokens=10**6) == [pairs]  # fits: one chunk, order kept
-    whole = static.greedy_kl_order(gm, pairs, list(range(1, L - 1)), n_remove=L - 2, progress=False)
-    monkeypatch.setattr(static, "SEARCH_TOKENS", 40)
-    assert static.greedy_kl_order(gm, pairs, list(range(1, L - 1)), n_remove=L - 2, progress=False) == whole
+    assert swap.search_chunks(pairs, tokens=10**6) == [pairs]  # fits: one chunk, order kept
+    whole = swap.greedy_kl_order(gm, pairs, list(range(1, L - 1)), n_remove=L - 2, progress=False)
+    monkeypatch.setattr(swap, "SEARCH_TOKENS", 40)
+    assert swap.greedy_kl_order(gm, pairs, list(range(1, L - 1)), n_remove=L - 2, progress=False) == whole
 
 
 def _pairs(seed: int, n: int = 6):

@@ -302,7 +302,7 @@ def test_interleaved_timing_rewrites_only_the_timing(gm, files, tmp_path, monkey
 def test_calibration_with_mc_pairs_and_resume_under_another_calibration(gm, files, tmp_path, monkeypatch):
     """Calibration.mc adds the MC files' (question, correct choice) pairs to the calibrated baselines' text;
     a file's calibrated lines resume only under the calibration that wrote them (a missing file fails first)."""
-    from l2a import static
+    from l2a import static, swap
     from l2a.mix import ordered
 
     mc, math = files
@@ -310,8 +310,8 @@ def test_calibration_with_mc_pairs_and_resume_under_another_calibration(gm, file
     mixed = Calibration(path=str(math), n=4, max_tokens=40, mc=[str(mc)])  # a list, as JSON reads back
     assert mixed.mc == (str(mc),) and hash(mixed) != hash(plain)
     seen = []
-    real = static.greedy_kl_order
-    monkeypatch.setattr(static, "greedy_kl_order", lambda m, prs, *a, **k: seen.append(prs) or real(m, prs, *a, **k))
+    real = swap.greedy_kl_order
+    monkeypatch.setattr(swap, "greedy_kl_order", lambda m, prs, *a, **k: seen.append(prs) or real(m, prs, *a, **k))
     static.greedy_order_for(gm, plain)
     static.greedy_order_for(gm, mixed)
     assert len(seen) == 2 and seen[1][:4] == seen[0] and seen[1][4:] == ordered(gm.tokenizer, 0, [str(mc)])[:4]

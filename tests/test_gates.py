@@ -279,7 +279,7 @@ def test_training_lowers_the_objective_and_resumes(tmp_path):
 
 def test_greedy_kl_warm_start(tmp_path):
     from l2a.gatecheck import teacher_forced_kl
-    from l2a.static import greedy_kl_order
+    from l2a.swap import greedy_kl_order
 
     m, cfg = _setup(tmp_path)
     exs, _ = _examples(cfg, m.tokenizer)
@@ -556,7 +556,7 @@ def test_reduction_ci_is_paired_over_chains():
 
 def test_warm_text_adds_prose_windows_to_the_greedy_search(tmp_path, monkeypatch):
     import l2a.prose
-    import l2a.static
+    import l2a.swap
     from l2a.train import WARM_PAIRS
 
     text = "The quick brown fox jumps over the lazy dog, then rests. " * 40  # ~2,300 characters
@@ -566,9 +566,9 @@ def test_warm_text_adds_prose_windows_to_the_greedy_search(tmp_path, monkeypatch
     assert l2a.prose.windows(tiny_tokenizer(), [text], n=3, seed=0) == wins[:3]  # seeded: a prefix of the same order
 
     seen = []
-    real = l2a.static.greedy_kl_order
+    real = l2a.swap.greedy_kl_order
     monkeypatch.setattr(l2a.prose, "docstrings", lambda: [text])
-    monkeypatch.setattr(l2a.static, "greedy_kl_order", lambda m, pairs, *a, **k: seen.append(pairs) or real(m, pairs, *a, **k))
+    monkeypatch.setattr(l2a.swap, "greedy_kl_order", lambda m, pairs, *a, **k: seen.append(pairs) or real(m, pairs, *a, **k))
     m, cfg = _setup(tmp_path)
     cfg = TrainConfig(**{**cfg.__dict__, "warm_start": "greedy-kl", "warm_text": 3, "steps": 1, "save_every": 1})
     train(cfg, model=m, progress=False)
@@ -614,7 +614,7 @@ def test_train_text_mixes_unsearched_prose_windows_into_each_step(tmp_path, monk
 def test_mix_mc_trains_on_correct_choice_pairs_the_search_never_sees(tmp_path, monkeypatch):
     import json
 
-    import l2a.static
+    import l2a.swap
     import l2a.train
     from l2a.mix import HELD, ordered
     from l2a.train import WARM_PAIRS
@@ -634,9 +634,9 @@ def test_mix_mc_trains_on_correct_choice_pairs_the_search_never_sees(tmp_path, m
     assert any(a.endswith("green box fell because it was heavy.") for _, a in decoded)
 
     batches, seen = [], []
-    real_batch, real_search = l2a.train._batch, l2a.static.greedy_kl_order
+    real_batch, real_search = l2a.train._batch, l2a.swap.greedy_kl_order
     monkeypatch.setattr(l2a.train, "_batch", lambda exs, pad: batches.append(list(exs)) or real_batch(exs, pad))
-    monkeypatch.setattr(l2a.static, "greedy_kl_order", lambda m, prs, *a, **k: seen.append(prs) or real_search(m, prs, *a, **k))
+    monkeypatch.setattr(l2a.swap, "greedy_kl_order", lambda m, prs, *a, **k: seen.append(prs) or real_search(m, prs, *a, **k))
     m, cfg = _setup(tmp_path)
     cfg = TrainConfig(**{**cfg.__dict__, "train_text": 0.5, "mix_mc": [str(mc)], "warm_start": "greedy-kl", "warm_text": 2,
                          "steps": 3, "save_every": 3, "calib_prompts": 4})

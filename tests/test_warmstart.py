@@ -43,7 +43,7 @@ def test_fit_sources_starts_each_source_at_its_own_order(seed):
 
 
 def test_warm_domains_searches_each_source_apart_and_reads_the_search_back(tmp_path, monkeypatch):
-    import l2a.static
+    import l2a.swap
     from l2a.mix import ordered
     from l2a.train import WARM_PAIRS
 
@@ -51,8 +51,8 @@ def test_warm_domains_searches_each_source_apart_and_reads_the_search_back(tmp_p
     mc = tmp_path / "mc.jsonl"
     mc.write_text("".join(json.dumps(r) + "\n" for r in rows))
     seen = []
-    real = l2a.static.greedy_kl_order
-    monkeypatch.setattr(l2a.static, "greedy_kl_order", lambda m, prs, *a, **k: seen.append(prs) or real(m, prs, *a, **k))
+    real = l2a.swap.greedy_kl_order
+    monkeypatch.setattr(l2a.swap, "greedy_kl_order", lambda m, prs, *a, **k: seen.append(prs) or real(m, prs, *a, **k))
     m = GatedModel(tiny_model("llama", n_layers=L), tokenizer=tiny_tokenizer())
     cfg = TrainConfig(data=str(write_math(tmp_path / "math.jsonl", 60)), out=str(tmp_path / "gates"), steps=2, examples=4,
                       max_len=48, width=32, calib_prompts=4, save_every=1, dtype="float32", warm_start="greedy-kl",
@@ -125,12 +125,12 @@ def test_anchor_holds_the_warm_started_ranking_and_resumes(tmp_path, monkeypatch
 def test_warm_pairs_sets_how_many_held_out_examples_the_search_sees(tmp_path, monkeypatch):
     """warm_pairs: the greedy warm start searches the last warm_pairs examples of the seeded order, and
     training never draws them; a count below one is refused."""
-    import l2a.static
+    import l2a.swap
     import l2a.train as T
 
     seen, drawn = [], []
-    real = l2a.static.greedy_kl_order
-    monkeypatch.setattr(l2a.static, "greedy_kl_order", lambda m, prs, *a, **k: seen.append(prs) or real(m, prs, *a, **k))
+    real = l2a.swap.greedy_kl_order
+    monkeypatch.setattr(l2a.swap, "greedy_kl_order", lambda m, prs, *a, **k: seen.append(prs) or real(m, prs, *a, **k))
     m = GatedModel(tiny_model("llama", n_layers=L), tokenizer=tiny_tokenizer())
     math = tmp_path / "math.jsonl"  # distinct items, so an example drawn is told from one searched by its ids
     math.write_text("".join(json.dumps({"question": f"What is {i}+{i + 1}?", "answer": f"#### {2 * i + 1}"}) + "\n"
@@ -164,14 +164,13 @@ def test_nested_order_puts_a_set_first_and_keeps_each_part_in_order():
 def test_warm_refine_starts_the_gates_from_the_swapped_set_nested_and_reads_it_back(tmp_path, monkeypatch):
     """warm_refine b: the greedy order's set at b's count is swap-refined on the same pairs and the order is
     rebuilt around it, so the warm-started gates rank that set lowest; a resumed run reads the search back."""
-    import l2a.static
     import l2a.swap
     import l2a.train
     from l2a.swap import nested_order
     from l2a.train import pooled_prompts
 
     calls, policies = [], []
-    real_refine, real_greedy = l2a.swap.swap_refine, l2a.static.greedy_kl_order
+    real_refine, real_greedy = l2a.swap.swap_refine, l2a.swap.greedy_kl_order
     monkeypatch.setattr(l2a.swap, "swap_refine", lambda kl, start, cand, **k: calls.append((list(start), kl)) or
                         real_refine(kl, start, cand, **k))
     real_warm = l2a.train.warm_start
@@ -198,10 +197,10 @@ def test_warm_refine_starts_the_gates_from_the_swapped_set_nested_and_reads_it_b
     # interrupted after the greedy search: the refinement runs again from the kept greedy order, no greedy search
     (tmp_path / "cut").mkdir()
     (tmp_path / "cut" / "warm_start.json").write_text(json.dumps({"greedy_orders": [saved["greedy_order"]]}))
-    monkeypatch.setattr(l2a.static, "greedy_kl_order", lambda *a, **k: pytest.fail("searched again"))
+    monkeypatch.setattr(l2a.swap, "greedy_kl_order", lambda *a, **k: pytest.fail("searched again"))
     cut = train(TrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "cut"), "steps": 1}), model=m, progress=False)
     assert len(calls) == 2 and cut["warm_start_order"] == saved["order"]
-    monkeypatch.setattr(l2a.static, "greedy_kl_order", real_greedy)
+    monkeypatch.setattr(l2a.swap, "greedy_kl_order", real_greedy)
 
     # whatever set the swaps return is the one the warm-started gates rank lowest (here: greedy's last layers)
     monkeypatch.setattr(l2a.swap, "swap_refine", lambda kl, start, cand, **k: {

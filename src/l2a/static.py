@@ -13,7 +13,7 @@ stream, which `output_hidden_states` does not give for the last layer):
 - KV-group importance: mean over tokens of the L2 norm of each group's contribution to the attention output,
   o_proj restricted to the group's input columns applied to their slice (DESIGN decision 6).
 
-`greedy_kl_order` ranks layers by greedy removal under teacher-forced KL to the dense model (a search,
+`swap.greedy_kl_order` ranks layers by greedy removal under teacher-forced KL to the dense model (a search,
 not a score: minutes, not one forward; SLEB, Song et al. 2024, removes blocks greedily by perplexity alike);
 training uses it as a warm start (`l2a train --warm-start greedy-kl`), and the `greedy-kl` baseline removes
 layers in its order: the static set L2A's gates start from, searched on the calibration set's first
@@ -187,52 +187,6 @@ def stats_for(model, cal: Calibration) -> CalibStats:
     return per_model[cal]
 
 
-@torch.no_grad()
-def greedy_kl_order(model, pairs, candidates, n_remove: int, pad_id: int = 0, progress: bool = True) -> list[int]:
-    """`candidates` (layer indices), least important first, by greedy removal: each step drops the layer
-    whose removal (with those dropped before) raises teacher-forced KL(dense ‖ pruned) over the answer
-    tokens of `pairs` [(prompt ids, answer ids)] the least. After `n_remove` steps the rest follow in
-    the order of their last step's KL. The pairs run in length-sorted chunks (`search_chunks`: one chunk,
-    in the given order, whenever they fit); the dense log-probs are computed once, only answer positions
-    reach the LM head, and each candidate resumes from the step's shared layer outputs before it
-    (`GatedModel.forward(reuse=)`: the same numbers, about half the layers run). Cost: ~n_remove *
-    len(candidates) / 2 forwards of the pairs' tokens (SmolLM2, 16 pairs of <= 160 tokens, 18 steps: ~5 min
-    on 2 cores)."""
-    from tqdm import tqdm
-
-    from .swap import SetKL
-
-    kl = SetKL(model, pairs, pad_id)
-    removed: list[int] = []
-    last: dict[int, float] = {}
-    for _ in tqdm(range(min(n_remove, len(candidates))), desc="greedy layer removal", disable=not progress):
-        per = kl.outputs(removed)
-        last = {j: kl({*removed, j}, per, j) for j in candidates if j not in removed}  # layers before j: removed's
-        removed.append(min(last, key=last.get))
-    return removed + sorted((j for j in candidates if j not in removed), key=lambda j: last.get(j, 0.0))
-
-
-SEARCH_TOKENS = 4096  # greedy search: padded tokens per chunk (16 GSM8K pairs of 160 tokens fit one)
-
-
-def search_chunks(pairs: list, tokens: int | None = None) -> list[list]:
-    """`pairs` [(prompt ids, answer ids)] as the greedy search runs them: all in one chunk, in the given
-    order, when their right-padded batch fits `tokens`; else sorted by length and cut into chunks that
-    each fit (`tokens`: SEARCH_TOKENS by default), so short pairs (multiple-choice ones are ~27 tokens, GSM8K's
-    ~160) carry little padding."""
-    tokens = tokens or SEARCH_TOKENS
-    size = lambda part: len(part) * max(len(p) + len(a) for p, a in part)  # noqa: E731  padded tokens
-    if not pairs or size(pairs) <= tokens:
-        return [list(pairs)]
-    chunks, cur = [], []
-    for pair in sorted(pairs, key=lambda pa: len(pa[0]) + len(pa[1])):
-        if cur and size(cur + [pair]) > tokens:
-            chunks.append(cur)
-            cur = []
-        cur.append(pair)
-    return chunks + [cur]
-
-
 # ---- policies -------------------------------------------------------------------------------------------
 
 
@@ -250,6 +204,8 @@ def greedy_order_for(model, cal: Calibration, progress: bool = True) -> list[int
     if cal not in per_model:
         pairs, pad, key = _search(model, cal)
         L = model.n_layers
+        from .swap import greedy_kl_order
+
         per_model[cal] = _on_disk("greedy-kl", key, lambda: {"order": greedy_kl_order(
             model, pairs, list(range(1, L - 1)), _greedy_steps(L), pad_id=pad, progress=progress)})["order"]
     return per_model[cal]

@@ -1,7 +1,7 @@
 """Warm starts: training begins at a static layer ranking and refines it per input and budget.
 
 - `block-influence`: ShortGPT's Block Influence on the calibration text.
-- `greedy-kl`: the greedy removal order under teacher-forced KL to dense (static.greedy_kl_order), searched on
+- `greedy-kl`: the greedy removal order under teacher-forced KL to dense (swap.greedy_kl_order), searched on
   held-out task examples (plus `warm_text` second-source examples, mix.py). Its z-scores, times
   `warm_scale`, are added to the keep-logit bias: every prompt starts from the same set.
 - `greedy-kl` with `warm_domains`: one order per source, searched on the task's held-out examples and on
@@ -75,8 +75,7 @@ def _orders(m, policy, cfg, held_out: list) -> tuple[list[list[int]], list[dict]
     from out/warm_start.json when a run already searched."""
     from .baselines import kept_count
     from .mix import search_pairs
-    from .static import greedy_kl_order
-    from .swap import SetKL, nested_order, refine
+    from .swap import SetKL, greedy_kl_order, nested_order, refine
 
     cache = Path(cfg.out) / "warm_start.json"
     saved = json.loads(cache.read_text()) if cache.is_file() else {}
