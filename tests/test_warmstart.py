@@ -194,6 +194,10 @@ def test_warm_refine_starts_the_gates_from_the_swapped_set_nested_and_reads_it_b
     assert summary["warm_start_refined"] == saved["refined"]
     train(TrainConfig(**{**cfg.__dict__, "steps": 3}), model=m, progress=False)  # resumes: no second search
     assert len(calls) == 1
+    state = tmp_path / "gates" / "train_state.json"  # a run saved before warm_refine took a list still resumes
+    meta = json.loads(state.read_text())
+    state.write_text(json.dumps({**meta, "config": {**meta["config"], "warm_refine": 0.5, "removed_field": 1}}))
+    assert train(TrainConfig(**{**cfg.__dict__, "steps": 4}), model=m, progress=False)["warm_start_order"] == saved["order"]
     # interrupted after the greedy search: the refinement runs again from the kept greedy order, no greedy search
     (tmp_path / "cut").mkdir()
     (tmp_path / "cut" / "warm_start.json").write_text(json.dumps({"greedy_orders": [saved["greedy_order"]]}))

@@ -200,12 +200,12 @@ def greedy_order_for(model, cal: Calibration, progress: bool = True) -> list[int
     """The greedy-KL removal order (least important first) of layers 1..L-2 of `model` on `cal`'s first
     GREEDY_PAIRS items (or `cal.search`): searched once per (model, Calibration) and kept on disk, keyed by
     the model's parameters and dtype and by the searched token ids, so a later run reads it back."""
+    from .swap import greedy_kl_order
+
     per_model = _ORDERS.setdefault(model.hf, {})
     if cal not in per_model:
         pairs, pad, key = _search(model, cal)
         L = model.n_layers
-        from .swap import greedy_kl_order
-
         per_model[cal] = _on_disk("greedy-kl", key, lambda: {"order": greedy_kl_order(
             model, pairs, list(range(1, L - 1)), _greedy_steps(L), pad_id=pad, progress=progress)})["order"]
     return per_model[cal]

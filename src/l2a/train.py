@@ -237,7 +237,9 @@ def _load_state(out: Path, policy, opt, gen, cfg) -> tuple[int, dict] | None:
     meta = json.loads(j_path.read_text())
     after = ("steps", "save_every", "out", "depth_pairs", "depth_max_len")  # may change between a run and its resumption
     # read back through TrainConfig: fields added since the run take their defaults, old forms are normalized
-    saved = {k: v for k, v in dataclasses.asdict(TrainConfig(**meta["config"])).items() if k not in after}
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    then = TrainConfig(**{k: v for k, v in meta["config"].items() if k in names})
+    saved = {k: v for k, v in dataclasses.asdict(then).items() if k not in after}
     now = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in after}
     if saved != now:
         diff = {k: (saved.get(k), now.get(k)) for k in now if saved.get(k) != now.get(k)}
