@@ -90,7 +90,7 @@ def _orders(m, policy, cfg, held_out: list) -> tuple[list[list[int]], list[dict]
     greedy = _searched(cache, "greedy_orders", lambda: [greedy_kl_order(m, pairs, gate, n_remove, pad_id=pad)
                                                         for pairs in searched])
     orders, refined, n = list(greedy), [], policy.config.n_layers
-    for k, pairs in enumerate(searched if cfg.warm_refine else []):
+    for k, pairs in enumerate(searched):
         kl = functools.cache(lambda pairs=pairs: SetKL(m, pairs, pad))  # built once, only when a search runs
         inside = gate
         for b in cfg.warm_refine:  # deepest first: each set is searched inside the one before, so they nest
