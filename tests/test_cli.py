@@ -130,3 +130,11 @@ def test_warm_refine_takes_several_budgets_and_refuses_bad_ones(capsys, tmp_path
         cli.main(["train", "--warm-start", "greedy-kl", "--warm-refine", "0.55", "1.5"])
     assert "budget must be in (0, 1]" in capsys.readouterr().err
     assert not (tmp_path / "g").exists()
+    args = cli._parser().parse_args(["train", "--select", "val-exact", "--val-budgets", "0.85", "0.7", "0.55"])
+    assert (args.select, args.val_budgets) == ("val-exact", [0.85, 0.7, 0.55])
+    assert cli.main(["train", "--gates-out", out, "--select", "val-exact", "--val-budgets", "1.0"]) == 2
+    assert "val_budgets must be layer budgets in (0, 1)" in capsys.readouterr().err
+    assert cli.main(["train", "--gates-out", out, "--sampler", "topk"]) == 2  # the default estimator is st
+    assert "topk needs estimator score" in capsys.readouterr().err
+    assert cli._parser().parse_args(["train", "--estimator", "score", "--sampler", "topk"]).sampler == "topk"
+    assert not (tmp_path / "g").exists()

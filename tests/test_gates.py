@@ -235,6 +235,91 @@ def test_score_estimator_is_unbiased_and_full_budget_rows_run_dense(tmp_path):
     assert terms["kl_hi"].item() < 1e-5 and terms["kl"].item() > 1e-3
 
 
+def test_plackett_luce_draws_and_log_probabilities_agree():
+    import itertools
+
+    from l2a.losses import gumbel_topk, plackett_luce_logp
+
+    scores = torch.tensor([[0.5, -0.3, 1.0, 0.0, 2.0]])
+    for k in (1, 2, 3):
+        seqs = list(itertools.permutations(range(5), k))
+        full = [list(q) + [i for i in range(5) if i not in q] for q in seqs]  # the rest's order does not count
+        logp = plackett_luce_logp(scores.expand(len(seqs), 5), torch.tensor(full), torch.full((len(seqs),), k))
+        assert logp.exp().sum().item() == pytest.approx(1.0, abs=1e-5)  # a distribution over ordered draws
+        q = seqs[3]
+        want = 1.0
+        left = list(range(5))
+        for i in q:  # by hand: each item with probability exp(score) among those left
+            want *= float(scores[0, i].exp() / scores[0, left].exp().sum())
+            left.remove(i)
+        assert logp[3].exp().item() == pytest.approx(want, rel=1e-5)
+    # Gumbel-top-k draws sets with the Plackett-Luce probabilities: 20k draws of 2 of 5
+    keep, order = gumbel_topk(scores.expand(20000, 5), torch.full((20000,), 2), torch.Generator().manual_seed(0))
+    assert (keep.sum(-1) == 2).all() and torch.equal(keep.gather(1, order[:, :2]), torch.ones(20000, 2))
+    for pair in itertools.combinations(range(5), 2):
+        seqs = torch.tensor([list(pair) + [i for i in range(5) if i not in pair]] * 2)
+        seqs[1, :2] = seqs[1, :2].flip(0)
+        p = plackett_luce_logp(scores.expand(2, 5), seqs, torch.full((2,), 2)).exp().sum().item()
+        freq = (keep[:, list(pair)].sum(-1) == 2).float().mean().item()
+        assert abs(freq - p) < 4 * (p * (1 - p) / 20000) ** 0.5 + 1e-3, (pair, freq, p)
+
+
+def test_topk_sampler_keeps_the_exact_count_and_is_unbiased(tmp_path):
+    import itertools
+
+    from l2a.baselines import kept_count
+    from l2a.losses import row_kl
+
+    m, cfg = _setup(tmp_path)
+    cfg = TrainConfig(**{**cfg.__dict__, "estimator": "score", "sampler": "topk", "samples": 512,
+                         "dense_at_full": True, "ce": 0.0, "agree": 0.0, "track": 0.0})
+    exs, _ = _examples(cfg, m.tokenizer)
+    ids, attn, pmask, amask = _batch(exs[:2], 0)
+    teacher, pooled = teacher_pass(m, ids, attn, pmask, 1)
+    policy = GatePolicy(GateConfig(n_layers=L, n_groups=G, hidden=64, width=32))
+    with torch.no_grad():
+        policy.out.bias[:4] = torch.tensor([2.0, -1.0, 0.5, 0.0])
+    b = torch.tensor([[0.6, 1.0, 1.0]] * 2)  # kept_count(6, 0.6) = 4: 2 of the 4 gateable layers
+    lam = {"layers": 0.0, "heads": 0.0}
+    gate = policy.config.gateable
+    kl_of = {}
+    for pair in itertools.combinations(range(4), 2):
+        d = GateDecision(layers=tuple(i not in gate or gate.index(i) in pair for i in range(L)))
+        with torch.no_grad():
+            out = torch.log_softmax(m.forward(ids, attn, decisions=[d, d])[:, :-1].float(), -1)
+        kl_of[pair] = row_kl(teacher, out, amask[:, 1:])  # (2,)
+    s = policy(pooled.repeat(2, 1), torch.cat([b, b])).layers  # (4, 4) scores, one row per (example, budget)
+    w = s.exp()
+
+    def p_set(i, j):  # by hand: i then j, or j then i
+        return w[:, i] / w.sum(-1) * w[:, j] / (w.sum(-1) - w[:, i]) + w[:, j] / w.sum(-1) * w[:, i] / (w.sum(-1) - w[:, j])
+
+    exact = sum((p_set(*pair) * kl_of[pair].repeat(2)).mean() for pair in kl_of)
+    want = torch.autograd.grad(exact, policy.out.bias)[0][:4]
+    got = torch.zeros(4)
+    seen = []
+    forward = m.forward
+
+    def spy(*a, decisions=None, **kw):  # every sampled set keeps exactly kept_count layers
+        seen.extend(sum(d.layers) for d in decisions)
+        return forward(*a, decisions=decisions, **kw)
+
+    m.forward = spy
+    try:
+        for seed in range(2):
+            policy.zero_grad()
+            gen = torch.Generator().manual_seed(seed)
+            loss, terms, *_ = objective(m, policy, ids, attn, amask, teacher, pooled, b, b, 0.5, gen, cfg, lam)
+            (loss - cfg.mono * terms["mono"]).backward()
+            got += policy.out.bias.grad[:4] / 2
+    finally:
+        m.forward = forward
+    assert set(seen) == {kept_count(L, 0.6)}
+    assert torch.allclose(got, want, atol=0.15 * want.abs().max()), (got, want)
+    with pytest.raises(ValueError, match="topk needs estimator score"):
+        TrainConfig(sampler="topk")
+
+
 def test_training_lowers_the_objective_and_resumes(tmp_path):
     m, cfg = _setup(tmp_path)
     exs, _ = _examples(cfg, m.tokenizer)
@@ -396,6 +481,41 @@ def test_val_kl_selection_keeps_the_best_checkpoint(tmp_path):
     assert summary["selected"] == {"step": best["step"], "val_kl": best["val_kl"]}
     saved = load_file(str(tmp_path / "gates" / "best_policy.safetensors"))
     assert torch.equal(load_gates(cfg.out, m.hf).out.bias, saved["out.bias"])
+
+
+def test_val_exact_scores_the_sets_l2a_exact_runs(tmp_path):
+    from l2a.losses import token_kl
+    from l2a.selection import Selector
+
+    m, cfg = _setup(tmp_path)
+    pairs = _examples(cfg, m.tokenizer)[0][-6:]
+    p = random_policy(seed=1, scale=0.01)
+    rank = [2, 0, 3, 1]  # gateable layers (1..4) best first: every logit positive, so exact mode ranks by them
+    with torch.no_grad():
+        p.out.bias[:4] = torch.tensor([40.0 - 10 * rank.index(j) for j in range(4)])
+    exact = Selector(m, pairs, 0, tmp_path / "e", budgets=(0.6, 0.5), exact=True)
+    topk = Selector(m, pairs, 0, tmp_path / "t", budgets=(0.6, 0.5))
+
+    def kl_of(n_kept):  # by hand: the first and last layer and the n_kept - 2 best gateable ones
+        keep = [True] + [j in rank[: n_kept - 2] for j in range(4)] + [True]
+        logits = m.forward(exact.ids, exact.attn, decisions=[GateDecision(layers=tuple(keep))] * len(pairs))
+        return token_kl(exact.dense, logits[:, :-1], exact.mask).item()
+
+    # exact keeps the baselines' count, round(b * L): 4 and 3 of 6; top-k keeps floor(b * L): 3 and 3
+    assert exact.score(p) == pytest.approx((kl_of(4) + kl_of(3)) / 2, abs=1e-6)
+    assert topk.score(p) == pytest.approx(kl_of(3), abs=1e-6)
+    assert kl_of(4) != pytest.approx(kl_of(3))  # the test can tell the two counts apart
+    with pytest.raises(ValueError, match="val_budgets"):
+        TrainConfig(val_budgets=[0.7, 1.0])
+    with pytest.raises(ValueError, match="select one of last|val-kl|val-exact"):
+        TrainConfig(select="val")
+    # in training: the checks log the exact-mode KL at the given budgets; the artifact is the best checkpoint
+    cfg = TrainConfig(**{**cfg.__dict__, "steps": 8, "val_every": 4, "select": "val-exact", "val_budgets": [0.7, 0.5]})
+    summary = train(cfg, model=m, progress=False)
+    vals = [json.loads(x) for x in open(tmp_path / "gates" / "log.jsonl") if "val_kl" in x]
+    assert [r["step"] for r in vals] == [0, 4, 8]
+    assert summary["selected"]["val_kl"] == min(r["val_kl"] for r in vals)
+    assert summary["config"]["val_budgets"] == [0.7, 0.5]
 
 
 def _only(policy, j):

@@ -160,7 +160,8 @@ def cmd_train(args) -> int:
                           examples=args.examples, max_len=args.max_len, lr=args.lr, seed=args.seed, dtype=args.dtype,
                           ablation=args.ablation, limit=args.limit, track=args.track, warm_start=args.warm_start,
                           fixed_budget=args.fixed_budget, dual=args.dual, noise_end=args.noise_end, select=args.select,
-                          estimator=args.estimator, samples=args.samples, dense_at_full=args.dense_at_full,
+                          **({"val_budgets": args.val_budgets} if args.val_budgets else {}),
+                          estimator=args.estimator, samples=args.samples, sampler=args.sampler, dense_at_full=args.dense_at_full,
                           warm_scale=args.warm_scale, warm_pairs=args.warm_pairs, warm_text=args.warm_text,
                           warm_domains=args.warm_domains, warm_refine=args.warm_refine, anchor=args.anchor,
                           train_text=args.train_text, mix_mc=args.mix_mc or [], cost=args.cost, row_tol=args.row_tol,
@@ -340,6 +341,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--estimator", choices=("st", "score"), default="st",
                    help="gradient of the task terms: straight-through, or score function over sampled gate sets")
     t.add_argument("--samples", type=_positive, default=4, help="gate sets sampled per row (--estimator score)")
+    t.add_argument("--sampler", choices=("bernoulli", "topk"), default="bernoulli",
+                   help="--estimator score: layer gates drawn independently, or exactly the layer count inference "
+                        "keeps at the row's budget, by keep-logit without replacement (the sets exact mode runs)")
     t.add_argument("--cost", choices=("request", "batch"), default="request",
                    help="cost hinge per request, or on the batch's mean spend (prompts may trade layers: per-prompt depth)")
     t.add_argument("--row-tol", type=_fraction, default=0.1,
@@ -371,8 +375,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--mix-mc", nargs="+", metavar="FILE",
                    help="the second source: these multiple-choice files' (question, correct choice) pairs instead of "
                         "prose (e.g. ../shared/data/mc/siqa.jsonl; evaluate on other sets)")
-    t.add_argument("--select", choices=("last", "val-kl"), default="last",
-                   help="artifact = last step, or the checkpoint with the lowest held-out KL of its top-k layer sets")
+    t.add_argument("--select", choices=("last", "val-kl", "val-exact"), default="last",
+                   help="artifact = last step, or the checkpoint with the lowest held-out KL of its layer sets: "
+                        "top-k by keep-logit (val-kl) or the exact-mode sets l2a-exact evaluates (val-exact)")
+    t.add_argument("--val-budgets", nargs="+", type=_fraction, metavar="B",
+                   help="the layer budgets --select checks average (default: 0.6 0.7 0.8)")
     t.add_argument("--fixed-budget", type=_fraction, help="train the tuned-static baseline: budget-only gates at this "
                                                           "one layer budget (write to DIR/b0.70 for `--tuned-gates DIR`)")
     t.add_argument("--config", help="train with this TrainConfig JSON or a gate artifact's l2a_config.json "

@@ -23,6 +23,26 @@ def gumbel_sigmoid(logits: torch.Tensor, tau: float, hard: bool = True, generato
     return (z > 0.5).to(z.dtype) + z - z.detach()
 
 
+def gumbel_topk(scores: torch.Tensor, k: torch.Tensor, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A Plackett-Luce sample per row of (R, n) scores (items drawn without replacement, each with probability
+    ∝ exp(score) among those left), by Gumbel-top-k: ((R, n) 0/1 keep of the first k[r] drawn, (R, n) the
+    drawn order). k (R,) counts."""
+    u = torch.rand(scores.shape, generator=generator, device=scores.device).clamp(1e-6, 1 - 1e-6)
+    order = (scores - (-u.log()).log()).argsort(-1, descending=True)  # (R, n) Gumbel-perturbed ranking
+    first = torch.arange(scores.shape[1], device=scores.device) < k[:, None]  # (R, n)
+    return torch.zeros_like(scores).scatter_(1, order, first.to(scores.dtype)), order
+
+
+def plackett_luce_logp(scores: torch.Tensor, order: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """(R,) log-probability that a Plackett-Luce draw from (R, n) scores begins with order[:, :k] in that
+    order (differentiable in the scores). The score-function gradient of a set's cost may use this ordered
+    probability: the cost ignores the order, so the estimate stays unbiased for the set."""
+    s = scores.gather(1, order)  # (R, n) scores in drawn order
+    rest = torch.logcumsumexp(s.flip(-1), -1).flip(-1)  # (R, n) logsumexp over the items not drawn before
+    first = torch.arange(scores.shape[1], device=scores.device) < k[:, None]  # (R, n)
+    return ((s - rest) * first).sum(-1)
+
+
 def token_kl(teacher_logp: torch.Tensor, student_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over masked tokens of KL(teacher ‖ student). teacher_logp, student_logits (B, T, V); mask (B, T)."""
     keep = mask.bool()  # only the M masked positions go through the vocab-wide ops

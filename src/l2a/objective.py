@@ -19,7 +19,12 @@ one of two estimators (`TrainConfig.estimator`):
 - *score function* ("score"): `samples` Bernoulli gate sets per row, each run by the real sparse runtime
   (skipped layers run nothing; no backward through the base model), and the REINFORCE gradient
   (task cost − leave-one-out mean of the other samples) · ∇ log p(gates). Unbiased for the expected task
-  cost of the sets the gates sample, at the price of variance.
+  cost of the sets the gates sample, at the price of variance. With `sampler = "topk"` the layer sets are
+  not independent Bernoulli draws but exactly the count inference keeps at the row's budget
+  (baselines.kept_count, the count of the gates' exact mode and of the static baselines): a Plackett-Luce
+  draw by keep-logit without replacement (Gumbel-top-k), scored by its ordered log-probability. The samples
+  are then the deterministic top-k set and its swaps at the boundary, so the gradient compares the sets
+  exact-mode inference can run, per prompt, not sets of random size the cost term weighs.
 
 With `dense_at_full`, a row whose budget on an axis is 1.0 runs that axis dense in training, as at
 inference (budget 1.0 is the dense model). Not here: the loop, data and dual ascent (train.py); the gate
@@ -99,7 +104,14 @@ def _score(m, policy, logits, ids, attn, ans_mask, teacher, budgets, tau, gen, c
     b = budgets.repeat_interleave(S, 0)  # (R, 3)
     p_l = torch.sigmoid(logits.layers / noise).repeat_interleave(S, 0)  # (R, n_gate), with gradient
     p_g = torch.sigmoid(logits.groups / noise).repeat_interleave(S, 0)  # (R, L, G)
-    z_l = torch.bernoulli(p_l.detach(), generator=gen)  # (R, n_gate) sampled keep-gates
+    if cfg.sampler == "topk":  # exactly the kept count at each row's budget, drawn by keep-logit
+        from .baselines import kept_count
+
+        k_l = torch.tensor([kept_count(c.n_layers, float(x)) - c.protected for x in b[:, 0]]).clamp(0, p_l.shape[1])
+        s_l = logits.layers.repeat_interleave(S, 0) / noise  # (R, n_gate) Plackett-Luce scores, with gradient
+        z_l, drawn = losses.gumbel_topk(s_l.detach(), k_l, gen)  # (R, n_gate), (R, n_gate)
+    else:
+        z_l = torch.bernoulli(p_l.detach(), generator=gen)  # (R, n_gate) sampled keep-gates
     z_g = torch.bernoulli(p_g.detach(), generator=gen)  # (R, L, G)
     z_g[:, :k] = 1  # router layers run densely
     free_l, free_g = torch.ones(R, 1), torch.ones(R, 1, 1)  # 1 where the axis is sampled, 0 where forced dense
@@ -140,9 +152,12 @@ def _score(m, policy, logits, ids, attn, ans_mask, teacher, budgets, tau, gen, c
     cost = cfg.kl * kl + cfg.ce * ce + cfg.agree * agree  # (R,) task cost of each sampled gate set
     per = cost.view(2 * n, S)
     advantage = per - (per.sum(-1, keepdim=True) - per) / max(1, S - 1)  # (2N, S) leave-one-out baseline
-    logp = (z_l * p_l.clamp_min(1e-6).log() + (1 - z_l) * (1 - p_l).clamp_min(1e-6).log()) * free_l  # (R, n_gate)
+    if cfg.sampler == "topk":  # a row keeping all or none of its layers had no choice: no log-probability
+        logp = losses.plackett_luce_logp(s_l, drawn, k_l) * free_l[:, 0] * ((k_l > 0) & (k_l < len(c.gateable)))  # (R,)
+    else:
+        logp = ((z_l * p_l.clamp_min(1e-6).log() + (1 - z_l) * (1 - p_l).clamp_min(1e-6).log()) * free_l).sum(-1)  # (R,)
     g_logp = (z_g * p_g.clamp_min(1e-6).log() + (1 - z_g) * (1 - p_g).clamp_min(1e-6).log()) * free_g  # (R, L, G)
     g_logp = g_logp[:, k:] * layers[:, k:, None].float()  # groups of skipped layers change nothing: left out
-    surrogate = (advantage.reshape(-1) * (logp.sum(-1) + g_logp.sum((-1, -2)))).mean()
+    surrogate = (advantage.reshape(-1) * (logp + g_logp.sum((-1, -2)))).mean()
     terms = {"ce": ce.mean(), "kl": kl.mean(), "agree": agree[lo].mean(), "kl_hi": kl[hi].mean(), "pg": surrogate}
     return surrogate, terms, float(layers.float().mean())

@@ -2,11 +2,14 @@
 
 Training minimises an expectation over *sampled* gate sets; inference runs one *deterministic* set per
 prompt and budget. The two can disagree: a run that lowers its training loss can still rank layers
-worse than where it started (a greedy-KL warm start did, see README). So `l2a train --select val-kl`
-measures, every `val_every` steps and before the first, the quantity the gates are judged on:
-teacher-forced KL(dense ‖ gated) over the answer tokens of held-out training examples (not those the
-greedy warm start searched on), each prompt running its own top-k layers by keep-logit at layer budgets
-0.6 / 0.7 / 0.8 (k = floor(b·L), all KV groups). The best checkpoint so far is kept in
+worse than where it started (a greedy-KL warm start did, see README; training from searched sets moved
+one of them to a worse set, docs/results/nested). So `l2a train --select val-kl` measures, every
+`val_every` steps and before the first, the quantity the gates are judged on: teacher-forced
+KL(dense ‖ gated) over the answer tokens of held-out training examples (not those the greedy warm start
+searched on), each prompt running its own layer set at each of `val_budgets` (default 0.6 / 0.7 / 0.8),
+all KV groups. The set is the top-k layers by keep-logit at the budget (k = floor(b·L)) with `val-kl`,
+and the gates' exact mode (gates.py: the static baselines' count in the prompt's nested ranking, the sets
+`l2a eval --methods l2a-exact` runs) with `val-exact`. The best checkpoint so far is kept in
 `out/best_policy.safetensors` (+ `best.json`, so a resumed run keeps it) and is the one saved as the
 artifact. The held-out examples are training-split
 examples the run never trains on, never test data.
@@ -47,10 +50,10 @@ def topk_decisions(policy, pooled: torch.Tensor, budget: float) -> list[GateDeci
 class Selector:
     """Keeps the checkpoint with the lowest held-out KL (see the module docstring)."""
 
-    def __init__(self, m, pairs: list, pad_id: int, out: Path, budgets=VAL_BUDGETS):
+    def __init__(self, m, pairs: list, pad_id: int, out: Path, budgets=VAL_BUDGETS, exact: bool = False):
         from .train import _batch
 
-        self.m, self.out, self.budgets = m, Path(out), budgets
+        self.m, self.out, self.budgets, self.exact = m, Path(out), tuple(budgets), exact
         self.ids, self.attn, _, ans = _batch(pairs, pad_id)  # (N, T) right-padded
         self.mask = ans[:, 1:]  # (N, T-1) answer tokens
         self.dense = torch.log_softmax(m.forward(self.ids, self.attn)[:, :-1].float(), -1)  # (N, T-1, V)
@@ -60,16 +63,25 @@ class Selector:
 
     @torch.no_grad()
     def score(self, policy) -> float:
-        """Mean over VAL_BUDGETS of teacher-forced KL on the held-out answers, top-k layers per prompt."""
+        """Mean over the budgets of teacher-forced KL on the held-out answers, each prompt's own layer set."""
         from .losses import token_kl
         from .train import pooled_prompts
 
         pooled = pooled_prompts(self.m, policy, self.prompts, self.pad_id)  # (N, H), as generate computes it
         kls = []
         for b in self.budgets:
-            logits = self.m.forward(self.ids, self.attn, decisions=topk_decisions(policy, pooled, b))
+            logits = self.m.forward(self.ids, self.attn, decisions=self.decisions(policy, pooled, b))
             kls.append(token_kl(self.dense, logits[:, :-1], self.mask).item())
         return sum(kls) / len(kls)
+
+    def decisions(self, policy, pooled: torch.Tensor, budget: float) -> list[GateDecision]:
+        """Each row's layer set at `budget`: its top-k, or the gates' exact mode (all KV groups)."""
+        if not self.exact:
+            return topk_decisions(policy, pooled, budget)
+        from .budget import Budget
+
+        ds = policy.decisions(pooled, [Budget(layers=budget)] * len(pooled), mode="exact")
+        return [GateDecision(layers=d.layers) for d in ds]
 
     def check(self, policy, step: int) -> dict:
         """Score `policy` at `step`; keep it if it is the best so far. Returns the log record."""

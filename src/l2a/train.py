@@ -6,8 +6,8 @@ a gradient step on the unified objective (objective.py: straight-through or scor
 
     ce·CE + kl·KL(dense ‖ gated) + mono·nesting + agree·KL(gated_hi ‖ gated_lo) + Σ λ_axis·hinge²(E[cost] − b − tol)
 
-with the λ_axis updated by dual ascent. The base weights stay frozen. Optionally (`select = "val-kl"`)
-the artifact is the checkpoint with the lowest held-out KL (selection.py). Progress bar, JSONL log, periodic
+with the λ_axis updated by dual ascent. The base weights stay frozen. Optionally (`select = "val-kl"` or
+"val-exact") the artifact is the checkpoint with the lowest held-out KL (selection.py). Progress bar, JSONL log, periodic
 checkpoints (safetensors + JSON, no pickle), resume after interruption, seeded. After training, a
 calibration table (a logit threshold per budget, calibration.py) is fit so the mean realized layer
 fraction tracks the request.
@@ -29,6 +29,7 @@ from .checkpoint import save_gates
 from .gates import GateConfig, GatePolicy
 from .mix import training_pairs
 from .objective import objective
+from .selection import VAL_BUDGETS
 from .warmstart import WARM_PAIRS, WARM_STARTS, warm_start
 
 
@@ -82,9 +83,13 @@ class TrainConfig:
     #   inference runs; E[cost] is the exact keep probability under the scaled noise)
     estimator: str = "st"  # gradient of the task terms: "st" (straight-through) or "score" (objective.py)
     samples: int = 4  # gate sets sampled per row (estimator = "score")
+    sampler: str = "bernoulli"  # estimator = "score": layer gates drawn independently ("bernoulli"), or exactly
+    #   the count inference keeps at the row's budget, by keep-logit without replacement ("topk"; objective.py)
     dense_at_full: bool = False  # rows at budget 1.0 on an axis run that axis dense in training, as at inference
-    select: str = "last"  # artifact: "last" step, or "val-kl": best held-out KL checkpoint (selection.py)
-    val_every: int = 25  # steps between held-out KL checks (select = "val-kl")
+    select: str = "last"  # artifact: "last" step, or the best held-out KL checkpoint (selection.py) of its
+    #   top-k layer sets ("val-kl") or of its exact-mode sets, those `l2a eval` runs as l2a-exact ("val-exact")
+    val_every: int = 25  # steps between held-out KL checks (select != "last")
+    val_budgets: list = field(default_factory=lambda: list(VAL_BUDGETS))  # the layer budgets those checks average
     width: int = 256  # router width
     router_layers: int = 1  # layers before the router
     protect_last: int = 1  # last layers always kept
@@ -107,8 +112,12 @@ class TrainConfig:
             raise ValueError("layer_min and head_min must be in (0, 1]")
         if self.fixed_budget is not None and not 0 < self.fixed_budget < 1:
             raise ValueError(f"fixed_budget must be in (0, 1), got {self.fixed_budget!r}")
-        if self.dual not in ("violations", "signed") or self.select not in ("last", "val-kl"):
-            raise ValueError(f"dual must be violations|signed and select last|val-kl, got {self.dual!r}, {self.select!r}")
+        if self.dual not in ("violations", "signed") or self.select not in SELECTS:
+            raise ValueError(f"dual must be violations|signed and select one of {'|'.join(SELECTS)}, "
+                             f"got {self.dual!r}, {self.select!r}")
+        self.val_budgets = [float(b) for b in self.val_budgets]  # a list, as the saved JSON config reads back
+        if not self.val_budgets or not all(0 < b < 1 for b in self.val_budgets):
+            raise ValueError(f"val_budgets must be layer budgets in (0, 1), got {self.val_budgets!r}")
         if not 0 < self.noise_end <= 1 or self.val_every < 1 or self.samples < 1:
             raise ValueError("noise_end must be in (0, 1], val_every and samples >= 1")
         if self.depth_pairs < 0 or 0 < self.depth_pairs < 8:
@@ -119,6 +128,9 @@ class TrainConfig:
             raise ValueError(f"cost must be request or batch and row_tol in [0, 1], got {self.cost!r}, {self.row_tol!r}")
         if self.estimator not in ("st", "score"):
             raise ValueError(f"estimator must be st or score, got {self.estimator!r}")
+        if self.sampler not in ("bernoulli", "topk") or (self.sampler == "topk" and self.estimator != "score"):
+            raise ValueError(f"sampler must be bernoulli or topk, and topk needs estimator score; got "
+                             f"{self.sampler!r} with {self.estimator!r}")
         self.mix_mc = [str(p) for p in self.mix_mc]  # a list, as the saved JSON config reads back
         if self.mix_mc and not (self.train_text or self.warm_text):
             raise ValueError("mix_mc names the second source of --train-text / --warm-text; give one of them")
@@ -275,8 +287,9 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     # The end of the order is held out: the last warm_pairs for the greedy warm-start search, the VAL_PAIRS
     # before them for checkpoint selection (disjoint, so selection does not favour the searched ranking).
     w = cfg.warm_pairs
-    reserve = (w if cfg.warm_start == "greedy-kl" or cfg.select == "val-kl" or cfg.depth_pairs else 0) + (
-        VAL_PAIRS if cfg.select == "val-kl" or cfg.depth_pairs else 0) + cfg.depth_pairs
+    selecting = cfg.select != "last"
+    reserve = (w if cfg.warm_start == "greedy-kl" or selecting or cfg.depth_pairs else 0) + (
+        VAL_PAIRS if selecting or cfg.depth_pairs else 0) + cfg.depth_pairs
     if len(order) - cfg.calib_prompts - reserve < cfg.examples:
         raise ValueError(f"{len(order)} examples leave too few to train on after {cfg.calib_prompts} calibration "
                          f"and {reserve} held-out prompts")
@@ -316,10 +329,10 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     if warm and start == 0:
         log.write(json.dumps({"step": 0, **warm}) + "\n")
     selector = None
-    if cfg.select == "val-kl":
+    if selecting:
         from .selection import Selector
 
-        selector = Selector(m, val, pad_id, out)
+        selector = Selector(m, val, pad_id, out, cfg.val_budgets, exact=cfg.select == "val-exact")
         if start == 0:
             log.write(json.dumps(selector.check(policy, 0)) + "\n")
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress, desc="train gates")
@@ -383,7 +396,8 @@ def gate_config(m, cfg: TrainConfig, **extra) -> GateConfig:
                       router_layers=cfg.router_layers, protect_last=cfg.protect_last, **extra)
 
 
-VAL_PAIRS = 32  # select = "val-kl": held-out training examples checkpoints are scored on (just before those)
+SELECTS = ("last", "val-kl", "val-exact")  # TrainConfig.select
+VAL_PAIRS = 32  # select != "last": held-out training examples checkpoints are scored on (just before those)
 @torch.no_grad()
 def pooled_prompts(m, policy: GatePolicy, prompts: list[list[int]], pad_id: int, batch: int = 16) -> torch.Tensor:
     """(N, H) router inputs of prompts exactly as `generate(budget=...)` computes them (its positions)."""
