@@ -516,6 +516,7 @@ def test_val_exact_scores_the_sets_l2a_exact_runs(tmp_path):
     assert [r["step"] for r in vals] == [0, 4, 8]
     assert summary["selected"]["val_kl"] == min(r["val_kl"] for r in vals)
     assert summary["config"]["val_budgets"] == [0.7, 0.5]
+    assert all(r["val_kl"] == pytest.approx(sum(r["val_kl_at"].values()) / 2, abs=1e-4) for r in vals)
 
 
 def _only(policy, j):

@@ -72,6 +72,7 @@ class Selector:
         for b in self.budgets:
             logits = self.m.forward(self.ids, self.attn, decisions=self.decisions(policy, pooled, b))
             kls.append(token_kl(self.dense, logits[:, :-1], self.mask).item())
+        self.last = dict(zip(self.budgets, kls))  # per budget, for the log
         return sum(kls) / len(kls)
 
     def decisions(self, policy, pooled: torch.Tensor, budget: float) -> list[GateDecision]:
@@ -93,7 +94,8 @@ class Selector:
             save_file(state, str(self.out / "best_policy.safetensors"))
             self.best = {"step": step, "val_kl": kl}
             (self.out / "best.json").write_text(json.dumps(self.best) + "\n")
-        return {"step": step, "val_kl": kl, "best_step": self.best["step"], "best_val_kl": self.best["val_kl"]}
+        return {"step": step, "val_kl": kl, "val_kl_at": {str(b): round(v, 4) for b, v in self.last.items()},
+                "best_step": self.best["step"], "best_val_kl": self.best["val_kl"]}
 
     def restore(self, policy) -> dict:
         """Load the best checkpoint's weights into `policy`; returns {step, val_kl}."""
