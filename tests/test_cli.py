@@ -107,7 +107,10 @@ def test_demo_question_source(tmp_path, monkeypatch):
 def test_dtype_auto_is_resolved_before_the_command_runs(native, monkeypatch, capsys):
     import torch
 
+    import l2a.loading
+
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+    monkeypatch.setattr(l2a.loading, "cpu_flags", lambda: {"amx_bf16"})
     args = cli._parser().parse_args(["calibrate"])  # calibrate defaults to auto
     assert args.dtype == "auto"
     cli._resolve_auto_dtype(args)

@@ -161,6 +161,7 @@ def test_resolve_dtype(given, want):
 def test_auto_dtype_is_bfloat16_only_where_the_cpu_runs_it_natively(monkeypatch):
     import l2a.loading as loading
 
+    monkeypatch.setattr(loading, "cpu_flags", lambda: {"avx512f", "amx_bf16"})
     for native, want in ((True, torch.bfloat16), (False, torch.float32)):
         monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda native=native: native)
         assert loading.native_bf16() is native and loading.auto_dtype() == str(want).removeprefix("torch.")
@@ -170,6 +171,11 @@ def test_auto_dtype_is_bfloat16_only_where_the_cpu_runs_it_natively(monkeypatch)
                 assert load(tiny_llama(), dtype="bfloat16").hf.dtype == torch.bfloat16
             assert load(tiny_llama(), dtype="auto").hf.dtype == torch.float32
     assert loading.native_bf16("meta") is False
+    # oneDNN accepts bf16 on AVX-512 without bf16 instructions, where it is emulated (2x slower measured)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    for flags, native in (({"avx512f", "avx512bw"}, False), ({"avx512f", "avx512_bf16"}, True), (set(), True)):
+        monkeypatch.setattr(loading, "cpu_flags", lambda flags=flags: flags)
+        assert loading.native_bf16() is native and loading.auto_dtype() == ("bfloat16" if native else "float32")
 
 
 @pytest.mark.parametrize("bad", ["int8", "float64", torch.float64, 3])
