@@ -193,20 +193,26 @@ def test_gradients_reach_every_gate_parameter(tmp_path):
     assert all(torch.isfinite(t) for t in terms.values())
 
 
-def test_score_estimator_is_unbiased_and_full_budget_rows_run_dense(tmp_path):
-    import itertools
-
-    from l2a.losses import row_kl
-
+def _score_setup(tmp_path, bias, **over):
+    """The score estimator's test bench: 512 samples, KL only, two examples, a policy with these 4 layer biases."""
     m, cfg = _setup(tmp_path)
     cfg = TrainConfig(**{**cfg.__dict__, "estimator": "score", "samples": 512, "dense_at_full": True,
-                         "ce": 0.0, "agree": 0.0, "track": 0.0})
+                         "ce": 0.0, "agree": 0.0, "track": 0.0, **over})
     exs, _ = _examples(cfg, m.tokenizer)
     ids, attn, pmask, amask = _batch(exs[:2], 0)
     teacher, pooled = teacher_pass(m, ids, attn, pmask, 1)
     policy = GatePolicy(GateConfig(n_layers=L, n_groups=G, hidden=64, width=32))
     with torch.no_grad():
-        policy.out.bias[:4] = torch.tensor([0.5, -0.3, 1.0, 0.0])
+        policy.out.bias[:4] = torch.tensor(bias)
+    return m, cfg, ids, attn, amask, teacher, pooled, policy
+
+
+def test_score_estimator_is_unbiased_and_full_budget_rows_run_dense(tmp_path):
+    import itertools
+
+    from l2a.losses import row_kl
+
+    m, cfg, ids, attn, amask, teacher, pooled, policy = _score_setup(tmp_path, [0.5, -0.3, 1.0, 0.0])
     b = torch.tensor([[0.6, 1.0, 1.0]] * 2)  # heads at 1.0: only the 4 gateable layers are sampled
     lam = {"layers": 0.0, "heads": 0.0}
     # exact d E[KL] / d logits, by enumerating the 16 layer sets
@@ -270,15 +276,7 @@ def test_topk_sampler_keeps_the_exact_count_and_is_unbiased(tmp_path):
     from l2a.baselines import kept_count
     from l2a.losses import row_kl
 
-    m, cfg = _setup(tmp_path)
-    cfg = TrainConfig(**{**cfg.__dict__, "estimator": "score", "sampler": "topk", "samples": 512,
-                         "dense_at_full": True, "ce": 0.0, "agree": 0.0, "track": 0.0})
-    exs, _ = _examples(cfg, m.tokenizer)
-    ids, attn, pmask, amask = _batch(exs[:2], 0)
-    teacher, pooled = teacher_pass(m, ids, attn, pmask, 1)
-    policy = GatePolicy(GateConfig(n_layers=L, n_groups=G, hidden=64, width=32))
-    with torch.no_grad():
-        policy.out.bias[:4] = torch.tensor([2.0, -1.0, 0.5, 0.0])
+    m, cfg, ids, attn, amask, teacher, pooled, policy = _score_setup(tmp_path, [2.0, -1.0, 0.5, 0.0], sampler="topk")
     b = torch.tensor([[0.6, 1.0, 1.0]] * 2)  # kept_count(6, 0.6) = 4: 2 of the 4 gateable layers
     lam = {"layers": 0.0, "heads": 0.0}
     gate = policy.config.gateable
