@@ -291,3 +291,33 @@ def test_paired_recipes_script_compares_artifacts_item_by_item(tmp_path, capsys)
     assert main(["a.jsonl"]) == 2  # NAME=FILE pairs, at least two
     assert main([paths[0], f"c={tmp_path / 'missing.jsonl'}"]) == 1
     assert "missing.jsonl: no l2a lines" in capsys.readouterr().err
+
+
+def test_scoreboard_holds_every_recipe_to_the_pooled_static_bar(tmp_path, capsys):
+    import runpy
+    from pathlib import Path
+    main = runpy.run_path(str(Path(__file__).parents[1] / "scripts" / "scoreboard.py"))["main"]
+
+    def line(method, budget, flops, right):  # 100 items, the first `right` correct
+        items = [1.0] * right + [0.0] * (100 - right)
+        return {"method": method, "task": "mc", "data": "x/arc.jsonl", "budget": {"layers": budget}, "n": 100,
+                "accuracy": right / 100, "flops_per_token": flops, "realized_layers": budget, "item_scores": items}
+
+    def write(name, lines):
+        p = tmp_path / name
+        p.write_text("".join(json.dumps(r) + "\n" for r in lines))
+        return str(p)
+
+    pool_a = write("a.jsonl", [line("dense", 1.0, 10.0, 60), line("angular", 0.7, 7.0, 40)])
+    pool_b = write("b.jsonl", [line("dense", 1.0, 10.0, 60), line("angular", 0.7, 7.0, 45)])  # a better calibration
+    # the recipe's own file carries a static line far better than the pool's: it must not move the bar
+    recipe = write("r.jsonl", [line("dense", 1.0, 10.0, 60), line("angular", 0.7, 7.0, 59), line("l2a", 0.7, 7.0, 50)])
+    out = tmp_path / "s.jsonl"
+    assert main(["--static", pool_a, f"{pool_b}:+more", "--recipe", f"r={recipe}", "--out", str(out), "--ci"]) == 0
+    assert "| r (l2a) | **+5.0 [+" in capsys.readouterr().out  # 50 against angular+more's 45: every item one way
+    row, = [json.loads(x) for x in out.read_text().splitlines()]
+    assert row["static"] == "angular+more" and abs(row["gain"] - 0.05) < 1e-9 and row["ci"][0] > 0
+    # without the suffix the second file's angular point is the same point as the first's: the first wins
+    assert main(["--static", pool_a, pool_b, "--recipe", f"r={recipe}", "--out", str(out)]) == 0
+    assert abs(json.loads(out.read_text())["gain"] - 0.10) < 1e-9
+    capsys.readouterr()
