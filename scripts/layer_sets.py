@@ -32,7 +32,8 @@ def main() -> None:
     from l2a import data
     from l2a.baselines import make_method
     from l2a.budget import Budget
-    from l2a.tasks import MultipleChoice, left_pad, math_prompt
+    from l2a.scoring import left_pad
+    from l2a.tasks import MultipleChoice, math_prompt
 
     torch.set_num_threads(2)
     m = l2a.load("smollm2-135m", dtype="bfloat16", gates=args.gates)

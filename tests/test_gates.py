@@ -642,7 +642,7 @@ def test_check_gates_reports_every_property(tmp_path):
     lo, hi = res["kl_reduction_vs_ablation"]["ci95"]
     assert lo <= res["kl_reduction_vs_ablation"]["threshold"] + 1e-9 and hi >= res["kl_reduction_vs_ablation"]["threshold"] - 1e-9
     # and at l2a's answer-token-weighted count, by hand from its own decisions and the chains' answer tokens
-    from l2a.tasks import left_pad as pad_prompts
+    from l2a.scoring import left_pad as pad_prompts
 
     ds = []
     for p, _ in pairs:  # one prompt at a time

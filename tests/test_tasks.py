@@ -12,8 +12,9 @@ from conftest import tiny_model, write_math
 from l2a import data
 from l2a.decision import GateDecision
 from l2a.gated import GatedModel
-from l2a.tasks import (GSM8K, GSM8KBudget, GSM8KConcise, GSM8KLoglik, MultipleChoice, continuation_logprobs,
-                       extract_answer, get_task, math_prompt, normalize_number)
+from l2a.scoring import continuation_logprobs
+from l2a.tasks import (GSM8K, GSM8KBudget, GSM8KConcise, GSM8KLoglik, MultipleChoice, extract_answer, get_task,
+                       math_prompt, normalize_number)
 
 
 def write_jsonl(path, rows):
@@ -289,7 +290,7 @@ def test_learned_gates_decide_inside_the_scoring_pass_as_if_decided_first(tmp_pa
 
 
 def test_route_from_gives_a_row_another_row_s_decision(tmp_path):
-    from l2a.tasks import left_pad
+    from l2a.scoring import left_pad
 
     gm = _gated_with_router()
     rows, _ = GSM8KLoglik().load(write_math(tmp_path / "m.jsonl", n=8))

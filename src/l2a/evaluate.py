@@ -306,7 +306,7 @@ def decider(model, policy, budget: Budget, task=None, warm_rows=None, max_new_to
     def decide(ids, mask):
         return policy.decide(model, ids, mask, [budget] * ids.shape[0])
 
-    if hasattr(policy, "score"):  # decides inside the scoring pass (tasks.routed_logprobs)
+    if hasattr(policy, "score"):  # decides inside the scoring pass (scoring.routed_logprobs)
         decide.score = lambda ids, mask, *route, **kw: policy.score(model, ids, mask, [budget] * ids.shape[0], *route, **kw)
 
     torch.manual_seed(0)

@@ -39,7 +39,7 @@ def _prompts_and_answers(m, data, limit):
 
 
 def _decide_all(m, policy, prompts, budget: Budget, mode="threshold", batch=16) -> list[GateDecision]:
-    from .tasks import left_pad
+    from .scoring import left_pad
 
     saved, m.policy = m.policy, policy
     try:

@@ -44,7 +44,7 @@ class _CallbackStreamer:
         pass
 
 
-def _positions(attention_mask):
+def prefill_positions(attention_mask):
     """The position ids HF `generate` gives a (left-padded) prefill, so a router pass computed here is the
     one `generate` replays; every path that decides (decide, forward, generate) uses them."""
     if attention_mask is None:
@@ -226,7 +226,7 @@ class GatedModel:
     def decide(self, input_ids, budget, attention_mask=None, mode: str = "threshold") -> list[GateDecision]:
         """One GateDecision per row for `budget` (a Budget, number, or one per row) from the loaded gates."""
         self._check_attached()
-        return self._decide(input_ids, attention_mask, budget, mode, _positions(attention_mask))[0]
+        return self._decide(input_ids, attention_mask, budget, mode, prefill_positions(attention_mask))[0]
 
     def _plan_for(self, input_ids, attention_mask, decisions, budget, mode, position_ids, **route):
         """(decisions, plan) from explicit decisions or a budget; a budget's router pass is replayed."""
@@ -284,7 +284,7 @@ class GatedModel:
             ds, plan = None, self._plan_in_pass(input_ids, attention_mask, budget, mode, route_mask, route_from)
         else:
             ds, plan = self._plan_for(input_ids, attention_mask, decisions, budget, mode,
-                                      pos if pos is not None else _positions(attention_mask),
+                                      pos if pos is not None else prefill_positions(attention_mask),
                                       route_mask=route_mask, route_from=route_from)
         if hf_positions:
             plan.replay = None  # routed at generate's positions (as `decide`); this pass uses HF's defaults
@@ -330,7 +330,7 @@ class GatedModel:
         """
         if generate_kwargs.get("num_beams", 1) != 1:
             raise ValueError("beam search is not supported: decisions and KV are per row")
-        position_ids = _positions(attention_mask) if budget is not None else None
+        position_ids = prefill_positions(attention_mask) if budget is not None else None
         ds, plan = self._plan_for(input_ids, attention_mask, decisions, budget, mode, position_ids)
         cache = RowCache(len(ds), tuple(ds))
         from .reasoning import add_forcing

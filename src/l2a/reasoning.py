@@ -20,6 +20,8 @@ from typing import Sequence
 import torch
 from transformers import LogitsProcessor
 
+from .scoring import encode
+
 
 @dataclass(frozen=True)
 class AnswerFormat:
@@ -52,10 +54,6 @@ def number_token_ids(tok) -> list[int]:
     return out
 
 
-def _encode(tok, text: str) -> list[int]:
-    return list(tok(text, add_special_tokens=False)["input_ids"])
-
-
 def think_processor(tok, allowances: Sequence[int | None], prompt_len: int, eos_id: int,
                     fmt: AnswerFormat | None = None) -> "ThinkBudgetProcessor":
     """The budget-forcing processor for one generate call over left-padded prompts of `prompt_len`."""
@@ -70,8 +68,8 @@ def think_processor(tok, allowances: Sequence[int | None], prompt_len: int, eos_
             except AttributeError:
                 pass
         numeric = cache
-    return ThinkBudgetProcessor(allowances, prompt_len, _encode(tok, fmt.marker), eos_id,
-                                answer_tokens=fmt.answer_tokens, numeric_ids=numeric, detect=_encode(tok, fmt.detect))
+    return ThinkBudgetProcessor(allowances, prompt_len, encode(tok, fmt.marker), eos_id,
+                                answer_tokens=fmt.answer_tokens, numeric_ids=numeric, detect=encode(tok, fmt.detect))
 
 
 def add_forcing(model, ds, override, prompt_len: int, generate_kwargs: dict) -> "ThinkBudgetProcessor | None":

@@ -99,7 +99,8 @@ def angular_distance(hs: torch.Tensor) -> torch.Tensor:
 @torch.inference_mode()
 def calibrate(model, sequences: list[list[int]], batch_size: int = 8, pad_id: int = 0, source: str = "ids") -> CalibStats:
     """Scores from one dense pass over token-id `sequences` (left-padded batches; pads never counted)."""
-    from .tasks import left_pad, positions
+    from .gated import prefill_positions
+    from .scoring import left_pad
 
     if getattr(model, "_runtime", None) is not None and model._runtime.plan is not None:
         raise RuntimeError("calibrate() needs the GatedModel idle (no forward or generate running)")
@@ -147,7 +148,7 @@ def calibrate(model, sequences: list[list[int]], batch_size: int = 8, pad_id: in
             ids, mask = left_pad(sequences[start:start + batch_size], pad_id, model.device)  # (B, T)
             state["mask"] = mask.bool()
             n_tok += int(mask.sum())
-            model.hf(input_ids=ids, attention_mask=mask, position_ids=positions(mask), use_cache=False, logits_to_keep=1)
+            model.hf(input_ids=ids, attention_mask=mask, position_ids=prefill_positions(mask), use_cache=False, logits_to_keep=1)
     finally:
         for h in handles:
             h.remove()

@@ -30,14 +30,13 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 
 from . import data
 from .decision import GateDecision
-
-Decide = Callable[[torch.Tensor, torch.Tensor], list]  # (ids (B, T), mask (B, T)) -> list[GateDecision]
+from .scoring import Decide, batches, decide_on, encode, left_pad, pad_token, prefix_token, routed_logprobs
 
 
 @dataclass
@@ -86,45 +85,6 @@ def extract_answer(text: str) -> str | None:
     return normalize_number(numbers[-1]) if numbers else None
 
 
-# ---- tokenization helpers ---------------------------------------------------------------------------
-
-
-def _encode(tok, text: str, special: bool = False) -> list[int]:
-    return list(tok(text, add_special_tokens=special)["input_ids"])
-
-
-def _pad_id(tok) -> int:
-    for t in (tok.pad_token_id, tok.eos_token_id, 0):
-        if t is not None:
-            return int(t)
-    return 0
-
-
-def _prefix_id(tok) -> int:
-    """Single context token for sequences with no prompt (lm-eval's prefix token: eos, else bos)."""
-    for t in (tok.eos_token_id, tok.bos_token_id, tok.pad_token_id, 0):
-        if t is not None:
-            return int(t)
-    return 0
-
-
-def left_pad(seqs: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids (B, T), mask (B, T)) with every row right-aligned."""
-    T = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), T), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if s:
-            ids[i, T - len(s):] = torch.tensor(s, dtype=torch.long)
-            mask[i, T - len(s):] = 1
-    return ids.to(device), mask.to(device)
-
-
-def positions(mask: torch.Tensor) -> torch.Tensor:
-    """(B, T) position ids counted from each row's first real token (pads get 0), as `generate` does."""
-    return (mask.cumsum(-1) - 1).clamp(min=0)
-
-
 # The instruction after the question (chat prompts). `concise` is the reasoning axis's shorter style: measured
 # on Qwen2.5-Coder-1.5B, the `steps` prompt draws long Python-code chains and a numeric limit in the prompt
 # ("at most 100 tokens") is ignored, while this instruction halves the chain (README, reasoning axis).
@@ -149,90 +109,13 @@ def math_prompt(tok, question: str, style: str = "steps") -> list[int]:
     if getattr(tok, "chat_template", None):
         content = f"{question}\n{INSTRUCTIONS[style]}"
         text = tok.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False)
-        return _encode(tok, text)
-    return _encode(tok, f"Question: {question}\nAnswer:", special=True)
+        return encode(tok, text)
+    return encode(tok, f"Question: {question}\nAnswer:", special=True)
 
 
 def solution_ids(tok, answer: str) -> list[int]:
     """Token ids of a GSM8K worked answer, its calculator annotations (`<<48/2=24>>`) removed."""
-    return _encode(tok, re.sub(r"<<[^>]*>>", "", answer))
-
-
-@torch.inference_mode()
-def continuation_logprobs(model, seqs: list[list[int]], conts: list[int], decisions: list, pad_id: int):
-    """Per sequence: (summed logprob of its last `conts[i]` tokens, (k_i,) logprobs, (k_i,) greedy hits).
-
-    seqs[i] = context + continuation; the continuation is the last conts[i] tokens. Only the positions
-    predicting them reach the LM head (`logits_to_keep` as a (B, T) mask).
-    """
-    ids, mask = left_pad(seqs, pad_id, model.device)  # (B, T)
-    logits = model.forward(ids, mask, decisions=decisions, **_scoring_kw(mask, conts))
-    return _continuations(logits, ids, conts)
-
-
-@torch.inference_mode()
-def routed_logprobs(model, decide: Decide, seqs: list[list[int]], conts: list[int], prompt_lens: list[int],
-                    owner: list[int], pad_id: int):
-    """(`continuation_logprobs` of the rows, the decision each row ran) when the decisions come from prompts.
-
-    Row i's first `prompt_lens[i]` tokens are its prompt, and the prompt of row `owner[i]` decides it: rows
-    that continue one prompt (the choices of an item) run one decision. A decider that decides inside the
-    scoring pass (`decide.score`: the learned gates, whose router pass then starts this pass) runs each
-    prompt once; any other decides on the prompts first, then scores.
-    """
-    ids, mask = left_pad(seqs, pad_id, model.device)  # (B, T)
-    kw = _scoring_kw(mask, conts)
-    score = getattr(decide, "score", None)
-    if score is not None:
-        T = ids.shape[1]
-        start = T - torch.tensor([len(s) for s in seqs])  # (B,) first real position of each row
-        col = torch.arange(T)  # (T,)
-        route = (col >= start[:, None]) & (col < (start + torch.tensor(prompt_lens))[:, None])  # (B, T)
-        logits, ds = score(ids, mask, route.to(ids.device), torch.tensor(owner, device=ids.device), **kw)
-    else:
-        firsts = sorted(set(owner))
-        made = dict(zip(firsts, _decide_on(model, decide, [seqs[i][:prompt_lens[i]] for i in firsts], pad_id)))
-        ds = [made[o] for o in owner]
-        logits = model.forward(ids, mask, decisions=ds, **kw)
-    return _continuations(logits, ids, conts), ds
-
-
-def _scoring_kw(mask, conts: list[int]) -> dict:
-    """Forward arguments of a scoring pass: only the positions predicting a continuation token reach the
-    LM head and the log-softmax (left padding puts row i's `conts[i]` tokens at the right end)."""
-    T = mask.shape[1]
-    k = torch.tensor(conts, device=mask.device)[:, None]  # (B, 1)
-    col = torch.arange(T, device=mask.device)  # (T,)
-    keep = (col >= T - 1 - k) & (col < T - 1)  # (B, T): position t predicts token t + 1
-    return {"position_ids": positions(mask), "logits_to_keep": keep}
-
-
-def _continuations(logits, ids, conts: list[int]) -> list:
-    """Split packed logits (M, V), row i's last `conts[i]` predictions in order, into per-row results."""
-    T = ids.shape[1]
-    logp = torch.log_softmax(logits.float(), dim=-1)  # (M, V)
-    target = torch.cat([ids[i, T - k:] for i, k in enumerate(conts)])  # (M,)
-    tok_lp = logp.gather(-1, target[:, None]).squeeze(-1)  # (M,)
-    hit = logp.argmax(-1) == target  # (M,)
-    out, start = [], 0
-    for k in conts:
-        lp = tok_lp[start : start + k]
-        out.append((float(lp.sum()), lp, hit[start : start + k]))
-        start += k
-    return out
-
-
-def _batches(n: int, size: int) -> Iterator[range]:
-    for start in range(0, n, size):
-        yield range(start, min(n, start + size))
-
-
-def _decide_on(model, decide: Decide, prompts: list[list[int]], pad_id: int) -> list:
-    ids, mask = left_pad(prompts, pad_id, model.device)
-    ds = decide(ids, mask)
-    if len(ds) != len(prompts):
-        raise ValueError(f"the policy returned {len(ds)} decisions for {len(prompts)} prompts")
-    return ds
+    return encode(tok, re.sub(r"<<[^>]*>>", "", answer))
 
 
 # ---- tasks -------------------------------------------------------------------------------------------
@@ -262,19 +145,19 @@ class GSM8K(_MathTask):
         from .reasoning import AnswerFormat, think_length
 
         tok = model.tokenizer
-        pad = _pad_id(tok)
+        pad = pad_token(tok)
         eos = model.hf.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, (list, tuple)) else ([] if eos is None else [eos]))
         fmt = model.answer_format or AnswerFormat.for_tokenizer(tok)
-        reserve = len(_encode(tok, fmt.marker)) + fmt.answer_tokens
-        for idx in _batches(len(rows), batch_size):
+        reserve = len(encode(tok, fmt.marker)) + fmt.answer_tokens
+        for idx in batches(len(rows), batch_size):
             prompts = [math_prompt(tok, rows[i]["question"], self.style) for i in idx]
-            ds = _decide_on(model, decide, prompts, pad)
+            ds = decide_on(model, decide, prompts, pad)
             capped = [j for j, d in enumerate(ds) if d.think_tokens is not None]
             if self.capped_style is not None and capped:  # re-prompt capped rows, decide on what they run
                 for j in capped:
                     prompts[j] = math_prompt(tok, rows[idx[j]]["question"], self.capped_style)
-                for j, d in zip(capped, _decide_on(model, decide, [prompts[j] for j in capped], pad)):
+                for j, d in zip(capped, decide_on(model, decide, [prompts[j] for j in capped], pad)):
                     ds[j] = d
             ids, mask = left_pad(prompts, pad, model.device)  # (B, T)
             allow = [None if d.think_tokens is None else max(0, min(d.think_tokens, max_new_tokens - reserve)) for d in ds]
@@ -330,15 +213,15 @@ class GSM8KLoglik(_MathTask):
 
     def run(self, model, rows, decide: Decide, batch_size: int = 8, max_new_tokens: int = 256) -> Iterator[list[ItemResult]]:
         tok = model.tokenizer
-        pad = _pad_id(tok)
+        pad = pad_token(tok)
         plain = not getattr(tok, "chat_template", None)
-        for idx in _batches(len(rows), batch_size):
+        for idx in batches(len(rows), batch_size):
             prompts = [math_prompt(tok, rows[i]["question"]) for i in idx]
             seqs, conts, scored_at = [], [], []
             for p, i in zip(prompts, idx):
                 head, number = rows[i]["answer"].rsplit("####", 1)
-                head_ids = _encode(tok, (" " if plain else "") + head + "####")
-                num_ids = _encode(tok, number)  # the final answer's tokens (" 18")
+                head_ids = encode(tok, (" " if plain else "") + head + "####")
+                num_ids = encode(tok, number)  # the final answer's tokens (" 18")
                 seqs.append(p + head_ids + num_ids)
                 conts.append(len(head_ids) + len(num_ids))
                 scored_at.append(torch.tensor([bool(tok.decode([t]).strip()) for t in num_ids], dtype=torch.bool))  # not whitespace
@@ -379,11 +262,11 @@ class MultipleChoice:
     def _context(tok, row) -> tuple[list[int], list[list[int]], int]:
         """(context ids, continuation ids per choice, length of the decision prompt in each choice's sequence)."""
         if row["question"]:
-            ctx = _encode(tok, f"Question: {row['question']}\nAnswer:", special=True)
-            return ctx, [_encode(tok, " " + c) for c in row["choices"]], len(ctx)
+            ctx = encode(tok, f"Question: {row['question']}\nAnswer:", special=True)
+            return ctx, [encode(tok, " " + c) for c in row["choices"]], len(ctx)
         # WinoGrande: whole sentences after one prefix token; decide on their shared start (before the blank).
-        conts = [_encode(tok, c) for c in row["choices"]]
-        return [_prefix_id(tok)], conts, 1 + _common_prefix(conts)
+        conts = [encode(tok, c) for c in row["choices"]]
+        return [prefix_token(tok)], conts, 1 + _common_prefix(conts)
 
     @classmethod
     def pair(cls, tok, row) -> tuple[list[int], list[int]]:
@@ -397,8 +280,8 @@ class MultipleChoice:
         """Items are scored whole: all choices of an item run in one forward (up to `batch_size` rows per
         forward, items of similar length together), so the item's one decision is made in that pass."""
         tok = model.tokenizer
-        pad = _pad_id(tok)
-        for idx in _batches(len(rows), batch_size):
+        pad = pad_token(tok)
+        for idx in batches(len(rows), batch_size):
             built = [self._context(tok, rows[i]) for i in idx]
             size = [sum(len(built[j][0]) + len(c) for c in built[j][1]) for j in range(len(built))]
             order = sorted(range(len(built)), key=lambda j: -size[j] / len(built[j][1]))  # less padding

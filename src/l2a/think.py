@@ -71,7 +71,8 @@ class ThinkConfig:
 def _answers_after(m, seqs: list[list[int]], pad_id: int) -> list[str | None]:
     """Answer of each sequence when the marker is forced right after it (allowance 0)."""
     from .reasoning import AnswerFormat
-    from .tasks import extract_answer, left_pad
+    from .scoring import left_pad
+    from .tasks import extract_answer
 
     ids, mask = left_pad(seqs, pad_id, m.device)
     fmt = m.answer_format or AnswerFormat.for_tokenizer(m.tokenizer)
@@ -87,7 +88,8 @@ def probe(m, rows: list[dict], cfg: ThinkConfig, path: Path, progress: bool = Tr
     from tqdm import tqdm
 
     from .reasoning import think_length
-    from .tasks import extract_answer, left_pad, math_prompt
+    from .scoring import left_pad
+    from .tasks import extract_answer, math_prompt
 
     tok = m.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0

@@ -401,7 +401,7 @@ VAL_PAIRS = 32  # select != "last": held-out training examples checkpoints are s
 @torch.no_grad()
 def pooled_prompts(m, policy: GatePolicy, prompts: list[list[int]], pad_id: int, batch: int = 16) -> torch.Tensor:
     """(N, H) router inputs of prompts exactly as `generate(budget=...)` computes them (its positions)."""
-    from .tasks import left_pad
+    from .scoring import left_pad
 
     out = []
     for i in range(0, len(prompts), batch):
@@ -421,8 +421,8 @@ def m_router(m, policy, ids, mask):
     """Router-layer hidden states (B, T, H) for a policy not (yet) attached to `m`."""
     saved, m.policy = m.policy, policy
     try:
-        from .tasks import positions
+        from .gated import prefill_positions
 
-        return m._router_pass(ids, mask, positions(mask))
+        return m._router_pass(ids, mask, prefill_positions(mask))
     finally:
         m.policy = saved
