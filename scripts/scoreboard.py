@@ -26,7 +26,7 @@ from l2a.equalcost import LEARNED, static_at_learned
 from l2a.results import read_results
 
 
-R = "docs/results"
+R = Path(__file__).resolve().parents[1] / "docs" / "results"
 STATIC = [f"{R}/paired/greedy/gsm8k.jsonl", f"{R}/paired/greedy/mc_full.jsonl",  # dense, BI, angular, greedy-kl
           f"{R}/dom/mixcal/gsm8k.jsonl:+mc", f"{R}/dom/mixcal/mc_full.jsonl:+mc",  # greedy-kl given the MC pairs
           f"{R}/mcsearch/mixcal128/gsm8k.jsonl:+mc128", f"{R}/mcsearch/mixcal128/mc_full.jsonl:+mc128",
@@ -43,7 +43,7 @@ RECIPES = [f"{name}={R}/{d}/{f}" for name, d in [
     ("domains-text128", "mcsearch/s0"), ("domains-text128-s1", "mcsearch/s1"), ("pooled", "mcsearch/pool"),
     ("refine0.55", "refine/blk"), ("refine0.55-anchor1", "refine/a1"),
     ("refine0.55+0.7", "nested/a01"), ("refine0.55+0.7-anchor1", "nested/a1"), ("refine0.55+0.7-p64", "nested/p64"),
-] for f in ("gsm8k.jsonl", "mc_full.jsonl") if Path(R, d, f).exists()]
+] for f in ("gsm8k.jsonl", "mc_full.jsonl") if (R / d / f).exists()]
 
 
 def _key(r: dict) -> tuple:
