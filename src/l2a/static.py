@@ -276,7 +276,7 @@ def _mc_pairs(tok, cal: Calibration, n: int) -> list[tuple[list[int], list[int]]
 
 def _order_cache() -> Path:
     """Where searched orders are kept between runs: `static/` in the l2a cache root."""
-    from .loading import cache_root
+    from .modelcache import cache_root
 
     return cache_root().parent / "static" if not os.environ.get("L2A_CACHE") else cache_root() / "static"
 
