@@ -487,7 +487,7 @@ def _resolve_auto_dtype(args) -> None:
 
         args.dtype = auto_dtype()
         if args.dtype != "bfloat16":
-            print("l2a: --dtype auto: float32 (this CPU has no native bfloat16; emulated it is ~50-100x slower)",
+            print("l2a: --dtype auto: float32 (this CPU has no native bfloat16; emulated it measured 2x to 80x slower)",
                   file=sys.stderr)
 
 
