@@ -24,6 +24,7 @@ def encode(tok, text: str, special: bool = False) -> list[int]:
 
 
 def pad_token(tok) -> int:
+    """The id left padding uses: pad, else eos (masked out either way)."""
     for t in (tok.pad_token_id, tok.eos_token_id, 0):
         if t is not None:
             return int(t)
@@ -48,7 +49,6 @@ def left_pad(seqs: list[list[int]], pad_id: int, device=None) -> tuple[torch.Ten
             ids[i, T - len(s):] = torch.tensor(s, dtype=torch.long)
             mask[i, T - len(s):] = 1
     return ids.to(device), mask.to(device)
-
 
 
 @torch.inference_mode()
