@@ -5,34 +5,26 @@
 Each IN is a results JSONL (`l2a eval --results`); with `:SUFFIX`, its lines' method names get the suffix
 (`greedy-kl` -> `greedy-kl+mc`), so lines that `l2a eval` keys alike (a static method under another
 calibration, say) stay apart. A line whose (method, data, budget) is already in OUT's earlier files is left
-out (the dense line of each file, mostly). The report counts every method but dense and l2a* as static.
+out (the dense line of each file, mostly; `l2a.results.merge`). The report counts every method but dense
+and l2a* as static.
 """
 
 import json
 import sys
 
+from l2a.results import merge
+
 
 def main() -> None:
     if len(sys.argv) < 3:
         sys.exit(__doc__)
-    out, seen, kept = [], set(), 0
-    for spec in sys.argv[2:]:
-        path, _, suffix = spec.partition(":")
-        for raw in open(path):
-            line = json.loads(raw) if raw.strip() else None
-            if not line or "method" not in line:
-                continue
-            if suffix and line["method"] not in ("dense",) and not line["method"].startswith("l2a"):
-                line["method"] += suffix
-            key = (line["method"], line.get("task"), line.get("data"), json.dumps(line["budget"], sort_keys=True))
-            if key in seen:
-                continue
-            seen.add(key)
-            out.append(json.dumps(line) + "\n")
-            kept += 1
+    try:
+        lines = merge(sys.argv[2:])
+    except ValueError as e:
+        sys.exit(str(e))
     with open(sys.argv[1], "w") as f:
-        f.writelines(out)
-    print(f"{kept} lines -> {sys.argv[1]}", file=sys.stderr)
+        f.writelines(json.dumps(r) + "\n" for r in lines)
+    print(f"{len(lines)} lines -> {sys.argv[1]}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from l2a.equalcost import LEARNED, static_at_learned
-from l2a.results import read_results
+from l2a.results import merge, read_results
 
 
 R = Path(__file__).resolve().parents[1] / "docs" / "results"
@@ -46,26 +46,12 @@ RECIPES = [f"{name}={R}/{d}/{f}" for name, d in [
 ] for f in ("gsm8k.jsonl", "mc_full.jsonl") if (R / d / f).exists()]
 
 
-def _key(r: dict) -> tuple:
-    return r["method"], Path(r["data"]).stem, json.dumps(r["budget"], sort_keys=True)
-
-
 def load_pool(specs: list[str]) -> list[dict]:
-    pool, seen = [], set()
-    for spec in specs:
-        path, _, suffix = spec.partition(":")
-        lines = read_results(path)
-        if not lines:
-            sys.exit(f"{path}: no results lines (missing, or not an `l2a eval` results file)")
-        for r in lines:
-            if r.get("method") in LEARNED:
-                continue
-            if suffix and r["method"] != "dense":
-                r = {**r, "method": r["method"] + suffix}
-            if _key(r) not in seen:
-                seen.add(_key(r))
-                pool.append(r)
-    return pool
+    """The static and dense lines of `specs` (`l2a.results.merge`: suffixes, first file wins)."""
+    try:
+        return [r for r in merge(specs) if r["method"] not in LEARNED]
+    except ValueError as e:
+        sys.exit(str(e))
 
 
 def score(pool: list[dict], name: str, path: str) -> list[dict]:

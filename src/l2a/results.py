@@ -81,3 +81,28 @@ def finished(out) -> dict[str, dict]:
         print(f"l2a eval: {out}: {len(lines)} line(s) of {task} were scored by metric version {was} (now "
               f"{getattr(TASKS.get(task), 'metric_version', 1)}); scoring them again", file=sys.stderr)
     return done
+
+
+def merge(specs: list[str]) -> list[dict]:
+    """The lines of several results files as one list, to compare runs side by side (scripts/combine.py,
+    scripts/scoreboard.py). Each spec is `PATH` or `PATH:SUFFIX`; with a suffix, the file's static lines get
+    it on their method name (`greedy-kl` -> `greedy-kl+mc`) so one method under two calibrations stays two
+    curves (dense and the learned `l2a*` lines keep theirs). A point already given by an earlier file (same
+    method, task, data and budget: mostly each file's dense line) is left out. A missing or empty file is a
+    ValueError."""
+    out, seen = [], set()
+    for spec in specs:
+        path, _, suffix = spec.partition(":")
+        lines = read_results(path)
+        if not lines:
+            raise ValueError(f"{path}: no results lines (missing, or not an `l2a eval` results file)")
+        for r in lines:
+            if "method" not in r:
+                continue
+            if suffix and r["method"] != "dense" and not r["method"].startswith("l2a"):
+                r = {**r, "method": r["method"] + suffix}
+            key = (r["method"], r.get("task"), r.get("data"), json.dumps(r["budget"], sort_keys=True))
+            if key not in seen:
+                seen.add(key)
+                out.append(r)
+    return out
