@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The methods of the issue that `scripts/pareto.sh` leaves out, on the same items: even-spaced, drop-last and
 # random (2 seeds, averaged) on the layer axis, static-groups on the KV-group axis (2 of 3 groups per layer),
-# with dense as the reference. Resumable: rerun to continue.
+# with dense as the reference. Resumable: rerun to continue (2026-12-07 ran all but GSM8K random and even-spaced 0.85).
 #   bash scripts/pareto_rest.sh [extra l2a eval flags]   (the README's figures: fp32, the default dtype)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/venv.sh"
@@ -13,5 +13,5 @@ l2a eval "${MC[@]}" --budgets 1.0,0.85,0.7,0.55 --axes layers --methods dense,ev
     --results "$OUT/mc.jsonl" "$@"
 l2a eval "${MC[@]}" --budgets 0.7 --axes heads --methods static-groups --seeds 1 --results "$OUT/mc_heads.jsonl" "$@"
 l2a eval --task gsm8k-loglik --data "$DATA/gsm8k/test.jsonl" --limit 1319 --budgets 1.0,0.85,0.7,0.55 --axes layers \
-    --methods dense,drop-last,even-spaced --seeds 1 --results "$OUT/gsm8k.jsonl" "$@"
+    --methods dense,drop-last,even-spaced,random --seeds 2 --results "$OUT/gsm8k.jsonl" "$@"
 for f in mc mc_heads gsm8k; do l2a report "$OUT/$f.jsonl" --out-dir "$OUT/${f}_report"; done
