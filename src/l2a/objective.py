@@ -15,7 +15,7 @@ one of two estimators (`TrainConfig.estimator`):
 - *straight-through* ("st", the default): one Gumbel-sigmoid sample per row, hard 0/1 forward through the
   soft-masked model (`GatedModel.soft`, every layer computed), sigmoid gradient backward. Cheap per sample,
   but the gradient is the first-order effect of scaling a layer's update, which can rank layers badly for
-  removing them (measured: training from a greedy-KL ranking made it worse, see README).
+  removing them (measured: training from a greedy-KL ranking made it worse, see docs/results/gates.md).
 - *score function* ("score"): `samples` Bernoulli gate sets per row, each run by the real sparse runtime
   (skipped layers run nothing; no backward through the base model), and the REINFORCE gradient
   (task cost − leave-one-out mean of the other samples) · ∇ log p(gates). Unbiased for the expected task

@@ -87,7 +87,7 @@ def extract_answer(text: str) -> str | None:
 
 # The instruction after the question (chat prompts). `concise` is the reasoning axis's shorter style: measured
 # on Qwen2.5-Coder-1.5B, the `steps` prompt draws long Python-code chains and a numeric limit in the prompt
-# ("at most 100 tokens") is ignored, while this instruction halves the chain (README, reasoning axis).
+# ("at most 100 tokens") is ignored, while this instruction halves the chain (docs/results/think.md).
 INSTRUCTIONS = {
     "steps": "Solve it step by step, then give the final number on the last line as '#### N'.",
     "concise": "Solve it step by step in a few short sentences of plain words (no code), "

@@ -189,7 +189,7 @@ def fit(policy: GatePolicy, pooled: torch.Tensor, targets: torch.Tensor, train: 
     by what the allowance is judged on (with `thinks`): the share of prompts that keep their dense answer
     at the mean think tokens it spends, against the best input-blind policy at those tokens (`cap_gain`),
     averaged over b_think 0.3 to 0.9; ties go to the input-blind quantile rule. On real models a better
-    likelihood alone did not keep more answers (README, reasoning axis). Without `thinks`: quantile rule,
+    likelihood alone did not keep more answers (docs/results/think.md). Without `thinks`: quantile rule,
     by NLL. `cap_gain_test` reports the chosen fit's gain on the held-out rows."""
     y = torch.log(targets.double() + THINK_OFFSET)  # (N,)
     if lengths is not None:  # standardise log prompt length on the training rows
