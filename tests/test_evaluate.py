@@ -105,6 +105,15 @@ def test_random_averages_over_seeds(gm, files, tmp_path):
     from l2a.budget import Budget
 
     assert r["realized_layers"] == kept_count(4, Budget(0.5).layers) / 4
+    # Per-item NLLs are averaged over seeds too, so a paired comparison of NLL reads the line's own NLL.
+    def nll_line(seeds):  # at 3 of 4 layers, seed 0 skips layer 1 and seeds 1 and 2 skip layer 2
+        return run(gm, files, None, task="gsm8k-loglik", data_files=[str(files[1])], methods=["random"],
+                   budgets=[Budget(layers=0.7)], seeds=seeds, limit=3)[0]
+
+    one, three = nll_line(1), nll_line(3)
+    assert one["modal_skipped"] == [1] and one["item_nll"] != three["item_nll"]
+    assert sum(three["item_nll"]) / sum(three["item_tokens"]) == pytest.approx(three["nll"], rel=1e-3)
+    assert three["item_tokens"] == one["item_tokens"]
 
 
 def test_gsm8k_generation_fields(gm, files, tmp_path):

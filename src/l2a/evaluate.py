@@ -27,7 +27,7 @@ Fields of a line (besides method, task, data, source, budget, n, config, provena
   `timing_repeats`, these come from the interleaved re-timing of the file's points (retime.py: `timing`
   holds its rounds) and the scoring pass's own value is kept as `seconds_per_item_single`.
 - `item_scores`: each item's score (mean over seeds), in file order, so two lines on the same items can be
-  compared item by item (paired.py); gsm8k-loglik adds `item_nll` (each item's summed NLL of the reference)
+  compared item by item (paired.py); gsm8k-loglik adds `item_nll` (each item's summed NLL of the reference, mean over seeds)
   and `item_tokens` (its scored tokens): per-token NLL is sum(item_nll) / sum(item_tokens).
 
 This module does not plot (`pareto.py`) and does not parse command lines (`cli.py`).
@@ -348,6 +348,13 @@ def _diversity(decisions: list) -> dict:
             "modal_skipped": [i for i, keep in enumerate(modal) if not keep]}
 
 
+def _mean_items(per_seed: list[list]) -> list:
+    """Item-by-item mean of one per-item list per seed; a list equal in every seed is kept as it is."""
+    if all(v == per_seed[0] for v in per_seed):
+        return per_seed[0]
+    return [round(float(np.mean(vs)), 4) for vs in zip(*per_seed)]
+
+
 def _summarize(runs, task, budget: Budget, cost: CostModel, name: str) -> dict:
     n = len(runs[0][0])
     scores = np.mean([[it.score for it in items] for items, _ in runs], axis=0) if n else np.zeros(0)  # (n,)
@@ -393,8 +400,9 @@ def _summarize(runs, task, budget: Budget, cost: CostModel, name: str) -> dict:
             record["agreement"] = 1.0
     record["item_scores"] = [round(float(v), 4) for v in scores]
     per_item = getattr(task, "per_item", None)
-    if per_item is not None:
-        record.update(per_item(first))
+    if per_item is not None:  # each item's values averaged over seeds, as its score is
+        per_seed = [per_item(items) for items, _ in runs]
+        record.update({k: _mean_items([p[k] for p in per_seed]) for k in per_seed[0]})
     if len(runs) > 1:
         record["accuracy_per_seed"] = [mean(it.score for it in items) for items, _ in runs]
     extras = [task.aggregate(items) for items, _ in runs]
