@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The methods of the issue that `scripts/pareto.sh` leaves out, on the same items: even-spaced, drop-last and
 # random (2 seeds, averaged) on the layer axis, static-groups on the KV-group axis (2 of 3 groups per layer),
-# with dense as the reference. Resumable: rerun to continue (2026-12-07 ran all but GSM8K random and even-spaced 0.85).
+# with dense as the reference. Resumable: rerun to continue (2026-12-07 ran all of it, in two sessions).
 #   bash scripts/pareto_rest.sh [extra l2a eval flags]   (the README's figures: fp32, the default dtype)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/venv.sh"
