@@ -13,7 +13,8 @@ Fields of a line (besides method, task, data, source, budget, n, config, provena
 - `think_tokens`: mean think tokens, generated before the answer marker (gsm8k); 0 for scoring tasks.
   `forced`: share of items whose answer was budget-forced. `predictions` (gsm8k): per-item extracted
   answers; `agreement`: share of items whose answer equals the dense point's on the same data (the
-  length-control measure for models whose accuracy is near zero).
+  length-control measure for models whose accuracy is near zero). For a seeded method (random) both are
+  seed 0's, while the accuracy is the mean over seeds.
 - `axis`: which budget axis the point varies (`all` = the scalar schedule; `layers`, `heads`, `think`
   alone, the others at 1.0).
 - `flops_per_token` (modeled): `CostModel.decode_flops` of the item's decision at the item's length
