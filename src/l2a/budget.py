@@ -48,7 +48,8 @@ def _balanced(b: float) -> tuple[float, float, float]:
 
 
 SCHEDULES = {"layers-first": _layers_first, "think-first": _think_first, "balanced": _balanced}
-DEFAULT_SCHEDULE = "think-first"  # chosen by measurement (scripts/schedule.sh): see docs/results/think.md "Choosing the schedule"
+# Chosen by measurement (scripts/schedule.sh): see docs/results/think.md "Choosing the schedule".
+DEFAULT_SCHEDULE = "think-first"
 
 
 def scalar_schedule(b: float, schedule: str | None = None) -> tuple[float, float, float]:

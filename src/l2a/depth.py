@@ -2,9 +2,9 @@
 
 Why: at one budget, prompts differ in how much a missing layer costs them. Measured on SmolLM2 with GSM8K
 chains (docs/results/gates.md): each chain given its own layer count at the same mean compute would lower
-KL(dense ‖ gated) by 12–14% (an oracle), and prompt features predict part of it. The sampled-gate objective learns this only
-weakly (its gradient is noisy at 4 samples per row), so the depth head is fit directly on the objective's two
-terms, KL and layer cost, measured exactly on a grid of shifts:
+KL(dense ‖ gated) by 12–14% (an oracle), and prompt features predict part of it. The sampled-gate objective
+learns this only weakly (its gradient is noisy at 4 samples per row), so the depth head is fit directly on the
+objective's two terms, KL and layer cost, measured exactly on a grid of shifts:
 
 1. For held-out training chains (never trained on), the gates decide at the request `budget` moved by s
    layers, s in `shifts`: per-chain KL sums KL_i(s) and realized counts n_i(s).
@@ -24,10 +24,10 @@ the request), and strict mode still caps each request. `l2a fit-depth` adds a he
 on chains its training never reached, at full length (`fit_artifact`).
 
 Measured (docs/results/gates.md): fit on chains cut at the training max_len (160 tokens) the head did not
-transfer to whole test chains (6.4% worse than the budget-only ablation); fit on whole chains with a price
-per chain only it was 5.5% better at equal mean layers but 0.4% at answer-token-weighted layers. With both counts held
-(`spend`): 3.5% and 2.4% on the whole GSM8K test split (CIs 2.5–4.5% and 1.3–3.4%; the gates without a head:
-1.7% and 0.8%). Not here: the gates (gates.py), training (train.py).
+transfer to whole test chains (6.4% worse than the budget-only ablation); fit on whole chains with a price per
+chain only it was 5.5% better at equal mean layers but 0.4% at answer-token-weighted layers. With both counts
+held (`spend`): 3.5% and 2.4% on the whole GSM8K test split (CIs 2.5–4.5% and 1.3–3.4%; the gates without a
+head: 1.7% and 0.8%). Not here: the gates (gates.py), training (train.py).
 """
 
 from __future__ import annotations

@@ -28,8 +28,8 @@ Fields of a line (besides method, task, data, source, budget, n, config, provena
   `timing_repeats`, these come from the interleaved re-timing of the file's points (retime.py: `timing`
   holds its rounds) and the scoring pass's own value is kept as `seconds_per_item_single`.
 - `item_scores`: each item's score (mean over seeds), in file order, so two lines on the same items can be
-  compared item by item (paired.py); gsm8k-loglik adds `item_nll` (each item's summed NLL of the reference, mean over seeds)
-  and `item_tokens` (its scored tokens): per-token NLL is sum(item_nll) / sum(item_tokens).
+  compared item by item (paired.py); gsm8k-loglik adds `item_nll` (each item's summed NLL of the reference,
+  mean over seeds) and `item_tokens` (its scored tokens): per-token NLL is sum(item_nll) / sum(item_tokens).
 
 This module does not plot (`pareto.py`) and does not parse command lines (`cli.py`).
 """

@@ -2,8 +2,8 @@
 
 Training minimises an expectation over *sampled* gate sets; inference runs one *deterministic* set per
 prompt and budget. The two can disagree: a run that lowers its training loss can still rank layers
-worse than where it started (a greedy-KL warm start did, see docs/results/gates.md; training from searched sets moved
-one of them to a worse set, docs/results/nested). So `l2a train --select val-kl` measures, every
+worse than where it started (a greedy-KL warm start did, see docs/results/gates.md; training from searched
+sets moved one of them to a worse set, docs/results/nested). So `l2a train --select val-kl` measures, every
 `val_every` steps and before the first, the quantity the gates are judged on: teacher-forced
 KL(dense ‖ gated) over the answer tokens of held-out training examples (not those the greedy warm start
 searched on), each prompt running its own layer set at each of `val_budgets` (default 0.6 / 0.7 / 0.8),
