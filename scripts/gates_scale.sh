@@ -3,7 +3,7 @@
 # scripts/pareto_scale.sh (run that first: this appends to its results file). The recipe is the embedded default's
 # best out-of-domain one (`--warm-domains`, docs/results/recipes.md): one greedy-KL order per training source (16
 # GSM8K chains; 16 SIQA + CommonsenseQA pairs), the router fit so each prompt starts from its own source's order,
-# then half of each step on those pairs. 100 steps instead of 300 (~22 s a step on 2 fp32 cores, after ~32 min of
+# then half of each step on those pairs. 100 steps instead of 300 (~22 s a step on 2 fp32 cores, after ~35 min of
 # search). The warm start untrained is scored too. Then GSM8K by teacher-forced NLL (first 200 test items) for
 # dense, the gates and the two static methods.
 # Resumable: rerun to continue.
@@ -18,8 +18,8 @@ mkdir -p "$OUT"
 RECIPE=(--model "$MODEL" --dtype float32 --seed 0 --max-len 160 --warm-start greedy-kl --warm-scale 3 --estimator score
     --samples 4 --dense-at-full --dual signed --noise-end 0.1 --warm-text 16 --warm-domains --train-text 0.5
     --mix-mc "$DATA/mc/siqa.jsonl" "$DATA/mc/commonsenseqa.jsonl")
-MC=(--task mc --data "$DATA/mc/arc_easy.jsonl" --data "$DATA/mc/piqa.jsonl" --limit 500 --budgets 1.0,0.85,0.7
-    --axes layers --seeds 1)
+SWEEP=(--budgets 1.0,0.85,0.7 --axes layers --seeds 1)
+MC=(--task mc --data "$DATA/mc/arc_easy.jsonl" --data "$DATA/mc/piqa.jsonl" --limit 500 "${SWEEP[@]}")
 l2a train "${RECIPE[@]}" --gates-out "$GATES" --steps "${L2A_SCALE_STEPS:-100}" --lr 1e-3 --out "$OUT/train.jsonl"
 l2a eval --model "$MODEL" --gates "$GATES" "${MC[@]}" --methods l2a --results "$OUT/mc.jsonl" "$@"
 # The warm start alone (the same searched orders, copied; one step at lr 1e-9 leaves the router as fit, then
@@ -30,6 +30,5 @@ l2a train "${RECIPE[@]}" --gates-out "$OUT/gates-untrained" --steps 1 --lr 1e-9 
 l2a eval --model "$MODEL" --gates "$OUT/gates-untrained" "${MC[@]}" --methods l2a \
     --results "$OUT/mc_untrained.jsonl" "$@"
 l2a eval --model "$MODEL" --gates "$GATES" --task gsm8k-loglik --data "$DATA/gsm8k/test.jsonl" --limit 200 \
-    --budgets 1.0,0.85,0.7 --axes layers --methods dense,l2a,angular,block-influence --seeds 1 \
-    --results "$OUT/gsm8k.jsonl" "$@"
+    "${SWEEP[@]}" --methods dense,l2a,angular,block-influence --results "$OUT/gsm8k.jsonl" "$@"
 for f in mc mc_untrained gsm8k; do l2a report "$OUT/$f.jsonl" --out-dir "$OUT/${f}_report"; done
