@@ -736,8 +736,8 @@ def test_mix_mc_trains_on_correct_choice_pairs_the_search_never_sees(tmp_path, m
 
     import l2a.swap
     import l2a.train
-    from l2a.mix import HELD, ordered
-    from l2a.train import WARM_PAIRS
+    from l2a.mix import HELD, calibration_pairs, ordered
+    from l2a.train import WARM_PAIRS, example_order
 
     words = "red green blue amber violet".split()
     rows = [{"question": f"Which colour is item {i}?", "choices": words[: 2 + i % 3], "answer": i % 2} for i in range(80)]
@@ -768,6 +768,22 @@ def test_mix_mc_trains_on_correct_choice_pairs_the_search_never_sees(tmp_path, m
     assert len(steps) == 3 and len(drawn) > 6 and len(seen[0]) == WARM_PAIRS + 2
     for step, b in enumerate(steps):
         assert b[2:] == drawn[2 * step : 2 * step + 2]
+    # the calibration table is fit on the task's held-out prompts and, in the training share, held-out pairs:
+    # those the search did not use first (never the drawn ones); the realized mean on both together tracks
+    calib = calibration_pairs(cfg, m.tokenizer)
+    assert calib == mixed[2:6] and not {tuple(p) for p, _ in calib} & {tuple(p) for p, _ in drawn}
+    summary = json.loads((tmp_path / "gates" / "l2a_config.json").read_text())["training"]
+    exs, _ = _examples(cfg, m.tokenizer)
+    task = [exs[i][0] for i in example_order(cfg, len(exs))[: cfg.calib_prompts]]
+    policy = load_gates(cfg.out, m.hf)
+    pool = task + [p for p, _ in calib]
+    for b in (0.8, 0.6, 0.4):
+        assert abs(sum(realized_layers(m, policy, pool, 0, b)) / len(pool) - b) <= 1 / (L * len(pool)) + 1e-9, b
+    assert set(summary["calibration_tracking"]) == {"task", "mc"}
+    assert summary["calibration_tracking"]["mc"]["0.7"] == round(sum(realized_layers(m, policy, pool[4:], 0, 0.7)) / 4, 4)
+    assert recalibrate(m, cfg.out)["prompts"] == {"task": 4, "mc": 4}
+    assert load_gates(cfg.out, m.hf).config.calibration == summary["calibration"]  # refit on the same prompts
+    assert calibration_pairs(TrainConfig(**{**cfg.__dict__, "calib_mix": False}), m.tokenizer) == []
     train(cfg, model=m, progress=False)  # resumes: the saved config (a JSON list) equals the one given
     with pytest.raises(ValueError, match="second source"):
         TrainConfig(mix_mc=[str(mc)])

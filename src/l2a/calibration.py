@@ -2,9 +2,12 @@
 
 Raw gates need not keep the fraction they are asked for (the shipped SmolLM2 gates keep at most 0.74 of
 the layers at any budget). After training, a table gives each requested layer budget a logit threshold
-(`GatePolicy.threshold`), fit on prompts the training run held out; `l2a calibrate` refits it for an
-existing artifact without touching the gate weights. Tracking is measured by gatecheck.py. Not here:
-training (train.py) or the decisions themselves (gates.py).
+(`GatePolicy.threshold`), fit on prompts the training run held out: the task's, and for gates trained on
+MC pairs too (`--mix-mc`) held-out pairs in the training share (mix.calibration_pairs), since a router
+trained on both routes them apart and a table fit on one alone misses the request on the other. `tracking`
+says how well each source is met; `l2a calibrate` refits the table for an existing artifact without
+touching the gate weights. Tracking on evaluation data is measured by gatecheck.py. Not here: training
+(train.py) or the decisions themselves (gates.py).
 """
 
 from __future__ import annotations
@@ -19,6 +22,15 @@ def realized_layers(m, policy, prompts: list[list[int]], pad_id: int, budget: fl
     """Realized layer fraction per prompt at `budget` (layer axis), from the policy's hard decisions."""
     ds = policy.decisions(pooled_prompts(m, policy, prompts, pad_id), [Budget(layers=budget)] * len(prompts), mode=mode)
     return [d.layer_fraction for d in ds]
+
+
+TRACKED = (0.85, 0.7, 0.55)  # the layer budgets `tracking` reports
+
+
+def tracking(m, policy, sources: dict[str, list[list[int]]], pad_id: int, budgets=TRACKED) -> dict:
+    """{source: {budget: mean realized layer fraction}} of the calibrated policy on each source's prompts."""
+    return {name: {str(b): round(sum(r := realized_layers(m, policy, ps, pad_id, b)) / len(r), 4) for b in budgets}
+            for name, ps in sources.items() if ps}
 
 
 def calibrate(m, policy, prompts, pad_id, grid=None) -> list[list[float]]:
@@ -56,8 +68,10 @@ def recalibrate(m, directory, prompts: int | None = None) -> dict:
     """Refit the calibration table of the gate artifact in `directory` for base model `m` and rewrite its
     l2a_config.json (the gate weights are untouched). Prompts are those its training run held out: the
     first `calib_prompts` of its seeded order, then (for `prompts` beyond that) the end of the order,
-    which training never reached; refused if it did."""
+    which training never reached (refused if it did); plus its held-out MC pairs as training picks them
+    (mix.calibration_pairs, for the run's calib_prompts)."""
     from .checkpoint import load_gates, read_config, save_gates
+    from .mix import calibration_pairs
 
     meta = read_config(directory)
     training = meta.get("training") or {}
@@ -77,8 +91,13 @@ def recalibrate(m, directory, prompts: int | None = None) -> dict:
     held = order[: min(n, cfg.calib_prompts)] + (order[-extra:] if extra else [])
     policy = load_gates(directory, m.hf)
     pad_id = m.tokenizer.pad_token_id if m.tokenizer.pad_token_id is not None else 0
-    table = calibrate(m, policy, [examples[i][0] for i in held], pad_id)
+    sources = {"task": [examples[i][0] for i in held], "mc": [p for p, _ in calibration_pairs(cfg, m.tokenizer)]}
+    table = calibrate(m, policy, sources["task"] + sources["mc"], pad_id)
     policy.config.calibration = table
-    training = {**training, "calibration": table, "recalibrated": {"prompts": len(held), "data_source": source}}
+    tracked = tracking(m, policy, sources, pad_id)
+    counts = {k: len(v) for k, v in sources.items() if v}
+    training = {**training, "calibration": table, "calibration_tracking": tracked,
+                "recalibrated": {"prompts": counts, "data_source": source}}
     save_gates(policy, directory, m.hf, extra=training)
-    return {"gates": str(directory), "prompts": len(held), "data_source": source, "calibration": table}
+    return {"gates": str(directory), "prompts": counts, "data_source": source, "calibration": table,
+            "calibration_tracking": tracked}

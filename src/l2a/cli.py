@@ -257,7 +257,8 @@ def cmd_calibrate(args) -> int:
     args.no_gates = True
     gm = _load(args)
     res = recalibrate(gm, args.gates, prompts=args.prompts)
-    print(f"calibration of {args.gates} refit on {res['prompts']} held-out prompts ({res['data_source']})", file=sys.stderr)
+    counts = " + ".join(f"{n} {k}" for k, n in res["prompts"].items())
+    print(f"calibration of {args.gates} refit on {counts} held-out prompts ({res['data_source']})", file=sys.stderr)
     _emit(run_record("calibrate", {k: getattr(args, k) for k in ("model", "gates", "prompts", "dtype")}, res), args.out)
     return 0
 

@@ -7,7 +7,8 @@ input-aware router has a reason to route them differently. Sets trained on this 
 held-out evaluation data for those gates; evaluate on the others.
 
 Either way the examples come in one seeded order. Its first `max(HELD, warm_text)` are never trained on:
-the greedy warm-start search takes its `warm_text` from the front.
+the greedy warm-start search takes its `warm_text` from the front, and MC pairs join the calibration table's
+prompts from there (`calibration_pairs`).
 """
 
 from __future__ import annotations
@@ -55,3 +56,16 @@ def training_pairs(cfg, tok) -> list[tuple[list[int], list[int]]]:
     if not out:
         raise ValueError(f"no second-source examples left to train on after the first {max(HELD, cfg.warm_text)}")
     return out
+
+
+def calibration_pairs(cfg, tok) -> list[tuple[list[int], list[int]]]:
+    """The second-source examples the calibration table is fit on beside the task's held-out prompts
+    (calibration.py), so a requested budget is met on both kinds of prompt the gates were trained for, in the
+    training share: round(calib_prompts * train_text / (1 - train_text)) of them. None unless the gates train
+    on MC pairs (prose windows are a regulariser, not traffic) and cfg.calib_mix. They come from the held-out
+    front of the order: those the warm-start search did not use first, then those it did."""
+    if not (cfg.mix_mc and cfg.train_text and cfg.calib_prompts and cfg.calib_mix):
+        return []
+    front = ordered(tok, cfg.seed, cfg.mix_mc)[: max(HELD, cfg.warm_text)]
+    front = front[cfg.warm_text :] + front[: cfg.warm_text]
+    return front[: round(cfg.calib_prompts * cfg.train_text / (1 - cfg.train_text))]

@@ -97,6 +97,8 @@ class TrainConfig:
     fixed_budget: float | None = None  # tuned-static baseline: every row at this layer budget, budget-only gates
     save_every: int = 50  # checkpoint period (steps)
     calib_prompts: int = 64  # held-out train prompts for the calibration table (0 = none)
+    calib_mix: bool = True  # with mix_mc: fit that table on held-out MC pairs too, in the training share
+    #   (mix.calibration_pairs); False = on the task's prompts alone (artifacts before 2026-12-07)
     depth_pairs: int = 0  # held-out train chains to fit a depth head on after training (0 = none; depth.py)
     depth_max_len: int = 320  # their length, prompt included: whole chains (check-gates' test chains are cut at 320)
     limit: int | None = None  # use only the first N training examples
@@ -372,17 +374,21 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     log.close()
     selected = selector.restore(policy) if selector is not None else None
     policy.eval()
-    from .calibration import calibrate
+    from .calibration import calibrate, tracking
+    from .mix import calibration_pairs
 
-    table = calibrate(m, policy, [p for p, _ in calib], pad_id) if calib else []
+    sources = {"task": [p for p, _ in calib], "mc": [p for p, _ in calibration_pairs(cfg, tok)]}
+    table = calibrate(m, policy, sources["task"] + sources["mc"], pad_id) if calib else []
     policy.config.calibration = table
     depth = None
     if cfg.depth_pairs and not gcfg.budget_only:  # the ablation reads no input: no depth head
         from .depth import fit_depth
 
         depth = fit_depth(m, policy, depth_set, pad_id, progress=progress)
+    tracked = tracking(m, policy, sources, pad_id) if calib else {}  # as decided at inference, depth head included
     summary = {"config": dataclasses.asdict(cfg), "data_source": source, "train_examples": len(train_idx),
                "seconds": round(time.time() - t0, 1), "lambdas": lambdas, "calibration": table,
+               "calibration_tracking": tracked,
                "gate_params": policy.n_params(), **warm,
                **({"selected": selected} if selected else {}), **({"depth": depth} if depth else {})}
     save_gates(policy, out, m.hf, extra=summary)
