@@ -73,12 +73,13 @@ def test_calib_mc_search_needs_calib_mc(capsys, tmp_path):
 
 
 def test_calib_flags_make_the_static_baselines_calibration():
+    from l2a.commands import _calibration
     from l2a.static import Calibration
 
     args = cli._parser().parse_args(["eval", "--task", "mc", "--calib-search", "64", "--calib-mc", "a.jsonl", "b.jsonl",
                                      "--calib-mc-search", "128"])
-    assert cli._calibration(args) == Calibration(search=64, mc=("a.jsonl", "b.jsonl"), mc_search=128)
-    assert cli._calibration(cli._parser().parse_args(["eval", "--task", "mc"])) == Calibration()
+    assert _calibration(args) == Calibration(search=64, mc=("a.jsonl", "b.jsonl"), mc_search=128)
+    assert _calibration(cli._parser().parse_args(["eval", "--task", "mc"])) == Calibration()
 
 
 def test_fit_depth_and_check_gates_without_statics_say_what_they_need(capsys):

@@ -1,6 +1,6 @@
 """The main job (`l2a demo`) and one-off generation (`l2a generate`): answer a GSM8K question at several
 budgets with the loaded gates (layers, KV-head groups and think allowance), streaming, then a short
-Pareto sweep and bench. Called by cli.py, which parses the flags.
+Pareto sweep and bench. Called by commands.py; cli.py parses the flags.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from .cli import _emit, _load
+from .commands import _emit, _load
 
 # Built-in question for `l2a demo` when no GSM8K file is found (an original GSM8K-style problem).
 BUILTIN_QUESTION = (
