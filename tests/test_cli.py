@@ -142,3 +142,14 @@ def test_warm_refine_takes_several_budgets_and_refuses_bad_ones(capsys, tmp_path
     assert "topk needs estimator score" in capsys.readouterr().err
     assert cli._parser().parse_args(["train", "--estimator", "score", "--sampler", "topk"]).sampler == "topk"
     assert not (tmp_path / "g").exists()
+
+
+def test_train_flags_reach_the_train_config(monkeypatch, tmp_path):
+    import l2a.train
+
+    seen = []
+    monkeypatch.setattr(l2a.train, "train", lambda cfg: seen.append(cfg) or {"config": {}, "gate_params": 0, "seconds": 0})
+    mc = ["--warm-start", "greedy-kl", "--train-text", "0.5", "--mix-mc", "a.jsonl", "--dtype", "float32"]
+    for flags, calib_mix in (([], True), (["--no-calib-mix"], False)):
+        assert cli.main(["train", "--gates-out", str(tmp_path / "g"), *mc, *flags]) == 0
+        assert (seen[-1].mix_mc, seen[-1].train_text, seen[-1].calib_mix) == (["a.jsonl"], 0.5, calib_mix)

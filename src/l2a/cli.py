@@ -176,6 +176,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--mix-mc", nargs="+", metavar="FILE",
                    help="the second source: these multiple-choice files' (question, correct choice) pairs instead of "
                         "prose (e.g. ../shared/data/mc/siqa.jsonl; evaluate on other sets)")
+    t.add_argument("--calib-mix", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --mix-mc: fit the budget calibration on held-out pairs too, in the --train-text share "
+                        "(--no-calib-mix: on GSM8K prompts alone, as before 2026-12-07)")
     t.add_argument("--select", choices=("last", "val-kl", "val-exact"), default="last",
                    help="artifact = last step, or the checkpoint with the lowest held-out KL of its layer sets: "
                         "top-k by keep-logit (val-kl) or the exact-mode sets l2a-exact evaluates (val-exact)")

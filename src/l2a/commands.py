@@ -99,8 +99,8 @@ def cmd_train(args) -> int:
                           estimator=args.estimator, samples=args.samples, sampler=args.sampler, dense_at_full=args.dense_at_full,
                           warm_scale=args.warm_scale, warm_pairs=args.warm_pairs, warm_text=args.warm_text,
                           warm_domains=args.warm_domains, warm_refine=args.warm_refine, anchor=args.anchor,
-                          train_text=args.train_text, mix_mc=args.mix_mc or [], cost=args.cost, row_tol=args.row_tol,
-                          depth_pairs=args.depth_pairs,
+                          train_text=args.train_text, mix_mc=args.mix_mc or [], calib_mix=args.calib_mix,
+                          cost=args.cost, row_tol=args.row_tol, depth_pairs=args.depth_pairs,
                           depth_max_len=args.depth_max_len,
                           **({"calib_prompts": 0} if args.fixed_budget else {}))
     summary = train(cfg)
