@@ -5,7 +5,11 @@
 # GSM8K chains; 16 SIQA + CommonsenseQA pairs), the router fit so each prompt starts from its own source's order,
 # then half of each step on those pairs. 100 steps instead of 300 (~22 s a step on 2 fp32 cores, after ~35 min of
 # search). The warm start untrained is scored too. Then GSM8K by teacher-forced NLL (first 200 test items) for
-# dense, the gates and the two static methods.
+# dense, the gates and the two static methods; and greedy-kl searched on the gates' own sources (16 GSM8K chains
+# + 16 of the same pairs; ~50 min of search), the static baseline with the same data access, on both tasks.
+# The budget calibration is fit on held-out GSM8K prompts and MC pairs together (the default since 2026-12-07;
+# records in docs/results/scale/*_mixcal.jsonl); the first records (qwen05_mc.jsonl's l2a lines) were fit on
+# GSM8K alone, which `--no-calib-mix` in RECIPE reproduces.
 # Resumable: rerun to continue.
 #   bash scripts/gates_scale.sh [extra l2a eval flags]      (L2A_SCALE_MODEL, L2A_SCALE_STEPS override)
 set -euo pipefail
@@ -19,6 +23,7 @@ RECIPE=(--model "$MODEL" --dtype float32 --seed 0 --max-len 160 --warm-start gre
     --samples 4 --dense-at-full --dual signed --noise-end 0.1 --warm-text 16 --warm-domains --train-text 0.5
     --mix-mc "$DATA/mc/siqa.jsonl" "$DATA/mc/commonsenseqa.jsonl")
 SWEEP=(--budgets 1.0,0.85,0.7 --axes layers --seeds 1)
+FAIR=(--methods greedy-kl --calib-search 16 --calib-mc "$DATA/mc/siqa.jsonl" "$DATA/mc/commonsenseqa.jsonl" --calib-mc-search 16)
 MC=(--task mc --data "$DATA/mc/arc_easy.jsonl" --data "$DATA/mc/piqa.jsonl" --limit 500 "${SWEEP[@]}")
 l2a train "${RECIPE[@]}" --gates-out "$GATES" --steps "${L2A_SCALE_STEPS:-100}" --lr 1e-3 --out "$OUT/train.jsonl"
 l2a eval --model "$MODEL" --gates "$GATES" "${MC[@]}" --methods l2a --results "$OUT/mc.jsonl" "$@"
@@ -31,4 +36,7 @@ l2a eval --model "$MODEL" --gates "$OUT/gates-untrained" "${MC[@]}" --methods l2
     --results "$OUT/mc_untrained.jsonl" "$@"
 l2a eval --model "$MODEL" --gates "$GATES" --task gsm8k-loglik --data "$DATA/gsm8k/test.jsonl" --limit 200 \
     "${SWEEP[@]}" --methods dense,l2a,angular,block-influence --results "$OUT/gsm8k.jsonl" "$@"
+l2a eval --model "$MODEL" "${MC[@]}" "${FAIR[@]}" --results "$OUT/mc.jsonl" "$@"
+l2a eval --model "$MODEL" --task gsm8k-loglik --data "$DATA/gsm8k/test.jsonl" --limit 200 "${SWEEP[@]}" "${FAIR[@]}" \
+    --results "$OUT/gsm8k.jsonl" "$@"
 for f in mc mc_untrained gsm8k; do l2a report "$OUT/$f.jsonl" --out-dir "$OUT/${f}_report"; done
