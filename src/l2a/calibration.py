@@ -29,8 +29,13 @@ TRACKED = (0.85, 0.7, 0.55)  # the layer budgets `tracking` reports
 
 def tracking(m, policy, sources: dict[str, list[list[int]]], pad_id: int, budgets=TRACKED) -> dict:
     """{source: {budget: mean realized layer fraction}} of the calibrated policy on each source's prompts."""
-    return {name: {str(b): round(sum(r := realized_layers(m, policy, ps, pad_id, b)) / len(r), 4) for b in budgets}
-            for name, ps in sources.items() if ps}
+    out = {}
+    for name, ps in sources.items():
+        if ps:
+            pooled = pooled_prompts(m, policy, ps, pad_id)  # (N, H): once per source, for every budget
+            fractions = lambda b: [d.layer_fraction for d in policy.decisions(pooled, [Budget(layers=b)] * len(ps))]  # noqa: E731
+            out[name] = {str(b): round(sum(fractions(b)) / len(ps), 4) for b in budgets}
+    return out
 
 
 def calibrate(m, policy, prompts, pad_id, grid=None) -> list[list[float]]:
