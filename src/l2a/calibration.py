@@ -27,6 +27,14 @@ def realized_layers(m, policy, prompts: list[list[int]], pad_id: int, budget: fl
 TRACKED = (0.85, 0.7, 0.55)  # the layer budgets `tracking` reports
 
 
+def sources(cfg, tok, task: list[list[int]]) -> dict[str, list[list[int]]]:
+    """The prompts a run's table is fit on, by source: the task's held-out `task` prompts, then its held-out
+    MC pairs' prompts (mix.calibration_pairs; none unless it trains on them)."""
+    from .mix import calibration_pairs
+
+    return {"task": task, "mc": [p for p, _ in calibration_pairs(cfg, tok)]}
+
+
 def tracking(m, policy, sources: dict[str, list[list[int]]], pad_id: int, budgets=TRACKED) -> dict:
     """{source: {budget: mean realized layer fraction}} of the calibrated policy on each source's prompts."""
     out = {}
@@ -76,7 +84,6 @@ def recalibrate(m, directory, prompts: int | None = None) -> dict:
     which training never reached (refused if it did); plus its held-out MC pairs as training picks them
     (mix.calibration_pairs, for the run's calib_prompts)."""
     from .checkpoint import load_gates, read_config, save_gates
-    from .mix import calibration_pairs
 
     meta = read_config(directory)
     training = meta.get("training") or {}
@@ -96,11 +103,11 @@ def recalibrate(m, directory, prompts: int | None = None) -> dict:
     held = order[: min(n, cfg.calib_prompts)] + (order[-extra:] if extra else [])
     policy = load_gates(directory, m.hf)
     pad_id = m.tokenizer.pad_token_id if m.tokenizer.pad_token_id is not None else 0
-    sources = {"task": [examples[i][0] for i in held], "mc": [p for p, _ in calibration_pairs(cfg, m.tokenizer)]}
-    table = calibrate(m, policy, sources["task"] + sources["mc"], pad_id)
+    by_source = sources(cfg, m.tokenizer, [examples[i][0] for i in held])
+    table = calibrate(m, policy, [p for ps in by_source.values() for p in ps], pad_id)
     policy.config.calibration = table
-    tracked = tracking(m, policy, sources, pad_id)
-    counts = {k: len(v) for k, v in sources.items() if v}
+    tracked = tracking(m, policy, by_source, pad_id)
+    counts = {k: len(v) for k, v in by_source.items() if v}
     training = {**training, "calibration": table, "calibration_tracking": tracked,
                 "recalibrated": {"prompts": counts, "data_source": source}}
     save_gates(policy, directory, m.hf, extra=training)

@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+
 def _emit(record: dict, out) -> None:
     from .record import write_record
 

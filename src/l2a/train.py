@@ -374,18 +374,17 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     log.close()
     selected = selector.restore(policy) if selector is not None else None
     policy.eval()
-    from .calibration import calibrate, tracking
-    from .mix import calibration_pairs
+    from .calibration import calibrate, sources, tracking
 
-    sources = {"task": [p for p, _ in calib], "mc": [p for p, _ in calibration_pairs(cfg, tok)]}
-    table = calibrate(m, policy, sources["task"] + sources["mc"], pad_id) if calib else []
+    by_source = sources(cfg, tok, [p for p, _ in calib])
+    table = calibrate(m, policy, [p for ps in by_source.values() for p in ps], pad_id) if calib else []
     policy.config.calibration = table
     depth = None
     if cfg.depth_pairs and not gcfg.budget_only:  # the ablation reads no input: no depth head
         from .depth import fit_depth
 
         depth = fit_depth(m, policy, depth_set, pad_id, progress=progress)
-    tracked = tracking(m, policy, sources, pad_id) if calib else {}  # as decided at inference, depth head included
+    tracked = tracking(m, policy, by_source, pad_id) if calib else {}  # as decided at inference, depth head included
     summary = {"config": dataclasses.asdict(cfg), "data_source": source, "train_examples": len(train_idx),
                "seconds": round(time.time() - t0, 1), "lambdas": lambdas, "calibration": table,
                "calibration_tracking": tracked,
