@@ -35,7 +35,8 @@ def main() -> None:
     from l2a.prose import docstrings, windows
     from l2a.tasks import MultipleChoice, math_prompt
     from l2a.mix import HELD as PROSE_HELD
-    from l2a.train import TrainConfig, _examples, example_order
+    from l2a.examples import example_order, math_examples
+    from l2a.train import TrainConfig
 
     torch.set_num_threads(2)
     m = l2a.load("smollm2-135m", dtype="bfloat16", gates=args.gates)
@@ -46,7 +47,7 @@ def main() -> None:
         rows = data.load("mc", os.path.join(args.data, "mc", f"{name}.jsonl"))[0][: args.n]
         sets[name] = [MultipleChoice.pair(tok, r)[0] for r in rows]
     cfg = TrainConfig(**{**read_config(args.gates)["training"]["config"], "out": args.gates})
-    examples, _ = _examples(cfg, tok)
+    examples, _ = math_examples(cfg, tok)
     gsm_held = [examples[i][0] for i in example_order(cfg, len(examples))[: cfg.calib_prompts]]
     sets["prose_held"] = [p for p, _ in windows(tok, docstrings(), PROSE_HELD, cfg.seed)[cfg.warm_text :]]
 

@@ -30,7 +30,7 @@ def main() -> None:
     from l2a.checkpoint import load_gates
     from l2a.losses import rank_anchor
     from l2a.tasks import MultipleChoice, math_prompt
-    from l2a.train import pooled_prompts
+    from l2a.examples import pooled_prompts
 
     m = l2a.load("smollm2-135m", dtype="bfloat16")
     tok, pad = m.tokenizer, m.tokenizer.pad_token_id

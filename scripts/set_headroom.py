@@ -59,7 +59,7 @@ def router_choice(sets: list[dict], folds: int) -> tuple[float, float]:
     from l2a import data
     from l2a.gates import GateConfig, GatePolicy
     from l2a.tasks import math_prompt
-    from l2a.train import pooled_prompts
+    from l2a.examples import pooled_prompts
 
     rows = data.load("math", sets[0]["data"])[0][: len(sets[0]["item_nll"])]
     m = l2a.load("smollm2-135m", dtype="bfloat16", gates=False)

@@ -30,7 +30,7 @@ def main() -> None:
     from l2a.losses import logits_keep, position_kl
     from l2a.prose import docstrings, windows
     from l2a.tasks import MultipleChoice, math_prompt
-    from l2a.train import _batch
+    from l2a.examples import example_batch
 
     torch.set_num_threads(2)
     drops = [[int(i) for i in d.split(",")] for d in (args.drop or ["4,5,25", "4,5,7,25", "12,13,14,15", "3,12,25,26", "3,5,17,25"])]
@@ -45,7 +45,7 @@ def main() -> None:
     kl = {}
     with torch.no_grad():
         for name, pairs in sets.items():
-            ids, attn, _, ans = _batch(pairs, pad)
+            ids, attn, _, ans = example_batch(pairs, pad)
             keep = logits_keep(ans[:, 1:])  # positions predicting an answer token
             dense = torch.log_softmax(m.forward(ids, attn, logits_to_keep=keep).float(), -1)
             for d in drops:

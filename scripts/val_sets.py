@@ -29,7 +29,8 @@ def main() -> None:
     from l2a.checkpoint import load_gates
     from l2a.gates import GatePolicy
     from l2a.selection import Selector
-    from l2a.train import VAL_PAIRS, TrainConfig, _examples, example_order, gate_config, pooled_prompts
+    from l2a.examples import example_order, math_examples, pooled_prompts
+    from l2a.train import VAL_PAIRS, TrainConfig, gate_config
 
     meta = json.load(open(f"{args.run}/train_state.json"))
     names = set(TrainConfig.__dataclass_fields__)
@@ -37,7 +38,7 @@ def main() -> None:
     budgets = [float(b) for b in args.budgets.split(",")] if args.budgets else cfg.val_budgets
     m = l2a.load(cfg.model, dtype=cfg.dtype, gates=False)
     pad = m.tokenizer.pad_token_id
-    examples, _ = _examples(cfg, m.tokenizer)
+    examples, _ = math_examples(cfg, m.tokenizer)
     order, w = example_order(cfg, len(examples)), cfg.warm_pairs
     val = [examples[i] for i in order[len(order) - w - VAL_PAIRS : len(order) - w]]  # as train() holds them out
     if args.gates:

@@ -99,11 +99,12 @@ def test_depth_head_round_trips_and_gates_without_one_are_unchanged(tmp_path):
 
 
 def test_fit_depth_runs_on_a_tiny_model_and_refuses_the_ablation(tmp_path):
-    from l2a.train import TrainConfig, _examples
+    from l2a.examples import math_examples
+    from l2a.train import TrainConfig
 
     m = GatedModel(tiny_model("llama", n_layers=L), tokenizer=tiny_tokenizer())
     cfg = TrainConfig(data=str(write_math(tmp_path / "m.jsonl", 40)), max_len=48, calib_prompts=0, examples=1)
-    pairs = _examples(cfg, m.tokenizer)[0][:24]
+    pairs = math_examples(cfg, m.tokenizer)[0][:24]
     p = policy(2)
     rec = fit_depth(m, p, pairs, 0, budget=0.6, shifts=(-1, 0, 1), folds=3, progress=False)
     assert rec["pairs"] == 24 and rec["per_chain_oracle"] <= rec["kl_at_request"] + 1e-9
@@ -117,7 +118,8 @@ def test_fit_depth_runs_on_a_tiny_model_and_refuses_the_ablation(tmp_path):
 
 
 def test_fit_artifact_uses_unseen_whole_chains_and_writes_the_head(tmp_path):
-    from l2a.train import TrainConfig, _examples, train
+    from l2a.examples import math_examples
+    from l2a.train import TrainConfig, train
 
     m = GatedModel(tiny_model("llama", n_layers=L), tokenizer=tiny_tokenizer())
     for prm in m.hf.parameters():
@@ -125,8 +127,8 @@ def test_fit_artifact_uses_unseen_whole_chains_and_writes_the_head(tmp_path):
     cfg = TrainConfig(data=str(write_math(tmp_path / "m.jsonl", 120)), out=str(tmp_path / "gates"), steps=2, examples=2,
                       max_len=40, width=32, calib_prompts=4, dtype="float32")
     train(cfg, model=m, progress=False)
-    cut, _ = _examples(cfg, m.tokenizer)
-    whole, _ = _examples(cfg, m.tokenizer, cut=200)  # the same examples, answers no longer cut at max_len
+    cut, _ = math_examples(cfg, m.tokenizer)
+    whole, _ = math_examples(cfg, m.tokenizer, cut=200)  # the same examples, answers no longer cut at max_len
     assert [p for p, _ in whole] == [p for p, _ in cut]
     assert all(w[: len(c)] == c for (_, w), (_, c) in zip(whole, cut)) and sum(map(len, (a for _, a in whole))) > \
         sum(map(len, (a for _, a in cut)))

@@ -8,13 +8,14 @@ import torch
 from conftest import left_pad, prompts, tiny_model, tiny_tokenizer, write_math
 
 from l2a.budget import Budget
+from l2a.calibration import calibrate, realized_layers, recalibrate
 from l2a.checkpoint import load_gates, save_gates
 from l2a.decision import GateDecision
+from l2a.examples import example_batch, math_examples, teacher_pass
 from l2a.gated import GatedModel
 from l2a.gates import GateConfig, GatePolicy
-from l2a.calibration import calibrate, realized_layers, recalibrate
 from l2a.objective import objective
-from l2a.train import TrainConfig, _batch, _examples, _sample_budgets, dual_step, teacher_pass, train
+from l2a.train import TrainConfig, _sample_budgets, dual_step, train
 
 L, G = 6, 4
 
@@ -176,8 +177,8 @@ def _setup(tmp_path, arch="llama"):
 
 def test_gradients_reach_every_gate_parameter(tmp_path):
     m, cfg = _setup(tmp_path)
-    exs, _ = _examples(cfg, m.tokenizer)
-    ids, attn, pmask, amask = _batch(exs[:4], 0)
+    exs, _ = math_examples(cfg, m.tokenizer)
+    ids, attn, pmask, amask = example_batch(exs[:4], 0)
     teacher, pooled = teacher_pass(m, ids, attn, pmask, 1)
     policy = GatePolicy(GateConfig(n_layers=L, n_groups=G, hidden=64, width=32))
     gen = torch.Generator().manual_seed(0)
@@ -198,8 +199,8 @@ def _score_setup(tmp_path, bias, **over):
     m, cfg = _setup(tmp_path)
     cfg = TrainConfig(**{**cfg.__dict__, "estimator": "score", "samples": 512, "dense_at_full": True,
                          "ce": 0.0, "agree": 0.0, "track": 0.0, **over})
-    exs, _ = _examples(cfg, m.tokenizer)
-    ids, attn, pmask, amask = _batch(exs[:2], 0)
+    exs, _ = math_examples(cfg, m.tokenizer)
+    ids, attn, pmask, amask = example_batch(exs[:2], 0)
     teacher, pooled = teacher_pass(m, ids, attn, pmask, 1)
     policy = GatePolicy(GateConfig(n_layers=L, n_groups=G, hidden=64, width=32))
     with torch.no_grad():
@@ -321,8 +322,8 @@ def test_topk_sampler_keeps_the_exact_count_and_is_unbiased(tmp_path):
 
 def test_training_lowers_the_objective_and_resumes(tmp_path):
     m, cfg = _setup(tmp_path)
-    exs, _ = _examples(cfg, m.tokenizer)
-    ids, attn, pmask, amask = _batch(exs[-4:], 0)
+    exs, _ = math_examples(cfg, m.tokenizer)
+    ids, attn, pmask, amask = example_batch(exs[-4:], 0)
     teacher, pooled = teacher_pass(m, ids, attn, pmask, 1)
     lam = {"layers": 5.0, "heads": 5.0}
 
@@ -366,7 +367,7 @@ def test_greedy_kl_warm_start(tmp_path):
     from l2a.swap import greedy_kl_order
 
     m, cfg = _setup(tmp_path)
-    exs, _ = _examples(cfg, m.tokenizer)
+    exs, _ = math_examples(cfg, m.tokenizer)
     pairs, gate = exs[:6], [1, 2, 3, 4]
     order = greedy_kl_order(m, pairs, gate, n_remove=2, progress=False)
     assert sorted(order) == gate
@@ -456,7 +457,7 @@ def test_val_kl_selection_keeps_the_best_checkpoint(tmp_path):
     from l2a.selection import Selector
 
     m, cfg = _setup(tmp_path)
-    exs, _ = _examples(cfg, m.tokenizer)
+    exs, _ = math_examples(cfg, m.tokenizer)
     sel = Selector(m, exs[-6:], 0, tmp_path)
     good, bad = random_policy(seed=1, scale=0.1), random_policy(seed=2, scale=0.1)
     with torch.no_grad():  # good drops first the layers whose removal alone costs least; bad the reverse
@@ -487,7 +488,7 @@ def test_val_exact_scores_the_sets_l2a_exact_runs(tmp_path):
     from l2a.selection import Selector
 
     m, cfg = _setup(tmp_path)
-    pairs = _examples(cfg, m.tokenizer)[0][-6:]
+    pairs = math_examples(cfg, m.tokenizer)[0][-6:]
     p = random_policy(seed=1, scale=0.01)
     rank = [2, 0, 3, 1]  # gateable layers (1..4) best first: every logit positive, so exact mode ranks by them
     with torch.no_grad():
@@ -632,7 +633,7 @@ def test_check_gates_reports_every_property(tmp_path):
         assert lo <= res["kl_reduction_vs_best_static_equal_layers"][mode] + 1e-9 and lo <= hi
     # the ablation at equal layers: its own top-c sets at the counts around l2a's, interpolated, by hand
     from l2a.selection import topk_decisions
-    from l2a.train import pooled_prompts
+    from l2a.examples import pooled_prompts
 
     pooled = pooled_prompts(m, abl, [p for p, _ in pairs], m.tokenizer.pad_token_id or 0)
     f = res["kl"]["l2a-threshold"]["realized_layers"] * L
@@ -702,14 +703,14 @@ def test_warm_text_adds_prose_windows_to_the_greedy_search(tmp_path, monkeypatch
 def test_train_text_mixes_unsearched_prose_windows_into_each_step(tmp_path, monkeypatch):
     import l2a.prose
     import l2a.train
+    from l2a.examples import example_order, math_examples
     from l2a.mix import HELD as PROSE_HELD
-    from l2a.train import _examples, example_order
 
     text = "A plain sentence about rivers, towns and the weather in spring. " * 300  # ~19,000 characters
     monkeypatch.setattr(l2a.prose, "docstrings", lambda: [text])
     batches, fitted = [], []
-    real_batch = l2a.train._batch
-    monkeypatch.setattr(l2a.train, "_batch", lambda exs, pad: batches.append(list(exs)) or real_batch(exs, pad))
+    real_batch = l2a.train.example_batch
+    monkeypatch.setattr(l2a.train, "example_batch", lambda exs, pad: batches.append(list(exs)) or real_batch(exs, pad))
     real_fit = GatePolicy.fit_input
     monkeypatch.setattr(GatePolicy, "fit_input", lambda self, pooled: fitted.append(len(pooled)) or real_fit(self, pooled))
     m, cfg = _setup(tmp_path)
@@ -717,7 +718,7 @@ def test_train_text_mixes_unsearched_prose_windows_into_each_step(tmp_path, monk
     train(cfg, model=m, progress=False)
     wins = l2a.prose.windows(m.tokenizer, [text], 10**9, cfg.seed)
     assert len(wins) > PROSE_HELD + 6
-    exs, _ = _examples(cfg, m.tokenizer)
+    exs, _ = math_examples(cfg, m.tokenizer)
     train_idx = example_order(cfg, len(exs))[cfg.calib_prompts :]
     for step, b in enumerate(batches):  # 2 task examples then 2 prose windows, each in its own order
         assert b[:2] == [exs[train_idx[2 * step + j]] for j in range(2)]
@@ -736,8 +737,9 @@ def test_mix_mc_trains_on_correct_choice_pairs_the_search_never_sees(tmp_path, m
 
     import l2a.swap
     import l2a.train
+    from l2a.examples import example_order
     from l2a.mix import HELD, calibration_pairs, ordered
-    from l2a.train import WARM_PAIRS, example_order
+    from l2a.train import WARM_PAIRS
 
     words = "red green blue amber violet".split()
     rows = [{"question": f"Which colour is item {i}?", "choices": words[: 2 + i % 3], "answer": i % 2} for i in range(80)]
@@ -754,8 +756,8 @@ def test_mix_mc_trains_on_correct_choice_pairs_the_search_never_sees(tmp_path, m
     assert any(a.endswith("green box fell because it was heavy.") for _, a in decoded)
 
     batches, seen = [], []
-    real_batch, real_search = l2a.train._batch, l2a.swap.greedy_kl_order
-    monkeypatch.setattr(l2a.train, "_batch", lambda exs, pad: batches.append(list(exs)) or real_batch(exs, pad))
+    real_batch, real_search = l2a.train.example_batch, l2a.swap.greedy_kl_order
+    monkeypatch.setattr(l2a.train, "example_batch", lambda exs, pad: batches.append(list(exs)) or real_batch(exs, pad))
     monkeypatch.setattr(l2a.swap, "greedy_kl_order", lambda m, prs, *a, **k: seen.append(prs) or real_search(m, prs, *a, **k))
     m, cfg = _setup(tmp_path)
     cfg = TrainConfig(**{**cfg.__dict__, "train_text": 0.5, "mix_mc": [str(mc)], "warm_start": "greedy-kl", "warm_text": 2,
@@ -764,7 +766,7 @@ def test_mix_mc_trains_on_correct_choice_pairs_the_search_never_sees(tmp_path, m
     mixed = ordered(m.tokenizer, cfg.seed, cfg.mix_mc)
     assert seen[0][-2:] == mixed[:2]  # the search adds the front of the order
     drawn = [(p, a) for p, a in mixed[HELD:] if len(p) + len(a) <= cfg.max_len]  # then training, after the front
-    steps = [b for b in batches if len(b) == cfg.examples]  # (the search batches its pairs too)
+    steps = [b for b in batches if len(b) == cfg.examples]  # training's steps (train.example_batch's calls)
     assert len(steps) == 3 and len(drawn) > 6 and len(seen[0]) == WARM_PAIRS + 2
     for step, b in enumerate(steps):
         assert b[2:] == drawn[2 * step : 2 * step + 2]
@@ -773,7 +775,7 @@ def test_mix_mc_trains_on_correct_choice_pairs_the_search_never_sees(tmp_path, m
     calib = calibration_pairs(cfg, m.tokenizer)
     assert calib == mixed[2:6] and not {tuple(p) for p, _ in calib} & {tuple(p) for p, _ in drawn}
     summary = json.loads((tmp_path / "gates" / "l2a_config.json").read_text())["training"]
-    exs, _ = _examples(cfg, m.tokenizer)
+    exs, _ = math_examples(cfg, m.tokenizer)
     task = [exs[i][0] for i in example_order(cfg, len(exs))[: cfg.calib_prompts]]
     policy = load_gates(cfg.out, m.hf)
     pool = task + [p for p, _ in calib]

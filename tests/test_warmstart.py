@@ -95,7 +95,7 @@ def test_anchor_holds_the_warm_started_ranking_and_resumes(tmp_path, monkeypatch
     import l2a.train
     from l2a.checkpoint import load_gates
     from l2a.losses import rank_anchor
-    from l2a.train import pooled_prompts
+    from l2a.examples import pooled_prompts
 
     refs = []  # the policy as warm-started: the reference the anchor holds
     real = l2a.train.warm_start
@@ -125,6 +125,7 @@ def test_anchor_holds_the_warm_started_ranking_and_resumes(tmp_path, monkeypatch
 def test_warm_pairs_sets_how_many_held_out_examples_the_search_sees(tmp_path, monkeypatch):
     """warm_pairs: the greedy warm start searches the last warm_pairs examples of the seeded order, and
     training never draws them; a count below one is refused."""
+    import l2a.examples
     import l2a.swap
     import l2a.train as T
 
@@ -137,10 +138,12 @@ def test_warm_pairs_sets_how_many_held_out_examples_the_search_sees(tmp_path, mo
                             for i in range(20)))
     cfg = TrainConfig(data=str(math), out=str(tmp_path / "gates"), steps=5, examples=4, max_len=48, width=32,
                       calib_prompts=4, save_every=1, dtype="float32", warm_start="greedy-kl", warm_pairs=9)
-    examples, _ = T._examples(cfg, m.tokenizer)
+    examples, _ = T.math_examples(cfg, m.tokenizer)
     order = T.example_order(cfg, len(examples))
-    real_batch = T._batch
-    monkeypatch.setattr(T, "_batch", lambda exs, *a, **k: drawn.extend(exs) or real_batch(exs, *a, **k))
+    real_batch = T.example_batch
+    spy = lambda exs, *a, **k: drawn.extend(exs) or real_batch(exs, *a, **k)  # noqa: E731
+    monkeypatch.setattr(T, "example_batch", spy)  # training's batches
+    monkeypatch.setattr(l2a.examples, "example_batch", spy)  # the search's (swap.py imports it when it runs)
     summary = train(cfg, model=m, progress=False)
     assert len(seen) == 1 and seen[0] == [examples[i] for i in order[-9:]]
     search, steps = drawn[:9], drawn[9:]  # the search batches its pairs once; training's 20 draws wrap its 7
@@ -167,7 +170,7 @@ def test_warm_refine_starts_the_gates_from_the_swapped_set_nested_and_reads_it_b
     import l2a.swap
     import l2a.train
     from l2a.swap import nested_order
-    from l2a.train import pooled_prompts
+    from l2a.examples import pooled_prompts
 
     calls, policies = [], []
     real_refine, real_greedy = l2a.swap.swap_refine, l2a.swap.greedy_kl_order

@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 
 from .budget import Budget
-from .train import TrainConfig, _examples, example_order, pooled_prompts
+from .examples import example_order, math_examples, pooled_prompts
+from .train import TrainConfig
 
 
 def realized_layers(m, policy, prompts: list[list[int]], pad_id: int, budget: float, mode="threshold") -> list[float]:
@@ -92,7 +93,7 @@ def recalibrate(m, directory, prompts: int | None = None) -> dict:
         raise ValueError(f"{directory}: no training config recorded, so its held-out prompts are unknown")
     cfg = TrainConfig(**{**saved, "out": str(directory)})
     n = prompts or cfg.calib_prompts
-    examples, source = _examples(cfg, m.tokenizer)
+    examples, source = math_examples(cfg, m.tokenizer)
     order = example_order(cfg, len(examples))
     extra = max(0, n - cfg.calib_prompts)
     seen = cfg.steps * cfg.examples  # training examples visited, from the front of the remaining order

@@ -47,7 +47,7 @@ def _curves(m, policy, pairs, pad_id: int, budget: float, shifts, progress: bool
     from tqdm import tqdm
 
     from .gatecheck import chain_kl
-    from .train import pooled_prompts
+    from .examples import pooled_prompts
 
     pooled = pooled_prompts(m, policy, [p for p, _ in pairs], pad_id)  # (N, H)
     lengths = torch.tensor([len(p) for p, _ in pairs])
@@ -179,7 +179,8 @@ def fit_artifact(m, directory, out, pairs: int = 320, max_len: int = 320, progre
     to `out`. Its chains are training chains the artifact's run never reached (just before the ones it held
     out for warm start and validation), cut at `max_len` tokens with the prompt, as the test chains are."""
     from .checkpoint import load_gates, read_config, save_gates
-    from .train import VAL_PAIRS, TrainConfig, _examples, example_order
+    from .examples import example_order, math_examples
+    from .train import VAL_PAIRS, TrainConfig
 
     training = read_config(directory).get("training") or {}
     saved = training.get("config")
@@ -190,7 +191,7 @@ def fit_artifact(m, directory, out, pairs: int = 320, max_len: int = 320, progre
     cfg = TrainConfig(**{**saved, "out": str(out)})
     if max_len < cfg.max_len:
         raise ValueError(f"max_len {max_len} would cut the chains shorter than training did ({cfg.max_len} tokens)")
-    examples, source = _examples(cfg, m.tokenizer, cut=max_len)  # the training run's examples, uncut answers
+    examples, source = math_examples(cfg, m.tokenizer, cut=max_len)  # the training run's examples, uncut answers
     order = example_order(cfg, len(examples))
     end = len(order) - cfg.warm_pairs - VAL_PAIRS
     reached = cfg.calib_prompts + cfg.steps * cfg.examples  # the front of the order: calibration, then training

@@ -58,13 +58,13 @@ def chain_kl(m, pairs, decisions: list[GateDecision], max_len=320, batch=8) -> t
     """Per chain, each row under its own decision: (KL(dense ‖ gated) summed over its answer tokens (N,),
     answer tokens (N,)). Only answer positions reach the LM head."""
     from .losses import logits_keep, position_kl, row_sum
-    from .train import _batch
+    from .examples import example_batch
 
     pad = m.tokenizer.pad_token_id or 0
     sums, counts = [], []
     for i in range(0, len(pairs), batch):
         chunk = [(p, a[: max(1, max_len - len(p))]) for p, a in pairs[i : i + batch]]
-        ids, attn, _, ans = _batch(chunk, pad)  # right-padded (N, T)
+        ids, attn, _, ans = example_batch(chunk, pad)  # right-padded (N, T)
         mask = ans[:, 1:]  # (N, T-1) positions predicting an answer token
         keep = logits_keep(mask)
         dense = torch.log_softmax(m.forward(ids, attn, logits_to_keep=keep).float(), -1)  # (M, V)
@@ -268,7 +268,7 @@ def check_gates(m, data=None, limit=200, kl_limit=100, kl_fraction=0.7, ablation
     statics = {name: make_method(name, calibration=calibration) for name in ("block-influence", "angular", "even-spaced")}
     abl_pooled = None
     if ablation is not None:
-        from .train import pooled_prompts
+        from .examples import pooled_prompts
 
         abl_pooled = pooled_prompts(m, ablation, kl_prompts, m.tokenizer.pad_token_id or 0)
 

@@ -51,10 +51,10 @@ class Selector:
     """Keeps the checkpoint with the lowest held-out KL (see the module docstring)."""
 
     def __init__(self, m, pairs: list, pad_id: int, out: Path, budgets=VAL_BUDGETS, exact: bool = False):
-        from .train import _batch
+        from .examples import example_batch
 
         self.m, self.out, self.budgets, self.exact = m, Path(out), tuple(budgets), exact
-        self.ids, self.attn, _, ans = _batch(pairs, pad_id)  # (N, T) right-padded
+        self.ids, self.attn, _, ans = example_batch(pairs, pad_id)  # (N, T) right-padded
         self.mask = ans[:, 1:]  # (N, T-1) answer tokens
         self.dense = torch.log_softmax(m.forward(self.ids, self.attn)[:, :-1].float(), -1)  # (N, T-1, V)
         self.prompts, self.pad_id = [p for p, _ in pairs], pad_id
@@ -65,7 +65,7 @@ class Selector:
     def score(self, policy) -> float:
         """Mean over the budgets of teacher-forced KL on the held-out answers, each prompt's own layer set."""
         from .losses import token_kl
-        from .train import pooled_prompts
+        from .examples import pooled_prompts
 
         pooled = pooled_prompts(self.m, policy, self.prompts, self.pad_id)  # (N, H), as generate computes it
         kls = []

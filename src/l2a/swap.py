@@ -59,13 +59,13 @@ class SetKL:
     @torch.no_grad()
     def __init__(self, model, pairs: list, pad_id: int = 0):
         from .losses import logits_keep
-        from .train import _batch
+        from .examples import example_batch
 
         self.model, self.n = model, model.n_layers
         self.layers = arch.decoder_layers(model.hf)
         self.chunks = []  # [(ids (n, T), attention (n, T), keep (n, T), dense log-probs (M, V), their probs)]
         for part in search_chunks(pairs):
-            ids, attn, _, ans = _batch(part, pad_id)  # (n, T) right-padded
+            ids, attn, _, ans = example_batch(part, pad_id)  # (n, T) right-padded
             keep = logits_keep(ans[:, 1:])  # (n, T) positions predicting an answer token
             dense = torch.log_softmax(model.forward(ids, attn, logits_to_keep=keep).float(), -1)  # (M, V)
             self.chunks.append((ids, attn, keep, dense, dense.exp()))

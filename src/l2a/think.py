@@ -309,7 +309,7 @@ def train_think(cfg: ThinkConfig, model=None, progress: bool = True) -> dict:
     from .data import load_math
     from .loading import SHIPPED_GATES, load
     from .tasks import math_prompt
-    from .train import pooled_prompts
+    from .examples import pooled_prompts
 
     t0 = time.time()
     m = model if model is not None else load(cfg.model, dtype=cfg.dtype, gates=False)

@@ -11,7 +11,8 @@ with the λ_axis updated by dual ascent. The base weights stay frozen. Optionall
 checkpoints (safetensors + JSON, no pickle), resume after interruption, seeded. After training, a
 calibration table (a logit threshold per budget, calibration.py) is fit so the mean realized layer
 fraction tracks the request.
-Not here: the gate network (gates.py), the objective (objective.py, losses.py), evaluation (evaluate.py).
+Not here: the examples and the router's input (examples.py), the gate network (gates.py), the objective (objective.py,
+losses.py), evaluation (evaluate.py).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import save_gates
+from .examples import example_batch, example_order, math_examples, pooled_prompts, teacher_pass
 from .gates import GateConfig, GatePolicy
 from .mix import training_pairs
 from .objective import objective
@@ -159,47 +161,6 @@ class TrainConfig:
             raise ValueError(f"warm_start must be one of {', '.join(WARM_STARTS)} or None, got {self.warm_start!r}")
 
 
-def _examples(cfg: TrainConfig, tok, cut: int | None = None) -> tuple[list[tuple[list[int], list[int]]], str]:
-    """[(prompt ids, answer ids)] from GSM8K-style rows, and the data source that ran. Prompts that fit
-    `cfg.max_len`; answers cut at `cut` tokens with the prompt (default `cfg.max_len`): the same examples."""
-    from .data import load_math
-    from .tasks import math_prompt, solution_ids
-
-    rows, source = load_math(cfg.data, split="train")
-    if cfg.limit:
-        rows = rows[: cfg.limit]
-    out = []
-    for r in rows:
-        prompt = math_prompt(tok, r["question"])
-        ans = solution_ids(tok, r["answer"])
-        if len(prompt) + 8 <= cfg.max_len:
-            out.append((prompt, ans[: (cut or cfg.max_len) - len(prompt)]))
-    if len(out) < cfg.examples + cfg.calib_prompts:
-        raise ValueError(f"only {len(out)} usable training examples in {source}; need more than {cfg.examples + cfg.calib_prompts}")
-    return out, source
-
-
-def example_order(cfg: TrainConfig, n: int) -> list[int]:
-    """The seeded order of a run's n examples: calibration prompts first, then training; the end is held out
-    (warm-start search, validation, depth head). Calibration and the depth fit rebuild it from the config."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-
-
-def _batch(exs, pad_id: int):
-    """Right-padded (ids, attention, prompt mask, answer-target mask), each (N, T)."""
-    T = max(len(p) + len(a) for p, a in exs)
-    N = len(exs)
-    ids = torch.full((N, T), pad_id, dtype=torch.long)
-    attn, prompt, answer = (torch.zeros(N, T) for _ in range(3))
-    for i, (p, a) in enumerate(exs):
-        seq = p + a
-        ids[i, : len(seq)] = torch.tensor(seq)
-        attn[i, : len(seq)] = 1
-        prompt[i, : len(p)] = 1
-        answer[i, len(p) : len(seq)] = 1
-    return ids, attn.long(), prompt, answer
-
-
 def _sample_budgets(cfg: TrainConfig, n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """(n, 3) higher and lower budgets per example: lower <= higher on every axis."""
     u = lambda: torch.rand(n, generator=g)  # noqa: E731
@@ -282,7 +243,7 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     for p in m.hf.parameters():
         p.requires_grad_(False)
     tok = m.tokenizer
-    examples, source = _examples(cfg, tok)
+    examples, source = math_examples(cfg, tok)
     gen = torch.Generator().manual_seed(cfg.seed)
     order = example_order(cfg, len(examples))
     calib = [examples[i] for i in order[: cfg.calib_prompts]]
@@ -300,7 +261,7 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
     val = [examples[i] for i in order[len(order) - w - VAL_PAIRS : len(order) - w]]
     end = len(order) - w - VAL_PAIRS  # the depth head's chains come just before those
     # the depth head's chains whole, as at inference (a head fit on chains cut at max_len did not transfer)
-    whole = _examples(cfg, tok, cut=cfg.depth_max_len)[0] if cfg.depth_pairs else examples
+    whole = math_examples(cfg, tok, cut=cfg.depth_max_len)[0] if cfg.depth_pairs else examples
     depth_set = [whole[i] for i in order[end - cfg.depth_pairs : end]] if cfg.depth_pairs else []
 
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -343,7 +304,7 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
         n = cfg.examples
         batch = [examples[train_idx[(step * n_task + j) % len(train_idx)]] for j in range(n_task)]
         batch += [second[(step * n_text + j) % len(second)] for j in range(n_text)]
-        ids, attn, prompt_mask, ans_mask = _batch(batch, pad_id)
+        ids, attn, prompt_mask, ans_mask = example_batch(batch, pad_id)
         teacher, pooled = teacher_pass(m, ids, attn, prompt_mask, k)
         b_hi, b_lo = _sample_budgets(cfg, n, gen)
         frac = step / max(1, cfg.steps - 1)
@@ -403,31 +364,3 @@ def gate_config(m, cfg: TrainConfig, **extra) -> GateConfig:
 
 SELECTS = ("last", "val-kl", "val-exact")  # TrainConfig.select
 VAL_PAIRS = 32  # select != "last": held-out training examples checkpoints are scored on (just before those)
-@torch.no_grad()
-def pooled_prompts(m, policy: GatePolicy, prompts: list[list[int]], pad_id: int, batch: int = 16) -> torch.Tensor:
-    """(N, H) router inputs of prompts exactly as `generate(budget=...)` computes them (its positions)."""
-    from .scoring import left_pad
-
-    out = []
-    for i in range(0, len(prompts), batch):
-        ids, mask = left_pad(prompts[i : i + batch], pad_id, m.device)
-        out.append(GatePolicy.pool(m_router(m, policy, ids, mask)[0], mask))
-    return torch.cat(out)
-
-
-@torch.no_grad()
-def teacher_pass(m, ids, attn, prompt_mask, router_layers: int):
-    """Dense log-probs (N, T-1, V) and the router input pooled over prompt tokens (N, H), in one pass."""
-    t_logits, hidden = m.forward_with_hidden(ids, attn, layer=router_layers - 1)
-    return torch.log_softmax(t_logits[:, :-1].float(), -1), GatePolicy.pool(hidden, prompt_mask)
-
-
-def m_router(m, policy, ids, mask):
-    """Router-layer hidden states (B, T, H) for a policy not (yet) attached to `m`."""
-    saved, m.policy = m.policy, policy
-    try:
-        from .gated import prefill_positions
-
-        return m._router_pass(ids, mask, prefill_positions(mask))
-    finally:
-        m.policy = saved
