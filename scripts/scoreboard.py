@@ -1,6 +1,6 @@
 """Every gate recipe against one bar: the best static layer set known, at equal modeled FLOPs.
 
-    python scripts/scoreboard.py [--static FILE[:SUFFIX] ...] [--recipe NAME=FILE ...] [--out F.jsonl]
+    python scripts/scoreboard.py [--static FILE[:SUFFIX] ...] [--recipe NAME=FILE ...] [--x seconds] [--out F.jsonl]
 
 Without `--static` / `--recipe` it scores the published records (`STATIC`, `RECIPES`: whole splits, bf16,
 all from the 2026-12-06 AMX machine) and the README's table is its output.
@@ -12,7 +12,9 @@ recipe's learned lines (`l2a`, `l2a-strict`, `l2a-exact`; each mode is its own r
 are ignored, so every recipe meets the same bar. For each learned point below budget 1, per data file: its
 gain over the best static curve (the static points and dense) interpolated at its modeled FLOPs, with the
 paired 95% CI over items (`l2a.equalcost.static_at_learned`). Accuracy points for multiple choice, NLL per
-token (lower is better; the sign is flipped so a gain is > 0) for gsm8k-loglik. Reads results only.
+token (lower is better; the sign is flipped so a gain is > 0) for gsm8k-loglik. `--x seconds` compares at
+equal measured latency instead (`seconds_per_item`: meaningful only where the lines were timed together,
+`l2a eval --timing-repeats` or scripts/retime_lines.py). Reads results only.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ def load_pool(specs: list[str]) -> list[dict]:
         sys.exit(str(e))
 
 
-def score(pool: list[dict], name: str, path: str) -> list[dict]:
+def score(pool: list[dict], name: str, path: str, x: str = "flops_per_token") -> list[dict]:
     """One row per (learned mode, data file, budget) of the recipe's file."""
     learned = [r for r in read_results(path) if r.get("method") in LEARNED]
     if not learned:
@@ -66,7 +68,7 @@ def score(pool: list[dict], name: str, path: str) -> list[dict]:
             static = [r for r in pool if Path(r["data"]).stem == data and r.get("task") == mine[0].get("task")]
             if not any(r["method"] == "dense" for r in static):
                 continue  # no dense line for this data in the pool: no curve to end at
-            y, got = static_at_learned(mine + static, learned=mode, x="flops_per_token")
+            y, got = static_at_learned(mine + static, learned=mode, x=x)
             for g in got:
                 rows.append({"recipe": name, "mode": mode, "data": data, "metric": y, **g})
     return rows
@@ -107,12 +109,15 @@ def main(argv: list[str]) -> int:
     p.add_argument("--static", nargs="+", default=STATIC, metavar="FILE[:SUFFIX]")
     p.add_argument("--recipe", nargs="+", default=RECIPES, metavar="NAME=FILE")
     p.add_argument("--ci", action="store_true", help="print each gain's paired 95%% CI too")
+    p.add_argument("--x", choices=("flops", "seconds"), default="flops",
+                   help="equal modeled FLOPs per token (default) or equal measured seconds per item")
     p.add_argument("--out", help="also write one JSON line per comparison here")
     args = p.parse_args(argv)
     if any("=" not in spec for spec in args.recipe):
         p.error("--recipe takes NAME=FILE")
     pool = load_pool(args.static)
-    rows = [row for spec in args.recipe for row in score(pool, *spec.split("=", 1))]
+    x = {"flops": "flops_per_token", "seconds": "seconds_per_item"}[args.x]
+    rows = [row for spec in args.recipe for row in score(pool, *spec.split("=", 1), x=x)]
     print(table(rows, args.ci))
     if args.out:
         with open(args.out, "w") as f:

@@ -351,3 +351,51 @@ def test_calibration_with_mc_pairs_and_resume_under_another_calibration(gm, file
     with pytest.raises(FileNotFoundError):
         run(gm, files, tmp_path / "other.jsonl", calibration=Calibration(path=str(math), mc=[str(tmp_path / "none.jsonl")]))
     assert not (tmp_path / "other.jsonl").exists()
+
+
+def test_retime_results_times_the_lines_of_several_files_together(gm, files, tmp_path):
+    """Lines of one data file in two results files (another calibration, learned gates) are timed in one
+    interleaved run, each under its own calibration and gates; a point in both files is timed once; nothing
+    but the timing fields changes; gates other than the line's are refused."""
+    import torch
+
+    from l2a.gates import GateConfig, GatePolicy
+    from l2a.retime import retime_results
+    from l2a.tasks import get_task
+
+    mc, math = files
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    run(gm, files, a, methods=["dense", "block-influence"], seeds=1)
+    torch.manual_seed(0)
+    gates = GatePolicy(GateConfig(n_layers=4, n_groups=gm.n_groups, hidden=gm.hf.config.hidden_size, width=16))
+    gm.policy = gates
+    mixed = Calibration(path=str(math), n=4, max_tokens=40, mc=[str(mc)])
+    run(gm, files, b, methods=["dense", "block-influence", "l2a"], seeds=1, calibration=mixed)
+    gm.policy = None  # the l2a lines must be timed with the gates given for their file
+    before = {p: read_results(p) for p in (a, b)}
+    timed = retime_results(gm, get_task("mc"), str(mc), [(a, None), (b, gates)], repeats=2, items=2, batch_size=2,
+                           progress=False)
+    # dense (in both files: once), block-influence under each calibration, l2a
+    assert len(timed) == 4 and sum(k.startswith("block-influence") for k in timed) == 2
+    assert gm.policy is None
+    timing = ("seconds_per_item", "tokens_per_s", "timing", "seconds_per_item_single")
+    after = {p: read_results(p) for p in (a, b)}
+    for p in (a, b):
+        assert [{k: v for k, v in r.items() if k not in timing} for r in after[p]] == \
+            [{k: v for k, v in r.items() if k not in timing} for r in before[p]]
+        assert all(r["timing"]["method"] == "interleaved" and r["timing"]["items"] == 2 for r in after[p])
+        assert all(r["seconds_per_item_single"] == q["seconds_per_item"] for r, q in zip(after[p], before[p]))
+        dense = next(r for r in after[p] if r["method"] == "dense")
+        assert all(r["timing"] == dense["timing"] for r in after[p] if "reused_from" in r)
+    assert next(r for r in after[a] if r["method"] == "dense")["timing"] == \
+        next(r for r in after[b] if r["method"] == "dense")["timing"]
+    import copy
+
+    other = copy.deepcopy(gates)
+    with torch.no_grad():
+        other.think_mu.bias.add_(1.0)  # other gates, same shape
+    for wrong in (None, other):
+        with pytest.raises(ValueError, match="was written by gates"):
+            retime_results(gm, get_task("mc"), str(mc), [(b, wrong)], repeats=1, items=1, progress=False)
+    with pytest.raises(ValueError, match="no measured lines"):
+        retime_results(gm, get_task("mc"), str(math), [(a, None)], repeats=1, items=1, progress=False)

@@ -298,10 +298,11 @@ def test_scoreboard_holds_every_recipe_to_the_pooled_static_bar(tmp_path, capsys
     from pathlib import Path
     main = runpy.run_path(str(Path(__file__).parents[1] / "scripts" / "scoreboard.py"))["main"]
 
-    def line(method, budget, flops, right):  # 100 items, the first `right` correct
+    def line(method, budget, flops, right, seconds=None):  # 100 items, the first `right` correct
         items = [1.0] * right + [0.0] * (100 - right)
         return {"method": method, "task": "mc", "data": "x/arc.jsonl", "budget": {"layers": budget}, "n": 100,
-                "accuracy": right / 100, "flops_per_token": flops, "realized_layers": budget, "item_scores": items}
+                "accuracy": right / 100, "flops_per_token": flops, "realized_layers": budget, "item_scores": items,
+                "seconds_per_item": flops / 10 if seconds is None else seconds}
 
     def write(name, lines):
         p = tmp_path / name
@@ -320,4 +321,13 @@ def test_scoreboard_holds_every_recipe_to_the_pooled_static_bar(tmp_path, capsys
     # without the suffix the second file's angular point is the same point as the first's: the first wins
     assert main(["--static", pool_a, pool_b, "--recipe", f"r={recipe}", "--out", str(out)]) == 0
     assert abs(json.loads(out.read_text())["gain"] - 0.10) < 1e-9
+    capsys.readouterr()
+    # at equal measured latency: the same learned point, measured slower than its FLOPs say (0.85 s against the
+    # static curve's 0.7 s at 7 FLOPs), meets the bar interpolated at 0.85 s: 45 + (60 - 45) / 2 = 52.5 > 50
+    slow = write("slow.jsonl", [line("l2a", 0.7, 7.0, 50, seconds=0.85)])
+    assert main(["--static", pool_a, f"{pool_b}:+more", "--recipe", f"r={slow}", "--out", str(out)]) == 0
+    assert abs(json.loads(out.read_text())["gain"] - 0.05) < 1e-9  # by FLOPs, as above
+    assert main(["--static", pool_a, f"{pool_b}:+more", "--recipe", f"r={slow}", "--x", "seconds", "--out", str(out)]) == 0
+    row = json.loads(out.read_text())
+    assert row["static"] == "angular+more" and abs(row["gain"] + 0.025) < 1e-9 and abs(row["x"] - 0.85) < 1e-12
     capsys.readouterr()

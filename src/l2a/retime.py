@@ -8,7 +8,9 @@ slow periods hit every point alike, and takes the median per point. The line the
 `seconds_per_item` and `tokens_per_s` from those medians, the scoring pass's own timing as
 `seconds_per_item_single`, and `timing` = {"method": "interleaved", "repeats", "items", "seconds"
 (per round)}. Accuracy and every other field are left as they were. Seeded methods are timed with their
-first seed. This module does not score (`evaluate.py`) and does not plot (`pareto.py`).
+first seed. `retime_results` does the same for the lines of one data file spread over several results
+files (other calibrations, other gates), each line run with its own policy. This module does not score
+(`evaluate.py`) and does not plot (`pareto.py`).
 """
 
 from __future__ import annotations
@@ -94,3 +96,92 @@ def _rewrite(path, records: list[dict]) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r) + "\n" for r in lines)
     os.replace(tmp, path)
+
+
+class _WithGates:
+    """An l2a policy (any mode) run with its own gates: attached to the model for each call and detached after,
+    so lines of several gate artifacts are timed side by side on one model."""
+
+    def __init__(self, inner, gates):
+        self.inner, self.gates, self.name = inner, gates, inner.name
+
+    def _run(self, model, fn, *args, **kw):
+        saved, model.policy = model.policy, self.gates
+        try:
+            return fn(model, *args, **kw)
+        finally:
+            model.policy = saved
+
+    def decide(self, model, *args, **kw):
+        return self._run(model, self.inner.decide, *args, **kw)
+
+    def score(self, model, *args, **kw):
+        return self._run(model, self.inner.score, *args, **kw)
+
+
+def retime_results(model, task, data: str, files: list, repeats: int = 3, items: int = 40, batch_size: int = 8,
+                   max_new_tokens: int = 256, progress: bool = True) -> dict:
+    """Interleaved timing of the measured lines of `data` (the path as the lines name it) in every results
+    file of `files` [(path, GatePolicy or None)], in one run. A static line is run under the calibration its
+    line records, an l2a line with its file's gates (ValueError unless their digest is the line's); a point
+    in several files (dense, a static line copied between files) is timed once and written to each, a copy
+    of dense (`reused_from`) takes dense's timing. Every file is rewritten with the timing fields only
+    (`seconds_per_item`, `tokens_per_s`, `timing`, `seconds_per_item_single`: the scoring pass's). Returns
+    {point label: median seconds per item}."""
+    import hashlib
+    import json
+
+    from .baselines import make_method
+    from .budget import Budget
+    from .checkpoint import policy_digest
+    from .results import read_results
+    from .static import Calibration
+
+    name_of_task = getattr(task, "name", str(task))
+    points, where, lines = {}, {}, []  # key -> (label, policy, Budget); key -> [(file, line)]; lines per file
+    for fi, (path, gates) in enumerate(files):
+        rs = read_results(path)
+        lines.append(rs)
+        digest = None if gates is None else policy_digest(gates)
+        mine = [r for r in rs if r.get("data") == data and r.get("task") == name_of_task]
+        if len({r.get("config", {}).get("limit") for r in mine}) > 1:
+            raise ValueError(f"{path}: lines of {data} with several limits; time them from separate files")
+        for li, r in enumerate(rs):
+            if r.get("data") != data or r.get("task") != name_of_task or "reused_from" in r:
+                continue
+            name, budget = r["method"], json.dumps(r.get("budget"), sort_keys=True)
+            if name.startswith("l2a"):
+                if r.get("gates_digest") != digest:
+                    raise ValueError(f"{path}: its {name} line at {r.get('budget')} was written by gates "
+                                     f"{r.get('gates_digest')}, not by the gates given for it ({digest})")
+                key, policy = (name, budget, f"gates {digest}"), _WithGates(make_method(name), gates)
+            else:
+                saved = (r.get("config") or {}).get("calibration") or {}
+                cal = Calibration(**{k: v for k, v in saved.items() if k in Calibration.__dataclass_fields__})
+                policy = make_method(name, seed=0, calibration=cal)
+                cal_id = hashlib.sha256(json.dumps(saved, sort_keys=True).encode()).hexdigest()[:8]
+                key = (name, budget, f"calibration {cal_id}" if hasattr(policy, "calibration") else "")
+            if key not in points:  # labelled by method, budget and the calibration's or the gates' digest
+                points[key] = (f"{name} {budget} {key[2]}".strip(), policy, Budget.parse(r["budget"]))
+            where.setdefault(key, []).append((fi, li))
+    if not points:
+        raise ValueError(f"no measured lines of {name_of_task} on {data} in {', '.join(str(p) for p, _ in files)}")
+    rows, _ = task.load(data)
+    keys = list(points)
+    fields = retime(model, task, rows, [points[k][1:] for k in keys], repeats, items, batch_size, max_new_tokens,
+                    progress)
+    for k, f in zip(keys, fields):
+        for fi, li in where[k]:
+            r = lines[fi][li]
+            lines[fi][li] = dict(r, **f, seconds_per_item_single=r.get("seconds_per_item_single", r.get("seconds_per_item")))
+    for (path, _), rs in zip(files, lines):
+        dense = next((r for r in rs if r.get("method") == "dense" and r.get("data") == data and "timing" in r), None)
+        mine = []
+        for li, r in enumerate(rs):
+            if r.get("data") == data and r.get("task") == name_of_task:
+                if "reused_from" in r and dense is not None:
+                    rs[li] = dict(r, **{k: dense[k] for k in ("seconds_per_item", "tokens_per_s", "timing",
+                                                               "seconds_per_item_single")})
+                mine.append(rs[li])
+        _rewrite(path, mine)
+    return {points[k][0]: f["seconds_per_item"] for k, f in zip(keys, fields)}
