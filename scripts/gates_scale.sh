@@ -7,6 +7,8 @@
 # search). The warm start untrained is scored too. Then GSM8K by teacher-forced NLL (first 200 test items) for
 # dense, the gates and the two static methods; and greedy-kl searched on the gates' own sources (16 GSM8K chains
 # + 16 of the same pairs; ~50 min of search), the static baseline with the same data access, on both tasks.
+# Then exact mode for both artifacts, the untrained start on GSM8K, and every line of each data file timed again
+# together (scripts/retime_lines.py), for the comparison at equal measured latency.
 # The budget calibration is fit on held-out GSM8K prompts and MC pairs together (the default since 2026-12-07;
 # records in docs/results/scale/*_mixcal.jsonl); the first records (qwen05_mc.jsonl's l2a lines) were fit on
 # GSM8K alone, which `--no-calib-mix` in RECIPE reproduces.
@@ -39,4 +41,22 @@ l2a eval --model "$MODEL" --gates "$GATES" --task gsm8k-loglik --data "$DATA/gsm
 l2a eval --model "$MODEL" "${MC[@]}" "${FAIR[@]}" --results "$OUT/mc.jsonl" "$@"
 l2a eval --model "$MODEL" --task gsm8k-loglik --data "$DATA/gsm8k/test.jsonl" --limit 200 "${SWEEP[@]}" "${FAIR[@]}" \
     --results "$OUT/gsm8k.jsonl" "$@"
-for f in mc mc_untrained gsm8k; do l2a report "$OUT/$f.jsonl" --out-dir "$OUT/${f}_report"; done
+# Exact mode (every prompt at the static methods' layer count, its own set) for both artifacts, and the untrained
+# warm start on GSM8K (into a copy of the static lines).
+l2a eval --model "$MODEL" --gates "$GATES" "${MC[@]}" --methods l2a-exact --results "$OUT/mc.jsonl" "$@"
+l2a eval --model "$MODEL" --gates "$OUT/gates-untrained" "${MC[@]}" --methods l2a-exact --results "$OUT/mc_untrained.jsonl" "$@"
+l2a eval --model "$MODEL" --gates "$GATES" --task gsm8k-loglik --data "$DATA/gsm8k/test.jsonl" --limit 200 "${SWEEP[@]}" \
+    --methods l2a-exact --results "$OUT/gsm8k.jsonl" "$@"
+[ -f "$OUT/gsm8k_untrained.jsonl" ] || grep -v '"method": "l2a' "$OUT/gsm8k.jsonl" > "$OUT/gsm8k_untrained.jsonl"
+l2a eval --model "$MODEL" --gates "$OUT/gates-untrained" --task gsm8k-loglik --data "$DATA/gsm8k/test.jsonl" --limit 200 \
+    "${SWEEP[@]}" --methods l2a,l2a-exact --results "$OUT/gsm8k_untrained.jsonl" "$@"
+# Latency: every line of a data file, trained and untrained gates and the static lines under both calibrations,
+# timed again together (3 interleaved rounds on the first 40 items, median), so `l2a report` and
+# `python scripts/scoreboard.py --x seconds` compare at equal measured latency.
+for d in mc/arc_easy mc/piqa; do
+    python "$L2A_ROOT/scripts/retime_lines.py" --model "$MODEL" --task mc --data "$DATA/$d.jsonl" \
+        "$OUT/mc.jsonl:$GATES" "$OUT/mc_untrained.jsonl:$OUT/gates-untrained"
+done
+python "$L2A_ROOT/scripts/retime_lines.py" --model "$MODEL" --task gsm8k-loglik --data "$DATA/gsm8k/test.jsonl" \
+    "$OUT/gsm8k.jsonl:$GATES" "$OUT/gsm8k_untrained.jsonl:$OUT/gates-untrained"
+for f in mc mc_untrained gsm8k gsm8k_untrained; do l2a report "$OUT/$f.jsonl" --out-dir "$OUT/${f}_report"; done
