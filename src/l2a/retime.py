@@ -72,15 +72,28 @@ def retime_file(model, task, rows, results, points, data_label, cfg, out, repeat
     fields = retime(model, task, rows, [(p, b) for _, p, b in points], repeats, items, cfg.batch_size,
                     cfg.max_new_tokens, progress)
     for (i, _, _), f in zip(points, fields):
-        single = results[i].get("seconds_per_item_single", results[i].get("seconds_per_item"))
-        results[i] = dict(results[i], **f, seconds_per_item_single=single)
-    dense = next((r for r in results if r["method"] == "dense" and r.get("data") == data_label), None)
-    for i, r in enumerate(results):
-        if r.get("data") == data_label and "reused_from" in r and dense is not None and "timing" in dense:
-            results[i] = dict(r, **{k: dense[k] for k in ("seconds_per_item", "tokens_per_s", "timing",
-                                                          "seconds_per_item_single")})
+        results[i] = _timed(results[i], f)
+    _copies_take_dense_timing(results, data_label)
     if out is not None:
         _rewrite(out, [r for r in results if r.get("data") == data_label])
+
+
+def _timed(line: dict, fields: dict) -> dict:
+    """`line` with the interleaved timing `fields`; its scoring pass's own timing kept as seconds_per_item_single."""
+    return dict(line, **fields, seconds_per_item_single=line.get("seconds_per_item_single", line.get("seconds_per_item")))
+
+
+def _copies_take_dense_timing(results: list[dict], data_label) -> None:
+    """Lines of `data_label` copied from dense (`reused_from`: a static method at budget 1.0) take the timed
+    dense line's timing, in place."""
+    dense = next((r for r in results if r.get("method") == "dense" and r.get("data") == data_label and "timing" in r),
+                 None)
+    if dense is None:
+        return
+    for i, r in enumerate(results):
+        if r.get("data") == data_label and "reused_from" in r:
+            results[i] = dict(r, **{k: dense[k] for k in ("seconds_per_item", "tokens_per_s", "timing",
+                                                          "seconds_per_item_single")})
 
 
 def _rewrite(path, records: list[dict]) -> None:
@@ -172,16 +185,8 @@ def retime_results(model, task, data: str, files: list, repeats: int = 3, items:
                     progress)
     for k, f in zip(keys, fields):
         for fi, li in where[k]:
-            r = lines[fi][li]
-            lines[fi][li] = dict(r, **f, seconds_per_item_single=r.get("seconds_per_item_single", r.get("seconds_per_item")))
+            lines[fi][li] = _timed(lines[fi][li], f)
     for (path, _), rs in zip(files, lines):
-        dense = next((r for r in rs if r.get("method") == "dense" and r.get("data") == data and "timing" in r), None)
-        mine = []
-        for li, r in enumerate(rs):
-            if r.get("data") == data and r.get("task") == name_of_task:
-                if "reused_from" in r and dense is not None:
-                    rs[li] = dict(r, **{k: dense[k] for k in ("seconds_per_item", "tokens_per_s", "timing",
-                                                               "seconds_per_item_single")})
-                mine.append(rs[li])
-        _rewrite(path, mine)
+        _copies_take_dense_timing(rs, data)
+        _rewrite(path, [r for r in rs if r.get("data") == data and r.get("task") == name_of_task])
     return {points[k][0]: f["seconds_per_item"] for k, f in zip(keys, fields)}
