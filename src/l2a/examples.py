@@ -74,10 +74,7 @@ def teacher_pass(m, ids, attn, prompt_mask, router_layers: int):
 
 def router_hidden(m, policy, ids, mask):
     """Router-layer hidden states (B, T, H) for a policy not (yet) attached to `m`."""
-    saved, m.policy = m.policy, policy
-    try:
-        from .gated import prefill_positions
+    from .gated import prefill_positions
 
+    with m.using(policy):
         return m._router_pass(ids, mask, prefill_positions(mask))
-    finally:
-        m.policy = saved

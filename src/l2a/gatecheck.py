@@ -41,16 +41,13 @@ def _prompts_and_answers(m, data, limit):
 def _decide_all(m, policy, prompts, budget: Budget, mode="threshold", batch=16) -> list[GateDecision]:
     from .scoring import left_pad
 
-    saved, m.policy = m.policy, policy
-    try:
-        out = []
-        pad = m.tokenizer.pad_token_id or 0
+    out = []
+    pad = m.tokenizer.pad_token_id or 0
+    with m.using(policy):
         for i in range(0, len(prompts), batch):
             ids, mask = left_pad(prompts[i : i + batch], pad)
             out += m.decide(ids, budget, attention_mask=mask, mode=mode)
-        return out
-    finally:
-        m.policy = saved
+    return out
 
 
 @torch.no_grad()

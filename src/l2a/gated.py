@@ -152,6 +152,15 @@ class GatedModel:
         finally:
             self._runtime.plan = None
 
+    @contextmanager
+    def using(self, policy):
+        """Within the block, `policy` decides (gates not attached to this model: an ablation, another artifact)."""
+        saved, self.policy = self.policy, policy
+        try:
+            yield self
+        finally:
+            self.policy = saved
+
     def _decisions(self, decisions, batch: int) -> list[GateDecision]:
         if decisions is None:
             return [self.dense_decision()] * batch

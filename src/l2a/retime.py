@@ -119,11 +119,8 @@ class _WithGates:
         self.inner, self.gates, self.name = inner, gates, inner.name
 
     def _run(self, model, fn, *args, **kw):
-        saved, model.policy = model.policy, self.gates
-        try:
+        with model.using(self.gates):
             return fn(model, *args, **kw)
-        finally:
-            model.policy = saved
 
     def decide(self, model, *args, **kw):
         return self._run(model, self.inner.decide, *args, **kw)
