@@ -87,20 +87,25 @@ def read_config(directory: str | os.PathLike) -> dict:
     return meta
 
 
+def check_base(want: dict, hf_model, what: str) -> None:
+    """Refuse an artifact (`what`, e.g. "gates in DIR") made for another base model, naming both."""
+    have = base_identity(hf_model)
+    if want["config_hash"] != have["config_hash"] or want["weights_hash"] != have["weights_hash"]:
+        diff = {k: (want["fields"].get(k), have["fields"].get(k)) for k in want["fields"] if want["fields"].get(k) != have["fields"].get(k)}
+        why = f"config fields differ (artifact, model): {diff}" if diff else "same architecture but different weights"
+        raise ValueError(
+            f"{what} were made for base model {want.get('name_or_path')!r} "
+            f"(config {want['config_hash']}, weights {want['weights_hash']}), not this one "
+            f"({have.get('name_or_path')!r}, config {have['config_hash']}, weights {have['weights_hash']}): {why}"
+        )
+
+
 def load_gates(directory: str | os.PathLike, hf_model) -> GatePolicy:
     """The GatePolicy stored in `directory`, after checking it was trained on `hf_model`."""
     from safetensors.torch import load_file
 
     meta = read_config(directory)
-    want, have = meta["base_model"], base_identity(hf_model)
-    if want["config_hash"] != have["config_hash"] or want["weights_hash"] != have["weights_hash"]:
-        diff = {k: (want["fields"].get(k), have["fields"].get(k)) for k in want["fields"] if want["fields"].get(k) != have["fields"].get(k)}
-        what = f"config fields differ (artifact, model): {diff}" if diff else "same architecture but different weights"
-        raise ValueError(
-            f"gates in {directory} were trained for base model {want.get('name_or_path')!r} "
-            f"(config {want['config_hash']}, weights {want['weights_hash']}), not this one "
-            f"({have.get('name_or_path')!r}, config {have['config_hash']}, weights {have['weights_hash']}): {what}"
-        )
+    check_base(meta["base_model"], hf_model, f"gates in {directory}")
     policy = GatePolicy(GateConfig(**meta["gate_config"]))
     state = load_file(str(Path(directory) / WEIGHTS_NAME))
     if "depth_w" in state:  # gates with a fitted depth head (depth.py)

@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 
-from .commands import (cmd_bench, cmd_calibrate, cmd_check_gates, cmd_demo, cmd_eval, cmd_fit_depth, cmd_generate,
+from .commands import (cmd_bench, cmd_calibrate, cmd_check_gates, cmd_demo, cmd_eval, cmd_fit_bridges, cmd_fit_depth, cmd_generate,
                        cmd_report, cmd_train, cmd_train_think)
 
 
@@ -233,7 +233,21 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--timing-items", type=_positive, default=100)
     e.add_argument("--retime", action="store_true",
                    help="time the points again even when they were timed with these settings (after a runtime change)")
+    e.add_argument("--bridges", metavar="DIR",
+                   help="skipped layers run these bridges (`l2a fit-bridges`) instead of nothing; every method but "
+                        "dense is named METHOD+bridges and its FLOPs include them")
     e.set_defaults(func=cmd_eval)
+
+    w = sub.add_parser("fit-bridges", help="fit each layer's bridge: the linear map a row that skips it runs (bridges.py)")
+    common(w)
+    w.add_argument("--bridges-out", required=True, metavar="DIR", help="where to write the bridges")
+    w.add_argument("--calib-n", type=_positive, default=64,
+                   help="fit on the first N GSM8K train chains and N pairs of each --calib-mc source (default: %(default)s)")
+    w.add_argument("--calib-mc", nargs="+", metavar="FILE", help="multiple-choice files whose (question, correct choice) "
+                   "pairs join the text (as `l2a eval --calib-mc`)")
+    w.add_argument("--ridge", type=float, default=1e-3, help="ridge weight, relative to the mean diagonal (default: %(default)s)")
+    w.add_argument("--rank", type=_positive, help="keep each map's best rank-R approximation (default: full rank)")
+    w.set_defaults(func=cmd_fit_bridges)
 
     r = sub.add_parser("report", help="markdown table and Pareto plots from `l2a eval` results")
     r.add_argument("results")

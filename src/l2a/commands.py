@@ -136,6 +136,10 @@ def cmd_eval(args) -> int:
         raise ValueError("l2a eval needs --results FILE (one JSON line per point; rerun to resume)")
     calibration = _calibration(args)
     gm = _load(args)
+    if args.bridges:
+        from .bridges import load_bridges
+
+        gm.bridges = load_bridges(args.bridges, gm.hf)  # evaluate() names the lines METHOD+bridges
     lines = evaluate(gm, args.task, args.data or [None], args.budgets, args.methods.split(","), limit=args.limit,
                      batch_size=args.batch_size, seeds=args.seeds, out=args.results,
                      max_new_tokens=args.max_new_tokens, model_name=args.model, axes=args.axes,
@@ -145,7 +149,7 @@ def cmd_eval(args) -> int:
     for r in lines:
         print(" ".join(f"{k}={r.get(k)}" for k in keys), file=sys.stderr)
     config = {k: getattr(args, k) for k in ("model", "gates", "task", "data", "budgets", "methods", "limit", "seeds", "dtype",
-                                            "calib_search", "calib_mc", "calib_mc_search")}
+                                            "calib_search", "calib_mc", "calib_mc_search", "bridges")}
     _emit(run_record("eval", config, {"results": args.results, "points": len(lines)}), args.out)
     return 0
 
@@ -196,6 +200,22 @@ def cmd_calibrate(args) -> int:
     counts = " + ".join(f"{n} {k}" for k, n in res["prompts"].items())
     print(f"calibration of {args.gates} refit on {counts} held-out prompts ({res['data_source']})", file=sys.stderr)
     _emit(run_record("calibrate", {k: getattr(args, k) for k in ("model", "gates", "prompts", "dtype")}, res), args.out)
+    return 0
+
+
+def cmd_fit_bridges(args) -> int:
+    from .bridges import BridgeConfig, fit_bridges, save_bridges
+    from .record import run_record
+    from .static import Calibration
+
+    args.no_gates = True
+    config = BridgeConfig(Calibration(mc=tuple(args.calib_mc or ()), n=args.calib_n), ridge=args.ridge, rank=args.rank)
+    gm = _load(args)
+    bridges = fit_bridges(gm, config)
+    save_bridges(bridges, args.bridges_out)
+    print(f"bridges (rank {bridges.rank}) written to {args.bridges_out}", file=sys.stderr)
+    _emit(run_record("fit-bridges", {k: getattr(args, k) for k in ("model", "dtype", "calib_n", "calib_mc", "ridge", "rank")},
+                     {"bridges_out": args.bridges_out, **bridges.describe(), "fit": bridges.fit}), args.out)
     return 0
 
 

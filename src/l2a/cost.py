@@ -42,12 +42,14 @@ class CostModel:
     mlp_bias: bool = False  # MLP projections have biases (Llama mlp_bias)
     qk_norm: bool = False  # per-head RMSNorm on q and k, D weights each (Qwen3)
     dtype_bytes: int = 4  # bytes per stored element of weights and KV: 4 fp32, 2 bf16/fp16
+    bridge_rank: int = 0  # a skipped layer runs a bridge (bridges.py) of this rank (0: none; >= H: full)
 
     def __post_init__(self):
         for name in ("n_layers", "hidden", "ffn", "n_heads", "n_kv_heads", "head_dim", "vocab", "dtype_bytes"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ValueError(f"CostModel.{name} must be a positive int, got {v!r}")
+        _check_non_negative("CostModel.bridge_rank", self.bridge_rank)
         for name in ("tied", "qkv_bias", "o_bias", "mlp_bias", "qk_norm"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"CostModel.{name} must be a bool, got {getattr(self, name)!r}")
@@ -122,9 +124,15 @@ class CostModel:
         attn_group = 2 * (2 * qh * D)
         mlp = 3 * 2 * H * self.ffn  # gate, up, down
         kept = self._kept(decision)
-        fixed = sum(k * proj_group + mlp for k in kept if k)
+        fixed = sum(k * proj_group + mlp if k else 2 * self._bridge_params for k in kept)
         per_key = sum(k * attn_group for k in kept)
         return fixed, per_key
+
+    @property
+    def _bridge_params(self) -> int:
+        """Parameters of one layer's bridge: H x H (or two H x r factors) and a bias; 0 without bridges."""
+        H, r = self.hidden, self.bridge_rank
+        return 0 if not r else (H * H if r >= H else 2 * H * r) + H
 
     @property
     def lm_head_flops(self) -> int:
@@ -210,7 +218,7 @@ class CostModel:
         o_bias = H if self.o_bias else 0
         # One group: q rows (qh*D x H), k and v rows (D x H each), o columns (H x qh*D), with their biases.
         group = (qh * D * H) + 2 * (D * H) + (H * qh * D) + ((qh * D + 2 * D) if self.qkv_bias else 0)
-        layers = sum(norms + mlp + o_bias + k * group for k in self._kept(decision) if k)
+        layers = sum(norms + mlp + o_bias + k * group if k else self._bridge_params for k in self._kept(decision))
         embed = self.vocab * H
         head = 0 if self.tied else self.vocab * H
         return embed + layers + H + head  # + final norm

@@ -40,12 +40,13 @@ import os
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
 
 from .baselines import _StaticPolicy, kept_count, make_method
+from .bridges import check_line
 from .budget import Budget
 from .checkpoint import policy_digest
 from .cost import CostModel
@@ -175,7 +176,9 @@ def evaluate(
     for path in calibration.mc:  # a missing or malformed calibration file fails before any model runs
         load_mc(path)
     methods = sorted(methods, key=lambda m: m != "dense")  # dense first: static points at b=1 reuse it
+    bridges = getattr(model, "bridges", None)  # skipped layers run these (bridges.py): lines say "+bridges"
     names = [m if isinstance(m, str) else m.name for m in methods]
+    names = [n if bridges is None or n == "dense" else f"{n}+bridges" for n in names]
     for m in methods:  # fail on unknown names (and missing gates) before any model runs
         if isinstance(m, str):
             make_method(m, seed=0, calibration=calibration, tuned_gates=tuned_gates)
@@ -185,6 +188,8 @@ def evaluate(
     cfg = EvalConfig(model_name, task_name, limit, seeds, batch_size, max_new_tokens,
                      str(dtype).removeprefix("torch."), {**asdict(calibration), "mc": list(calibration.mc)})  # as JSON reads it
     cost = CostModel.from_config(model.hf.config, dtype_bytes=torch.empty((), dtype=dtype).element_size())
+    if bridges is not None:
+        cost = replace(cost, bridge_rank=bridges.rank)
     done = finished(out)
     provenance = _provenance()
     dense_task = getattr(task_obj, "dense_task", task_name)  # a task whose dense line equals this one's
@@ -202,6 +207,7 @@ def evaluate(
                 key = point_key(task_name, name, data_label, budget_field(b), limit)
                 if key in done:
                     _check_gates(done[key], name, digest, out)
+                    check_line(done[key], bridges, out)
                     _check_calibration(done[key], name, m, calibration, out)
                     if "reused_from" not in done[key]:
                         timed.append((len(results), name, m, b))
@@ -235,6 +241,8 @@ def evaluate(
                 record["axis"] = axis
                 if name.startswith("l2a") and "reused_from" not in record:
                     record["gates_digest"] = digest  # which gates made the line (resume checks it)
+                if bridges is not None and name != "dense":
+                    record["bridges"] = bridges.describe()
                 if out is not None:
                     append(out, record)
                 results.append(record)

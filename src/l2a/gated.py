@@ -152,6 +152,29 @@ class GatedModel:
         finally:
             self._runtime.plan = None
 
+    @property
+    def bridges(self):
+        """The bridges (bridges.py) rows run for the layers they skip; None: skipped layers run nothing."""
+        return self._runtime.bridges
+
+    @bridges.setter
+    def bridges(self, bridges):
+        if bridges is not None and (bridges.n_layers != self.n_layers or bridges.hidden != self.hf.config.hidden_size):
+            raise ValueError(f"bridges for {bridges.n_layers} layers of width {bridges.hidden} do not fit this model "
+                             f"({self.n_layers} layers of width {self.hf.config.hidden_size})")
+        if bridges is not None:
+            bridges.to(self.device)
+        self._runtime.bridges = bridges
+
+    @contextmanager
+    def bridged(self, bridges):
+        """Within the block, skipped layers run `bridges` (None: nothing)."""
+        saved, self.bridges = self.bridges, bridges
+        try:
+            yield self
+        finally:
+            self.bridges = saved
+
     @contextmanager
     def using(self, policy):
         """Within the block, `policy` decides (gates not attached to this model: an ablation, another artifact)."""

@@ -75,6 +75,7 @@ class Runtime:
 
     def __init__(self):
         self.plan: Plan | None = None
+        self.bridges = None  # bridges.Bridges: what rows that skip a layer run instead of nothing (None: nothing)
 
 
 class GatedLayer(nn.Module):
@@ -93,7 +94,8 @@ class GatedLayer(nn.Module):
         if isinstance(plan, SoftPlan):
             y = self.base_layer(hidden_states, *args, past_key_values=past_key_values, **kwargs)
             g = plan.layer_gates[:, self.index, None, None].to(y.dtype)  # (B, 1, 1)
-            return hidden_states + g * (y - hidden_states)
+            skip = self._skip(hidden_states)  # (B, T, H) what a skipping row gets
+            return skip + g * (y - skip)
         if plan.replay is not None and self.index in plan.replay:
             return self._replay(plan, hidden_states, past_key_values)
         out = self._run(plan, hidden_states, args, past_key_values, kwargs)
@@ -113,11 +115,23 @@ class GatedLayer(nn.Module):
             past_key_values.slot((self.index, part.rows_key, part.groups), part.rows_key).update(keys, values)
         return hidden_states if output is None else output
 
+    def _skip(self, h: torch.Tensor) -> torch.Tensor:
+        """What rows that skip this layer get: their input, or its bridge when bridges are on."""
+        bridges = self._runtime.bridges
+        return h if bridges is None else bridges(self.index, h)
+
     def _run(self, plan: Plan, hidden_states, args, past_key_values, kwargs):
         parts = plan.parts[self.index]
         if not parts:  # no row runs this layer: nothing executes, nothing is cached
-            return hidden_states
+            return self._skip(hidden_states)
         out = hidden_states  # (B, T, H)
+        if self._runtime.bridges is not None and parts[0].rows is not None:
+            ran = torch.zeros(plan.batch, dtype=torch.bool, device=hidden_states.device)
+            for part in parts:
+                ran[part.rows] = True
+            idle = (~ran).nonzero().squeeze(1)  # (B_s,) rows that skip this layer
+            if len(idle):
+                out = out.index_copy(0, idle, self._skip(hidden_states.index_select(0, idle)))
         for part in parts:
             cache = None
             if isinstance(past_key_values, RowCache):

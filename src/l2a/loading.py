@@ -83,14 +83,15 @@ DTYPES = ("float32", "bfloat16", "float16")
 _DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
 
 
-def load(spec, *, dtype=None, gates=None, device="cpu", tokenizer=None):
+def load(spec, *, dtype=None, gates=None, device="cpu", tokenizer=None, bridges=None):
     """Load `spec` (see the module docstring) and return ``GatedModel(hf_model, tokenizer=tok)``.
 
     dtype: None (float32; an in-memory model keeps its own), "auto" (`auto_dtype`), "float32", "bfloat16",
     "float16" or a torch dtype; bfloat16 on a CPU without native bfloat16 warns (it is emulated, far slower). gates: a gate artifact directory to attach as the model's policy; None attaches the gates
     shipped for a registered name when there are some (`SHIPPED_GATES`), False attaches none. tokenizer: overrides the one found with
     the model. The model is put in eval mode on `device`; the tokenizer pads on the left, with eos as
-    the pad token when it has none.
+    the pad token when it has none. bridges: a directory written by `l2a fit-bridges` (bridges.py): skipped
+    layers run those maps instead of nothing.
     """
     import torch
     from transformers import PreTrainedModel
@@ -131,6 +132,10 @@ def load(spec, *, dtype=None, gates=None, device="cpu", tokenizer=None):
 
         gm.policy = load_gates(gates, model)
         gm.gates_path = os.fspath(gates)
+    if bridges is not None:
+        from .bridges import load_bridges
+
+        gm.bridges = load_bridges(bridges, model)
     return gm
 
 

@@ -160,6 +160,9 @@ def retime_results(model, task, data: str, files: list, repeats: int = 3, items:
             if r.get("data") != data or r.get("task") != name_of_task or "reused_from" in r:
                 continue
             name, budget = r["method"], json.dumps(r.get("budget"), sort_keys=True)
+            if "bridges" in r:
+                raise ValueError(f"{path}: its {name} line ran with bridges, which retime_lines does not load; "
+                                 "time it with `l2a eval --bridges DIR --timing-repeats N`")
             if name.startswith("l2a"):
                 if r.get("gates_digest") != digest:
                     raise ValueError(f"{path}: its {name} line at {r.get('budget')} was written by gates "

@@ -179,13 +179,20 @@ def stats_for(model, cal: Calibration) -> CalibStats:
     """Calibration scores of `model` on `cal`'s text, computed once per (model, Calibration)."""
     per_model = _CACHE.setdefault(model.hf, {})
     if cal not in per_model:
-        tok, pad = _tokenizer(model)
-        rows, source = data.load_math(cal.path, split="train")
-        texts = [f"{r['question']}\n{r['answer']}" for r in rows[: cal.n]]
-        seqs = [list(tok(t)["input_ids"])[: cal.max_tokens] for t in texts]
-        seqs += [(p + a)[: cal.max_tokens] for p, a in _mc_pairs(tok, cal, cal.n)]
+        seqs, pad, source = calibration_sequences(model, cal)
         per_model[cal] = calibrate(model, seqs, cal.batch_size, pad, source)
     return per_model[cal]
+
+
+def calibration_sequences(model, cal: Calibration) -> tuple[list[list[int]], int, str]:
+    """(token ids of `cal`'s texts, pad id, the math data's source): the first n GSM8K train chains and
+    n MC pairs, each cut at max_tokens."""
+    tok, pad = _tokenizer(model)
+    rows, source = data.load_math(cal.path, split="train")
+    texts = [f"{r['question']}\n{r['answer']}" for r in rows[: cal.n]]
+    seqs = [list(tok(t)["input_ids"])[: cal.max_tokens] for t in texts]
+    seqs += [(p + a)[: cal.max_tokens] for p, a in _mc_pairs(tok, cal, cal.n)]
+    return seqs, pad, source
 
 
 # ---- policies -------------------------------------------------------------------------------------------
@@ -204,12 +211,13 @@ def greedy_order_for(model, cal: Calibration, progress: bool = True) -> list[int
     from .swap import greedy_kl_order
 
     per_model = _ORDERS.setdefault(model.hf, {})
-    if cal not in per_model:
+    mine = (cal, _bridges_id(model))
+    if mine not in per_model:
         pairs, pad, key = _search(model, cal)
         L = model.n_layers
-        per_model[cal] = _on_disk("greedy-kl", key, lambda: {"order": greedy_kl_order(
+        per_model[mine] = _on_disk("greedy-kl", key, lambda: {"order": greedy_kl_order(
             model, pairs, list(range(1, L - 1)), _greedy_steps(L), pad_id=pad, progress=progress)})["order"]
-    return per_model[cal]
+    return per_model[mine]
 
 
 def swapped_set_for(model, cal: Calibration, removals: int, blocks: bool = False, progress: bool = True) -> dict:
@@ -219,13 +227,19 @@ def swapped_set_for(model, cal: Calibration, removals: int, blocks: bool = False
     from .swap import SetKL, refine
 
     per_model = _ORDERS.setdefault(model.hf, {})
-    if (cal, removals, blocks) not in per_model:
+    mine = (cal, removals, blocks, _bridges_id(model))
+    if mine not in per_model:
         order = greedy_order_for(model, cal, progress)
         pairs, pad, key = _search(model, cal)
         search = lambda: refine(SetKL(model, pairs, pad), order, removals, order, blocks, progress)  # noqa: E731
-        per_model[cal, removals, blocks] = _on_disk("block-swap" if blocks else "greedy-swap", f"{key}-{removals}",
-                                                    search)
-    return per_model[cal, removals, blocks]
+        per_model[mine] = _on_disk("block-swap" if blocks else "greedy-swap", f"{key}-{removals}", search)
+    return per_model[mine]
+
+
+def _bridges_id(model) -> str | None:
+    """The digest of the bridges skipped layers run (a search under bridges is another search), or None."""
+    bridges = getattr(model, "bridges", None)
+    return None if bridges is None else bridges.digest()
 
 
 def _search(model, cal: Calibration) -> tuple[list, int, str]:
@@ -242,7 +256,8 @@ def _search(model, cal: Calibration) -> tuple[list, int, str]:
         prompt = prompt[: GREEDY_MAX_LEN - 1]
         pairs.append((prompt, answer[: GREEDY_MAX_LEN - len(prompt)]))
     L = model.n_layers
-    key = hashlib.sha256(json.dumps([_fingerprint(model), pairs, list(range(1, L - 1)), _greedy_steps(L), pad])
+    bridged = [] if _bridges_id(model) is None else [_bridges_id(model)]  # plain searches keep their old keys
+    key = hashlib.sha256(json.dumps([_fingerprint(model), pairs, list(range(1, L - 1)), _greedy_steps(L), pad, *bridged])
                          .encode())
     return pairs, pad, key.hexdigest()
 
