@@ -41,6 +41,10 @@ l2a eval --model "$MODEL" --gates "$GATES" --task gsm8k-loglik --data "$DATA/gsm
 l2a eval --model "$MODEL" "${MC[@]}" "${FAIR[@]}" --results "$OUT/mc.jsonl" "$@"
 l2a eval --model "$MODEL" --task gsm8k-loglik --data "$DATA/gsm8k/test.jsonl" --limit 200 "${SWEEP[@]}" "${FAIR[@]}" \
     --results "$OUT/gsm8k.jsonl" "$@"
+# greedy-kl searched on GSM8K alone (the static calibration's first 16 chains), apart from the lines above.
+[ -f "$OUT/gsm8k_gsm8k-only.jsonl" ] || grep '"method": "dense"' "$OUT/gsm8k.jsonl" > "$OUT/gsm8k_gsm8k-only.jsonl"
+l2a eval --model "$MODEL" --task gsm8k-loglik --data "$DATA/gsm8k/test.jsonl" --limit 200 "${SWEEP[@]}" --methods greedy-kl \
+    --calib-search 16 --results "$OUT/gsm8k_gsm8k-only.jsonl" "$@"
 # Exact mode (every prompt at the static methods' layer count, its own set) for both artifacts, and the untrained
 # warm start on GSM8K (into a copy of the static lines).
 l2a eval --model "$MODEL" --gates "$GATES" "${MC[@]}" --methods l2a-exact --results "$OUT/mc.jsonl" "$@"
