@@ -68,6 +68,7 @@ class Bridges(nn.Module):
         self.config = config or BridgeConfig()
         self.base = base  # checkpoint.base_identity of the model they were fit on
         self.fit: dict = {}  # how the fit went: calibration tokens, R² of each layer's map (fit_bridges)
+        self._digest = None  # the maps are not changed after construction
 
     @property
     def n_layers(self) -> int:
@@ -89,12 +90,14 @@ class Bridges(nn.Module):
         return h + (delta + self.b[layer]).to(h.dtype)
 
     def digest(self) -> str:
-        """16 hex digits identifying these maps bit for bit (and how they were fit)."""
-        h = hashlib.sha256(json.dumps(dataclasses.asdict(self.config), sort_keys=True, default=str).encode())
-        for name, t in sorted(self.state_dict().items()):
-            h.update(name.encode())
-            h.update(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
-        return h.hexdigest()[:16]
+        """16 hex digits identifying these maps bit for bit (and how they were fit); computed once."""
+        if self._digest is None:
+            h = hashlib.sha256(json.dumps(dataclasses.asdict(self.config), sort_keys=True, default=str).encode())
+            for name, t in sorted(self.state_dict().items()):
+                h.update(name.encode())
+                h.update(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+            self._digest = h.hexdigest()[:16]
+        return self._digest
 
     def describe(self) -> dict:
         """What an eval line records about the bridges it ran with."""

@@ -293,7 +293,8 @@ def report(results_path, out_dir=None, plots: bool = True) -> dict:
                       + ("" if method not in sure else "; with 95% confidence: "
                          + ("none" if sure[method] is None else f"{100 * sure[method]:.1f}%")))
         md.append("")
-        learned = [n for n in LEARNED if any(r["method"] == n for r in rs)]  # each learned mode on its own
+        learned = [n for n in dict.fromkeys(r["method"] for r in rs)  # each learned mode on its own (+bridges too)
+                   if n.removesuffix("+bridges") in LEARNED]
         for me, (x, what, unit, scale) in itertools.product(learned, (
                 ("seconds_per_item", "measured latency", "s/item", 1.0), ("flops_per_token", "modeled FLOPs", "GFLOP/token", 1e-9))):
             y_key, rows = at_equal_latency(rs, learned=me, x=x)
