@@ -26,3 +26,4 @@ both "${MC[@]}" "$@"
 l2a eval "${G[@]}" --methods greedy-kl "$@"
 l2a eval "${G[@]}" --methods greedy-kl --bridges "$BRIDGES" "$@"
 for f in gsm8k mc; do l2a report "$OUT/$f.jsonl" --out-dir "$OUT/${f}_report"; done
+python "$L2A_ROOT/scripts/bridge_gain.py" "$OUT/gsm8k.jsonl" "$OUT/mc.jsonl"

@@ -202,3 +202,22 @@ def test_a_search_under_bridges_is_keyed_apart_and_plain_keys_are_unchanged(fitt
         bridged = static._search(gm, calib)[2]
         assert static._bridges_id(gm) == bridges.digest()
     assert bridged != plain and static._search(gm, calib)[2] == plain and static._bridges_id(gm) is None
+
+
+def test_bridge_gain_pairs_each_bridged_line_with_its_plain_twin(tmp_path):
+    import runpy
+    from pathlib import Path
+
+    rows = runpy.run_path(str(Path(__file__).parents[1] / "scripts" / "bridge_gain.py"))["rows"]
+
+    def line(method, nll, items):
+        return {"method": method, "task": "gsm8k-loglik", "data": "d/test.jsonl", "budget": 0.7, "nll": nll,
+                "item_nll": items, "item_tokens": [1.0] * len(items), "n": len(items), "flops_fraction": 0.8, "realized_layers": 0.7}
+
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [
+        line("angular", 3.0, [3.0, 3.2, 2.8, 3.0]), line("angular+bridges", 2.5, [2.4, 2.7, 2.3, 2.6]),
+        line("l2a+bridges", 2.0, [2.0] * 4)]))  # no plain twin: no row
+    (r,) = rows([path])
+    assert (r["method"], r["plain"], r["bridged"]) == ("angular", 3.0, 2.5)
+    assert r["gain"] == pytest.approx(0.5) and 0 < r["ci"][0] <= 0.5 <= r["ci"][1]  # lower NLL: a gain
