@@ -43,14 +43,17 @@ class BridgeConfig:
     calibration: Calibration = Calibration()  # the text: the static baselines' calibration (same data access)
     ridge: float = 1e-3  # Tikhonov weight, relative to the mean diagonal of XᵀX (scale-free)
     rank: int | None = None  # keep the best rank-r approximation of each map (None: full rank)
+    mc_pairs: int | None = None  # MC pairs of calibration.mc fit on (None: calibration.n, as the static baselines)
 
     def __post_init__(self):
         if isinstance(self.calibration, dict):  # read back from JSON
             object.__setattr__(self, "calibration", Calibration(**self.calibration))
         if isinstance(self.ridge, bool) or not isinstance(self.ridge, (int, float)) or not self.ridge > 0:
             raise ValueError(f"BridgeConfig.ridge must be a positive number, got {self.ridge!r}")
-        if self.rank is not None and (isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1):
-            raise ValueError(f"BridgeConfig.rank must be a positive int or None, got {self.rank!r}")
+        for name in ("rank", "mc_pairs"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"BridgeConfig.{name} must be a positive int or None, got {v!r}")
 
 
 class Bridges(nn.Module):
@@ -92,7 +95,10 @@ class Bridges(nn.Module):
     def digest(self) -> str:
         """16 hex digits identifying these maps bit for bit (and how they were fit); computed once."""
         if self._digest is None:
-            h = hashlib.sha256(json.dumps(dataclasses.asdict(self.config), sort_keys=True, default=str).encode())
+            cfg = dataclasses.asdict(self.config)
+            if cfg["mc_pairs"] is None:  # the field came later: bridges fit without it keep their digest
+                del cfg["mc_pairs"]
+            h = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode())
             for name, t in sorted(self.state_dict().items()):
                 h.update(name.encode())
                 h.update(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
@@ -102,7 +108,7 @@ class Bridges(nn.Module):
     def describe(self) -> dict:
         """What an eval line records about the bridges it ran with."""
         return {"digest": self.digest(), "rank": self.rank, "ridge": self.config.ridge,
-                "calibration": dataclasses.asdict(self.config.calibration)}
+                "calibration": dataclasses.asdict(self.config.calibration), "mc_pairs": self.config.mc_pairs}
 
 
 def check_line(line: dict, bridges: Bridges | None, out) -> None:
@@ -126,7 +132,7 @@ def fit_bridges(model, config: BridgeConfig = BridgeConfig(), progress: bool = T
 
     if model._runtime.plan is not None:
         raise RuntimeError("fit_bridges() needs the GatedModel idle (no forward or generate running)")
-    seqs, pad, _ = calibration_sequences(model, config.calibration)
+    seqs, pad, _ = calibration_sequences(model, config.calibration, config.mc_pairs)
     layers = arch.decoder_layers(model.hf)
     L, H = len(layers), model.hf.config.hidden_size
     xtx = torch.zeros(L, H + 1, H + 1, dtype=torch.float64)  # Σ [h, 1]ᵀ [h, 1] per layer

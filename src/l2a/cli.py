@@ -245,6 +245,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="fit on the first N GSM8K train chains and N pairs of each --calib-mc source (default: %(default)s)")
     w.add_argument("--calib-mc", nargs="+", metavar="FILE", help="multiple-choice files whose (question, correct choice) "
                    "pairs join the text (as `l2a eval --calib-mc`)")
+    w.add_argument("--calib-mc-n", type=_positive, metavar="N", help="fit on N pairs of the --calib-mc sources in all "
+                   "(default: --calib-n)")
     w.add_argument("--ridge", type=float, default=1e-3, help="ridge weight, relative to the mean diagonal (default: %(default)s)")
     w.add_argument("--rank", type=_positive, help="keep each map's best rank-R approximation (default: full rank)")
     w.set_defaults(func=cmd_fit_bridges)

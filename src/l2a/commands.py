@@ -209,12 +209,15 @@ def cmd_fit_bridges(args) -> int:
     from .static import Calibration
 
     args.no_gates = True
-    config = BridgeConfig(Calibration(mc=tuple(args.calib_mc or ()), n=args.calib_n), ridge=args.ridge, rank=args.rank)
+    if args.calib_mc_n and not args.calib_mc:
+        raise ValueError("--calib-mc-n N sets how many --calib-mc pairs the bridges fit on: pass --calib-mc FILE too")
+    config = BridgeConfig(Calibration(mc=tuple(args.calib_mc or ()), n=args.calib_n), ridge=args.ridge, rank=args.rank,
+                          mc_pairs=args.calib_mc_n)
     gm = _load(args)
     bridges = fit_bridges(gm, config)
     save_bridges(bridges, args.bridges_out)
     print(f"bridges (rank {bridges.rank}) written to {args.bridges_out}", file=sys.stderr)
-    _emit(run_record("fit-bridges", {k: getattr(args, k) for k in ("model", "dtype", "calib_n", "calib_mc", "ridge", "rank")},
+    _emit(run_record("fit-bridges", {k: getattr(args, k) for k in ("model", "dtype", "calib_n", "calib_mc", "calib_mc_n", "ridge", "rank")},
                      {"bridges_out": args.bridges_out, **bridges.describe(), "fit": bridges.fit}), args.out)
     return 0
 

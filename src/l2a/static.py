@@ -184,14 +184,14 @@ def stats_for(model, cal: Calibration) -> CalibStats:
     return per_model[cal]
 
 
-def calibration_sequences(model, cal: Calibration) -> tuple[list[list[int]], int, str]:
+def calibration_sequences(model, cal: Calibration, mc_pairs: int | None = None) -> tuple[list[list[int]], int, str]:
     """(token ids of `cal`'s texts, pad id, the math data's source): the first n GSM8K train chains and
-    n MC pairs, each cut at max_tokens."""
+    n MC pairs (or `mc_pairs` of them), each cut at max_tokens."""
     tok, pad = _tokenizer(model)
     rows, source = data.load_math(cal.path, split="train")
     texts = [f"{r['question']}\n{r['answer']}" for r in rows[: cal.n]]
     seqs = [list(tok(t)["input_ids"])[: cal.max_tokens] for t in texts]
-    seqs += [(p + a)[: cal.max_tokens] for p, a in _mc_pairs(tok, cal, cal.n)]
+    seqs += [(p + a)[: cal.max_tokens] for p, a in _mc_pairs(tok, cal, mc_pairs or cal.n)]
     return seqs, pad, source
 
 
