@@ -166,23 +166,22 @@ class GatedModel:
             bridges.to(self.device)
         self._runtime.bridges = bridges
 
-    @contextmanager
     def bridged(self, bridges):
         """Within the block, skipped layers run `bridges` (None: nothing)."""
-        saved, self.bridges = self.bridges, bridges
-        try:
-            yield self
-        finally:
-            self.bridges = saved
+        return self._swapped("bridges", bridges)
 
-    @contextmanager
     def using(self, policy):
         """Within the block, `policy` decides (gates not attached to this model: an ablation, another artifact)."""
-        saved, self.policy = self.policy, policy
+        return self._swapped("policy", policy)
+
+    @contextmanager
+    def _swapped(self, attr: str, value):
+        saved = getattr(self, attr)
+        setattr(self, attr, value)
         try:
             yield self
         finally:
-            self.policy = saved
+            setattr(self, attr, saved)
 
     def _decisions(self, decisions, batch: int) -> list[GateDecision]:
         if decisions is None:
