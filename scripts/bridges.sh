@@ -22,6 +22,7 @@ MC=(--model smollm2-135m --dtype float32 --task mc --data "$DATA/mc/arc_easy.jso
     --limit 500 --budgets 0.85,0.7 --axes layers --seeds 1 --methods dense,angular,l2a)
 l2a eval "${G[@]}" --results "$OUT/gsm8k.jsonl" "$@"
 l2a eval "${MC[@]}" --results "$OUT/mc.jsonl" "$@"
+l2a eval "${G[@]}" --methods greedy-kl --results "$OUT/gsm8k.jsonl" "$@"  # plain: ~13 min of search on 2 cores, once
 for b in g64 mix; do
     suffix=$([ $b = g64 ] || echo "_$b")
     for f in gsm8k mc; do [ -f "$OUT/$f$suffix.jsonl" ] || grep -v '+bridges' "$OUT/$f.jsonl" > "$OUT/$f$suffix.jsonl"; done
