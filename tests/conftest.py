@@ -60,6 +60,27 @@ def prompts(batch: int = 3, length: int = 7, seed: int = 1, vocab: int = 128):
     return torch.randint(3, vocab, (batch, length), generator=g)
 
 
+def bridged_oracle(gm, bridges, skipped):
+    """The plain HF model of `gm` with each `skipped` layer physically replaced by its bridge (the oracle)."""
+    import copy
+
+    from l2a import arch
+
+    class Bridge(torch.nn.Module):
+        def __init__(self, i):
+            super().__init__()
+            self.i = i
+
+        def forward(self, hidden_states, *args, **kwargs):
+            return bridges(self.i, hidden_states)
+
+    hf = copy.deepcopy(gm).detach()
+    layers = arch.decoder_layers(hf)
+    for i in skipped:
+        layers[i] = Bridge(i)
+    return hf
+
+
 def left_pad(ids: torch.Tensor, pads: list[int], pad_id: int = 0):
     """Left-pad row i of `ids` by pads[i] tokens, dropping as many from its start: (ids, mask)."""
     ids = ids.clone()

@@ -9,9 +9,8 @@ import json
 import pytest
 import torch
 from chartok import char_tokenizer
-from conftest import tiny_model
+from conftest import bridged_oracle, tiny_model
 
-from l2a import arch
 from l2a.bridges import BridgeConfig, Bridges, fit_bridges, load_bridges, save_bridges
 from l2a.cost import CostModel
 from l2a.data import generate_gsm8k
@@ -67,28 +66,10 @@ def test_fit_solves_the_ridge_normal_equations_on_dense_hidden_states(fitted, ca
     assert all(0 < r2 <= 1 for r2 in bridges.fit["r2"])
 
 
-def _replaced(gm, bridges, skipped):
-    """The HF model with each skipped layer physically replaced by its bridge (the oracle)."""
-
-    class Bridge(torch.nn.Module):
-        def __init__(self, i):
-            super().__init__()
-            self.i = i
-
-        def forward(self, hidden_states, *args, **kwargs):
-            return bridges(self.i, hidden_states)
-
-    hf = copy.deepcopy(gm).detach()
-    layers = arch.decoder_layers(hf)
-    for i in skipped:
-        layers[i] = Bridge(i)
-    return hf
-
-
 def test_a_decision_with_bridges_equals_the_model_with_those_layers_replaced(fitted):
     gm, bridges = fitted
     ids = torch.randint(3, 128, (2, 9), generator=torch.Generator().manual_seed(0))
-    oracle = _replaced(gm, bridges, (1, 2))
+    oracle = bridged_oracle(gm, bridges, (1, 2))
     with gm.bridged(bridges), torch.no_grad():
         got = gm.forward(ids, decisions=_skip(1, 2))
         gen = gm.generate(ids, decisions=_skip(1, 2), max_new_tokens=6)

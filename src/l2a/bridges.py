@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from . import arch
+from .bridge_tune import TuneConfig
 from .static import Calibration
 
 CONFIG_NAME = "l2a_bridges.json"
@@ -44,10 +45,13 @@ class BridgeConfig:
     ridge: float = 1e-3  # Tikhonov weight, relative to the mean diagonal of XᵀX (scale-free)
     rank: int | None = None  # keep the best rank-r approximation of each map (None: full rank)
     mc_pairs: int | None = None  # MC pairs of calibration.mc fit on (None: calibration.n, as the static baselines)
+    tune: TuneConfig | None = None  # how the ridge maps were then tuned end to end (bridge_tune.py; None: not)
 
     def __post_init__(self):
         if isinstance(self.calibration, dict):  # read back from JSON
             object.__setattr__(self, "calibration", Calibration(**self.calibration))
+        if isinstance(self.tune, dict):
+            object.__setattr__(self, "tune", TuneConfig(**self.tune))
         if isinstance(self.ridge, bool) or not isinstance(self.ridge, (int, float)) or not self.ridge > 0:
             raise ValueError(f"BridgeConfig.ridge must be a positive number, got {self.ridge!r}")
         for name in ("rank", "mc_pairs"):
@@ -96,8 +100,9 @@ class Bridges(nn.Module):
         """16 hex digits identifying these maps bit for bit (and how they were fit); computed once."""
         if self._digest is None:
             cfg = dataclasses.asdict(self.config)
-            if cfg["mc_pairs"] is None:  # the field came later: bridges fit without it keep their digest
-                del cfg["mc_pairs"]
+            for late in ("mc_pairs", "tune"):  # fields that came later: bridges fit without them keep their digest
+                if cfg[late] is None:
+                    del cfg[late]
             h = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode())
             for name, t in sorted(self.state_dict().items()):
                 h.update(name.encode())
@@ -107,8 +112,11 @@ class Bridges(nn.Module):
 
     def describe(self) -> dict:
         """What an eval line records about the bridges it ran with."""
+        tune = self.config.tune
         return {"digest": self.digest(), "rank": self.rank, "ridge": self.config.ridge,
-                "calibration": dataclasses.asdict(self.config.calibration), "mc_pairs": self.config.mc_pairs}
+                "calibration": dataclasses.asdict(self.config.calibration), "mc_pairs": self.config.mc_pairs,
+                **({"tune": {"methods": list(tune.methods), "budgets": list(tune.budgets), "steps": tune.steps,
+                             "selected_step": self.fit.get("tune", {}).get("selected_step")}} if tune else {})}
 
 
 def check_line(line: dict, bridges: Bridges | None, out) -> None:

@@ -112,3 +112,47 @@ def load_gates(directory: str | os.PathLike, hf_model) -> GatePolicy:
         policy.set_depth(state["depth_w"], float(state["depth_b"]))
     policy.load_state_dict(state, strict=True)
     return policy.eval()
+
+
+# ---- training state (resuming an interrupted run) ---------------------------------------------------------
+
+
+def save_state(path: str | os.PathLike, module, opt, gen: torch.Generator, extra: dict, meta: dict) -> None:
+    """Write a run's state: `module`'s state, the optimizer's, the generator's and `extra` tensors to `path`
+    (NAME.safetensors, atomically), `meta` (JSON-able) beside it as NAME.json."""
+    from safetensors.torch import save_file
+
+    tensors = {f"policy.{k}": v.detach().contiguous() for k, v in module.state_dict().items()}
+    for i, st in opt.state_dict()["state"].items():
+        for k, v in st.items():
+            tensors[f"opt.{i}.{k}"] = v.detach().reshape(-1).contiguous() if v.dim() == 0 else v.detach().contiguous()
+    tensors["rng"] = gen.get_state()
+    tensors.update({f"extra.{k}": v.detach().contiguous() for k, v in extra.items()})
+    path = Path(path)
+    save_file(tensors, str(path) + ".tmp")
+    Path(str(path) + ".tmp").replace(path)
+    path.with_suffix(".json").write_text(json.dumps(meta))
+
+
+def read_state(path: str | os.PathLike) -> tuple[dict, dict] | None:
+    """(tensors, meta) saved by `save_state` at `path`, or None when there is none."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not (path.exists() and path.with_suffix(".json").exists()):
+        return None
+    return load_file(str(path)), json.loads(path.with_suffix(".json").read_text())
+
+
+def restore_state(tensors: dict, module, opt, gen: torch.Generator) -> dict:
+    """Load `read_state`'s tensors into `module`, `opt` and `gen`; returns the extra tensors."""
+    module.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("policy.")})
+    state = opt.state_dict()
+    for i, _ in enumerate(opt.param_groups[0]["params"]):
+        st = {k.split(".", 2)[2]: v for k, v in tensors.items() if k.startswith(f"opt.{i}.")}
+        if st:
+            st["step"] = st["step"].reshape(())
+            state["state"][i] = st
+    opt.load_state_dict(state)
+    gen.set_state(tensors["rng"])
+    return {k[6:]: v for k, v in tensors.items() if k.startswith("extra.")}

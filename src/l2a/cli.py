@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 
-from .commands import (cmd_bench, cmd_calibrate, cmd_check_gates, cmd_demo, cmd_eval, cmd_fit_bridges, cmd_fit_depth, cmd_generate,
+from .commands import (cmd_bench, cmd_calibrate, cmd_check_gates, cmd_demo, cmd_eval, cmd_fit_bridges, cmd_fit_depth, cmd_tune_bridges, cmd_generate,
                        cmd_report, cmd_train, cmd_train_think)
 
 
@@ -250,6 +250,30 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--ridge", type=float, default=1e-3, help="ridge weight, relative to the mean diagonal (default: %(default)s)")
     w.add_argument("--rank", type=_positive, help="keep each map's best rank-R approximation (default: full rank)")
     w.set_defaults(func=cmd_fit_bridges)
+
+    u = sub.add_parser("tune-bridges", help="tune fitted bridges end to end: KL to dense through the model, under "
+                       "the layer sets methods skip (bridge_tune.py)")
+    common(u)
+    u.add_argument("--bridges", required=True, metavar="DIR", help="the bridges to start from (`l2a fit-bridges`)")
+    u.add_argument("--bridges-out", required=True, metavar="DIR", help="where to write the tuned bridges (resumes)")
+    u.add_argument("--methods", default="angular", help="comma-separated `l2a eval` methods whose layer sets rows "
+                   "skip (l2a: the gates of --gates or the shipped ones) (default: %(default)s)")
+    u.add_argument("--budgets", type=_fractions, default=(0.85, 0.7, 0.55), help="layer budgets drawn per row "
+                   "(default: 0.85,0.7,0.55)")
+    u.add_argument("--steps", type=_positive, default=120)
+    u.add_argument("--batch", type=_positive, default=4, help="sequences per step (default: %(default)s)")
+    u.add_argument("--positions", type=_positive, default=64, help="positions per step the KL reads (default: %(default)s)")
+    u.add_argument("--lr", type=float, default=1e-4)
+    u.add_argument("--calib-n", type=_positive, default=256,
+                   help="the first N GSM8K train chains and N pairs of each --calib-mc source (default: %(default)s)")
+    u.add_argument("--calib-mc", nargs="+", metavar="FILE", help="multiple-choice files whose (question, correct "
+                   "choice) pairs join the text")
+    u.add_argument("--calib-mc-n", type=_positive, metavar="N", help="N pairs of the --calib-mc sources in all "
+                   "(default: --calib-n)")
+    u.add_argument("--val", type=_positive, default=16, help="N sequences of the text held out, drawn at random (default: %(default)s)")
+    u.add_argument("--val-every", type=_positive, default=20, help="steps between held-out checks (default: %(default)s)")
+    u.add_argument("--seed", type=int, default=0)
+    u.set_defaults(func=cmd_tune_bridges)
 
     r = sub.add_parser("report", help="markdown table and Pareto plots from `l2a eval` results")
     r.add_argument("results")

@@ -222,6 +222,41 @@ def cmd_fit_bridges(args) -> int:
     return 0
 
 
+def cmd_tune_bridges(args) -> int:
+    from .bridge_tune import TuneConfig, tune_bridges, val_gain
+    from .bridges import load_bridges, save_bridges
+    from .record import run_record
+    from .static import Calibration
+
+    if args.calib_mc_n and not args.calib_mc:
+        raise ValueError("--calib-mc-n N sets how many --calib-mc pairs the tuning reads: pass --calib-mc FILE too")
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    from .baselines import METHODS
+
+    if bad := [m for m in methods if m not in METHODS or m in ("dense", "tuned-static", "think-cap")]:
+        valid = [m for m in METHODS if m not in ("dense", "tuned-static", "think-cap")]
+        raise ValueError(f"unknown or unusable --methods {bad}; valid: {', '.join(valid)}")
+    args.no_gates = not any(m.startswith("l2a") for m in methods)
+    config = TuneConfig(methods, args.budgets, steps=args.steps, batch=args.batch, positions=args.positions, lr=args.lr,
+                        calibration=Calibration(mc=tuple(args.calib_mc or ()), n=args.calib_n),
+                        mc_pairs=args.calib_mc_n, val=args.val, val_every=args.val_every, seed=args.seed,
+                        gates=None if args.no_gates else (args.gates or "shipped"))
+    gm = _load(args)
+    start = load_bridges(args.bridges, gm.hf)
+    tuned = tune_bridges(gm, start, config, out=args.bridges_out)
+    save_bridges(tuned, args.bridges_out)
+    t = tuned.fit["tune"]
+    print(f"bridges tuned (step {t['selected_step']} of {config.steps}): held-out KL {t['ridge_val_kl']['mean']:.4f} "
+          f"-> {t['val_kl']['mean']:.4f} ({val_gain(tuned):+.1%}); written to {args.bridges_out}", file=sys.stderr)
+    keys = ("model", "dtype", "bridges", "methods", "budgets", "steps", "batch", "positions", "lr", "calib_n", "calib_mc",
+            "calib_mc_n", "val", "val_every", "seed", "gates")
+    _emit(run_record("tune-bridges", {k: getattr(args, k) for k in keys},
+                     {"bridges_out": args.bridges_out, **tuned.describe(), "start": start.digest(),
+                      "val_kl": t["val_kl"], "ridge_val_kl": t["ridge_val_kl"], "val_gain": round(val_gain(tuned), 4)}),
+          args.out)
+    return 0
+
+
 def cmd_fit_depth(args) -> int:
     from .depth import fit_artifact
     from .record import run_record

@@ -185,31 +185,24 @@ def dual_step(lam: float, expected: torch.Tensor, budget: torch.Tensor, cfg: Tra
     return max(0.0, lam + cfg.dual_lr * float(g[below].mean())) if below.any() else lam
 
 
-def _state_paths(out: Path):
-    return out / "train_state.safetensors", out / "train_state.json"
+def _state_path(out: Path) -> Path:
+    return out / "train_state.safetensors"  # and train_state.json
 
 
 def _save_state(out: Path, step, policy, opt, lambdas, gen, cfg):
-    from safetensors.torch import save_file
+    from .checkpoint import save_state
 
-    tensors = {f"policy.{k}": v.detach().contiguous() for k, v in policy.state_dict().items()}
-    for i, st in opt.state_dict()["state"].items():
-        for k, v in st.items():
-            tensors[f"opt.{i}.{k}"] = v.detach().reshape(-1).contiguous() if v.dim() == 0 else v.detach().contiguous()
-    tensors["rng"] = gen.get_state()
-    t_path, j_path = _state_paths(out)
-    save_file(tensors, str(t_path) + ".tmp")
-    Path(str(t_path) + ".tmp").replace(t_path)
-    j_path.write_text(json.dumps({"step": step, "lambdas": lambdas, "config": dataclasses.asdict(cfg)}))
+    save_state(_state_path(out), policy, opt, gen, {},
+               {"step": step, "lambdas": lambdas, "config": dataclasses.asdict(cfg)})
 
 
 def _load_state(out: Path, policy, opt, gen, cfg) -> tuple[int, dict] | None:
-    from safetensors.torch import load_file
+    from .checkpoint import read_state, restore_state
 
-    t_path, j_path = _state_paths(out)
-    if not (t_path.exists() and j_path.exists()):
+    got = read_state(_state_path(out))
+    if got is None:
         return None
-    meta = json.loads(j_path.read_text())
+    tensors, meta = got
     after = ("steps", "save_every", "out", "depth_pairs", "depth_max_len")  # may change between a run and its resumption
     # read back through TrainConfig: fields added since the run take their defaults, old forms are normalized
     names = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -219,16 +212,7 @@ def _load_state(out: Path, policy, opt, gen, cfg) -> tuple[int, dict] | None:
     if saved != now:
         diff = {k: (saved.get(k), now.get(k)) for k in now if saved.get(k) != now.get(k)}
         raise ValueError(f"{out} holds a run with another config {diff}; use a new --out or the same config")
-    tensors = load_file(str(t_path))
-    policy.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("policy.")})
-    state = opt.state_dict()
-    for i, p in enumerate(opt.param_groups[0]["params"]):
-        st = {k.split(".", 2)[2]: v for k, v in tensors.items() if k.startswith(f"opt.{i}.")}
-        if st:
-            st["step"] = st["step"].reshape(())
-            state["state"][i] = st
-    opt.load_state_dict(state)
-    gen.set_state(tensors["rng"])
+    restore_state(tensors, policy, opt, gen)
     return meta["step"], meta["lambdas"]
 
 
