@@ -1,10 +1,13 @@
 """What bridges change: each method's point with and without them, on the same items, with the paired 95% CI.
 
     python scripts/bridge_gain.py runs/bridges/gsm8k.jsonl runs/bridges/mc.jsonl [--json]
+    python scripts/bridge_gain.py runs/bridges/gsm8k_tuned.jsonl --against runs/bridges/gsm8k.jsonl
 
 One row per (data file, method, budget) that has both a `METHOD` and a `METHOD+bridges` line: the metric of
 each (GSM8K: teacher-forced NLL per token; multiple choice: accuracy in points), the gain (> 0: the bridges
 are better) with its paired bootstrap CI over items, and the modeled FLOPs fraction of each (bridges cost).
+With `--against FILES`, each `METHOD+bridges` line is paired instead with the `METHOD+bridges` line of those
+files (other bridges, e.g. the ridge maps a tuning started from): the gain of these bridges over those.
 """
 
 import argparse
@@ -15,14 +18,16 @@ from l2a import paired
 from l2a.results import read_results
 
 
-def rows(paths):
+def rows(paths, against=()):
     lines = [r for p in paths for r in read_results(p)]
+    others = [r for p in against for r in read_results(p)] or lines
     out = []
     for r in lines:
         if not r["method"].endswith("+bridges"):
             continue
         base = r["method"].removesuffix("+bridges")
-        twin = next((q for q in lines if q["method"] == base and q.get("data") == r.get("data")
+        want = r["method"] if against else base
+        twin = next((q for q in others if q["method"] == want and q.get("data") == r.get("data")
                      and q.get("task") == r.get("task") and q.get("budget") == r.get("budget")), None)
         if twin is None:
             continue
@@ -40,13 +45,16 @@ def rows(paths):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("results", nargs="+")
+    ap.add_argument("--against", nargs="+", default=[], metavar="FILE",
+                    help="pair with the METHOD+bridges lines of these files (other bridges) instead of the plain lines")
     ap.add_argument("--json", action="store_true", help="one JSON record instead of the markdown table")
     args = ap.parse_args()
-    rs = rows(args.results)
+    rs = rows(args.results, args.against)
     if args.json:
         print(json.dumps({"command": "bridge_gain", "rows": rs}))
         return
-    print("| data | method | budget | realized layers | plain | +bridges | gain [95% CI] | FLOPs (plain → bridged) |")
+    were = "those bridges" if args.against else "plain"
+    print(f"| data | method | budget | realized layers | {were} | +bridges | gain [95% CI] | FLOPs ({were} → these) |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rs:
         f = ".3f" if r["y"] == "nll" else ".1f"

@@ -202,3 +202,40 @@ def test_bridge_gain_pairs_each_bridged_line_with_its_plain_twin(tmp_path):
     (r,) = rows([path])
     assert (r["method"], r["plain"], r["bridged"]) == ("angular", 3.0, 2.5)
     assert r["gain"] == pytest.approx(0.5) and 0 < r["ci"][0] <= 0.5 <= r["ci"][1]  # lower NLL: a gain
+    other = tmp_path / "o.jsonl"  # --against: paired with the same method's line under other bridges
+    other.write_text(json.dumps(line("l2a+bridges", 2.5, [2.4, 2.7, 2.3, 2.6])) + "\n")
+    (r,) = rows([path], [other])  # angular has no line under the other bridges: no row
+    assert (r["method"], r["plain"], r["bridged"]) == ("l2a", 2.5, 2.0) and r["gain"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("estimator", ["st", "score"])
+def test_gates_trained_with_bridges_run_them_and_eval_requires_them(fitted, calib, tmp_path, monkeypatch, estimator):
+    from conftest import write_math
+
+    from l2a.checkpoint import load_gates
+    from l2a.evaluate import evaluate
+    from l2a.train import TrainConfig, train
+
+    gm, bridges = fitted
+    save_bridges(bridges, tmp_path / "br")
+    calls = []
+    forward = Bridges.forward
+    monkeypatch.setattr(Bridges, "forward", lambda self, i, h: calls.append(i) or forward(self, i, h))
+    cfg = TrainConfig(data=str(write_math(tmp_path / "m.jsonl", 40)), out=str(tmp_path / "g"), steps=2, examples=2,
+                      max_len=40, width=16, calib_prompts=0, dtype="float32", estimator=estimator,
+                      bridges=str(tmp_path / "br"))
+    summary = train(cfg, model=gm, progress=False)
+    assert calls and gm.bridges is None  # the bridges ran in training and were detached after it
+    assert summary["bridges"]["digest"] == bridges.digest()
+    policy = load_gates(tmp_path / "g", gm.hf)
+    assert policy.trained_bridges == bridges.digest()
+    mc = tmp_path / "mc.jsonl"
+    mc.write_text(json.dumps({"question": "1+1=", "choices": ["2", "3"], "answer": 0}) + "\n")
+    with gm.using(policy):
+        with pytest.raises(ValueError, match=f"trained with bridges {bridges.digest()}"):
+            evaluate(gm, task="mc", data_files=[str(mc)], budgets=[0.5], methods=["l2a"], out=tmp_path / "r.jsonl",
+                     axes=("layers",), progress=False)
+        with gm.bridged(bridges):
+            (line,) = [r for r in evaluate(gm, task="mc", data_files=[str(mc)], budgets=[0.5], methods=["l2a"],
+                                           out=tmp_path / "r.jsonl", axes=("layers",), progress=False)]
+    assert line["method"] == "l2a+bridges"

@@ -127,6 +127,16 @@ def check_line(line: dict, bridges: Bridges | None, out) -> None:
                          "write to another --results file")
 
 
+def check_policy(policy, bridges: Bridges | None, what: str) -> None:
+    """Gates trained with bridges (`l2a train --bridges`) run only with those bridges: their layer choices
+    assume them. Gates trained without bridges may run with any (the comparison bridges.sh measures)."""
+    want = getattr(policy, "trained_bridges", None)
+    if want is not None and (bridges is None or bridges.digest() != want):
+        have = "none" if bridges is None else bridges.digest()
+        raise ValueError(f"{what}: the gates were trained with bridges {want} and would run with {have}; pass "
+                         "--bridges DIR of the bridges they were trained with (their training record names it)")
+
+
 # ---- fitting ---------------------------------------------------------------------------------------------
 
 

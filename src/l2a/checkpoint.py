@@ -111,6 +111,8 @@ def load_gates(directory: str | os.PathLike, hf_model) -> GatePolicy:
     if "depth_w" in state:  # gates with a fitted depth head (depth.py)
         policy.set_depth(state["depth_w"], float(state["depth_b"]))
     policy.load_state_dict(state, strict=True)
+    # gates trained with bridges decide for a model that runs them: the evaluator checks (bridges.check_policy)
+    policy.trained_bridges = meta.get("training", {}).get("bridges", {}).get("digest")
     return policy.eval()
 
 

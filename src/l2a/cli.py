@@ -184,6 +184,8 @@ def _parser() -> argparse.ArgumentParser:
                         "top-k by keep-logit (val-kl) or the exact-mode sets l2a-exact evaluates (val-exact)")
     t.add_argument("--val-budgets", nargs="+", type=_fraction, metavar="B",
                    help="the layer budgets --select checks average (default: 0.6 0.7 0.8)")
+    t.add_argument("--bridges", metavar="DIR", help="rows that skip a layer run these bridges (`l2a fit-bridges`) in "
+                   "training, as `l2a eval --bridges DIR` runs them (which the trained gates then require)")
     t.add_argument("--fixed-budget", type=_fraction, help="train the tuned-static baseline: budget-only gates at this "
                                                           "one layer budget (write to DIR/b0.70 for `--tuned-gates DIR`)")
     t.add_argument("--config", help="train with this TrainConfig JSON or a gate artifact's l2a_config.json "

@@ -102,7 +102,7 @@ def cmd_train(args) -> int:
                           warm_domains=args.warm_domains, warm_refine=args.warm_refine, anchor=args.anchor,
                           train_text=args.train_text, mix_mc=args.mix_mc or [], calib_mix=args.calib_mix,
                           cost=args.cost, row_tol=args.row_tol, depth_pairs=args.depth_pairs,
-                          depth_max_len=args.depth_max_len,
+                          depth_max_len=args.depth_max_len, bridges=args.bridges,
                           **({"calib_prompts": 0} if args.fixed_budget else {}))
     summary = train(cfg)
     print(f"gates written to {cfg.out} ({summary['gate_params']} parameters, {summary['seconds']} s)", file=sys.stderr)

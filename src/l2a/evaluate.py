@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from .baselines import _StaticPolicy, kept_count, make_method
-from .bridges import check_line
+from .bridges import check_line, check_policy
 from .budget import Budget
 from .checkpoint import policy_digest
 from .cost import CostModel
@@ -184,6 +184,8 @@ def evaluate(
             make_method(m, seed=0, calibration=calibration, tuned_gates=tuned_gates)
             if m.startswith("l2a") and getattr(model, "policy", None) is None:
                 raise ValueError(f"method {m!r}: no gates loaded: pass --gates DIR or use a model with shipped gates")
+            if m.startswith("l2a"):
+                check_policy(model.policy, bridges, f"method {m!r}")
     dtype = next(model.hf.parameters()).dtype
     cfg = EvalConfig(model_name, task_name, limit, seeds, batch_size, max_new_tokens,
                      str(dtype).removeprefix("torch."), {**asdict(calibration), "mc": list(calibration.mc)})  # as JSON reads it

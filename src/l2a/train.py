@@ -104,6 +104,8 @@ class TrainConfig:
     depth_pairs: int = 0  # held-out train chains to fit a depth head on after training (0 = none; depth.py)
     depth_max_len: int = 320  # their length, prompt included: whole chains (check-gates' test chains are cut at 320)
     limit: int | None = None  # use only the first N training examples
+    bridges: str | None = None  # bridges directory (`l2a fit-bridges`): rows that skip a layer run its map in
+    #   training as at inference; the artifact records their digest and `l2a eval` then needs them
 
     def __post_init__(self):
         if self.dtype == "auto":
@@ -217,13 +219,24 @@ def _load_state(out: Path, policy, opt, gen, cfg) -> tuple[int, dict] | None:
 
 
 def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
-    """Train gates; returns a summary. `model` may be a preloaded GatedModel (tests)."""
-    from tqdm import tqdm
-
+    """Train gates; returns a summary. `model` may be a preloaded GatedModel (tests); with `cfg.bridges`,
+    skipped layers run those bridges throughout (else the model's own, if any)."""
     from .loading import load
 
     torch.manual_seed(cfg.seed)
     m = model if model is not None else load(cfg.model, dtype=cfg.dtype)
+    bridges = m.bridges
+    if cfg.bridges is not None:
+        from .bridges import load_bridges
+
+        bridges = load_bridges(cfg.bridges, m.hf)
+    with m.bridged(bridges):
+        return _train(cfg, m, progress)
+
+
+def _train(cfg: TrainConfig, m, progress: bool) -> dict:
+    from tqdm import tqdm
+
     for p in m.hf.parameters():
         p.requires_grad_(False)
     tok = m.tokenizer
@@ -334,6 +347,7 @@ def train(cfg: TrainConfig, model=None, progress: bool = True) -> dict:
                "seconds": round(time.time() - t0, 1), "lambdas": lambdas, "calibration": table,
                "calibration_tracking": tracked,
                "gate_params": policy.n_params(), **warm,
+               **({"bridges": m.bridges.describe()} if m.bridges is not None else {}),
                **({"selected": selected} if selected else {}), **({"depth": depth} if depth else {})}
     save_gates(policy, out, m.hf, extra=summary)
     return summary
