@@ -5,7 +5,7 @@
 # the text mix-mc gates train on). Every method is scored without and with each set on the first 200 GSM8K test
 # items (teacher-forced NLL) and the first 500 ARC-Easy and PIQA items, at 0.85 / 0.7 (/ 0.55) of the layers.
 # Lines with bridges are named METHOD+bridges and their FLOPs include the bridges; each set has its own results
-# files (the plain lines copied in). Resumable: rerun to continue.
+# files (the plain lines copied in). Greedy-KL, searched again under the g64 bridges, joins in-domain. Resumable.
 #   bash scripts/bridges.sh [extra l2a eval flags]      (L2A_BRIDGES_OUT overrides the output directory)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/venv.sh"
@@ -27,6 +27,7 @@ for b in g64 mix; do
     suffix=$([ $b = g64 ] || echo "_$b")
     for f in gsm8k mc; do [ -f "$OUT/$f$suffix.jsonl" ] || grep -v '+bridges' "$OUT/$f.jsonl" > "$OUT/$f$suffix.jsonl"; done
     l2a eval "${G[@]}" --results "$OUT/gsm8k$suffix.jsonl" --bridges "$OUT/smollm2-$b" "$@"
+    [ $b = g64 ] && l2a eval "${G[@]}" --methods greedy-kl --results "$OUT/gsm8k.jsonl" --bridges "$OUT/smollm2-g64" "$@"  # searched under them: ~13 min
     l2a eval "${MC[@]}" --results "$OUT/mc$suffix.jsonl" --bridges "$OUT/smollm2-$b" "$@"
     python "$L2A_ROOT/scripts/bridge_gain.py" "$OUT/gsm8k$suffix.jsonl" "$OUT/mc$suffix.jsonl"
 done

@@ -78,6 +78,7 @@ def test_tuning_lowers_the_held_out_kl_and_reports_it_honestly(fitted, calib):
     tuned = tune_bridges(gm, bridges, cfg, progress=False)
     t = tuned.fit["tune"]
     assert bridges.digest() == before and tuned.digest() != before  # the input is not changed
+    assert tuned.fit["start"]["digest"] == before and "r2" in tuned.fit["start"]
     assert t["val_kl"]["mean"] < t["ridge_val_kl"]["mean"]
     checks = {r["step"]: r["val_kl"]["mean"] for r in t["log"]}
     assert t["selected_step"] == min(checks, key=checks.get) and t["selected_step"] > 0
@@ -118,6 +119,8 @@ def test_an_interrupted_run_resumes_to_the_same_maps(fitted, calib, tmp_path, mo
     assert resumed.fit["tune"] == whole.fit["tune"]
     with pytest.raises(ValueError, match="another config"):
         tune_bridges(gm, bridges, _cfg(calib, lr=1e-3), out=tmp_path / "b", progress=False)
+    with pytest.raises(ValueError, match="from other bridges"):  # resuming from other starting maps
+        tune_bridges(gm, whole, cfg, out=tmp_path / "b", progress=False)
 
 
 def test_tuned_bridges_round_trip_with_their_tuning(fitted, calib, tmp_path):

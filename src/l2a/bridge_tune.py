@@ -176,7 +176,7 @@ def tune_bridges(model, bridges, config: TuneConfig = TuneConfig(), out: str | P
         sets = _Sets(model, config)
     with model.bridged(tuned):
         step, log, best = 0, [], None
-        state = _load(out, tuned, opt, g, config) if out is not None else None
+        state = _load(out, tuned, opt, g, config, bridges.digest()) if out is not None else None
         if state is not None:
             step, log, best = state
         else:
@@ -204,14 +204,14 @@ def tune_bridges(model, bridges, config: TuneConfig = TuneConfig(), out: str | P
                     if val_kl["mean"] < best[1]:
                         best = (step + 1, val_kl["mean"], [t.detach().clone() for t in params])
                     if out is not None:
-                        _save(out, step + 1, tuned, opt, g, config, log, best)
+                        _save(out, step + 1, tuned, opt, g, config, log, best, bridges.digest())
         finally:
             for t in params:
                 t.requires_grad_(False)
     with torch.no_grad():
         for t, b in zip(params, best[2]):
             t.copy_(b)
-    tuned.fit = {**bridges.fit, "ridge_digest": bridges.digest(),
+    tuned.fit = {"start": {"digest": bridges.digest(), **bridges.fit},  # the maps tuning started from
                  "tune": {"selected_step": best[0], "val_kl": next(r["val_kl"] for r in log if r["step"] == best[0]),
                           "ridge_val_kl": log[0]["val_kl"], "log": log, "train_sequences": len(train)}}
     tuned._digest = None
@@ -221,24 +221,26 @@ def tune_bridges(model, bridges, config: TuneConfig = TuneConfig(), out: str | P
 # ---- resuming ----------------------------------------------------------------------------------------
 
 
-def _save(out, step, tuned, opt, g, config, log, best):
+def _save(out, step, tuned, opt, g, config, log, best, start: str):
     from .checkpoint import save_state
 
     Path(out).mkdir(parents=True, exist_ok=True)
     save_state(Path(out) / STATE, tuned, opt, g, {f"best.{i}": t for i, t in enumerate(best[2])},
-               {"step": step, "config": dataclasses.asdict(config), "log": log, "best": list(best[:2])})
+               {"step": step, "config": dataclasses.asdict(config), "start": start, "log": log, "best": list(best[:2])})
 
 
-def _load(out, tuned, opt, g, config):
-    """(step, log, best) of the run saved in `out`, its state loaded into tuned/opt/g; None: no run there."""
+def _load(out, tuned, opt, g, config, start: str):
+    """(step, log, best) of the run saved in `out`, its state loaded into tuned/opt/g; None: no run there.
+    `start`: the digest of the bridges the run must have started from."""
     from .checkpoint import read_state, restore_state
 
     got = read_state(Path(out) / STATE)
     if got is None:
         return None
     tensors, meta = got
-    if meta["config"] != json.loads(json.dumps(dataclasses.asdict(config))):
-        raise ValueError(f"{out} holds a tuning run with another config; use another --bridges-out or the same flags")
+    if meta["config"] != json.loads(json.dumps(dataclasses.asdict(config))) or meta.get("start") != start:
+        raise ValueError(f"{out} holds a tuning run with another config or from other bridges (started from "
+                         f"{meta.get('start')}, these are {start}); use another --bridges-out or the same flags")
     extra = restore_state(tensors, tuned, opt, g)
     return meta["step"], meta["log"], (*meta["best"], [extra[f"best.{i}"] for i in range(len(extra))])
 

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Gates trained with bridges on the embedded default (SmolLM2-135M, fp32): the shipped gates' recipe (score-function
+# estimator, greedy-KL warm start, batch cost hinge, signed dual) with the tuned bridges of scripts/bridges_tuned.sh
+# running in training (`l2a train --bridges`: the warm-start search and every sampled layer set run them), 200 steps
+# instead of the shipped 300 (fp32 on 2 cores). Then the gates on the first 200 GSM8K test items with those bridges,
+# beside the static lines of scripts/bridges_tuned.sh (copied in). Run scripts/bridges_tuned.sh first. Resumable.
+#   bash scripts/gates_bridged.sh [extra l2a eval flags]      (L2A_BRIDGES_OUT as in scripts/bridges.sh)
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/venv.sh"
+DATA="${L2A_DATA_ROOT:-$L2A_ROOT/../shared/data}"
+OUT="${L2A_BRIDGES_OUT:-$L2A_ROOT/runs/bridges}"
+T="$OUT/smollm2-tuned"
+GATES="$OUT/gates-bridged"
+[ -f "$GATES/l2a_config.json" ] || l2a train --gates-out "$GATES" --bridges "$T" --dtype float32 --steps 200 \
+    --estimator score --samples 4 --dense-at-full --cost batch --row-tol 0.1 --dual signed --noise-end 0.1 \
+    --warm-start greedy-kl --warm-scale 3.0 --lr 1e-3 --max-len 160 --out "$OUT/fit.jsonl"
+R="$OUT/gsm8k_gates_bridged.jsonl"
+[ -f "$R" ] || grep -v '"method": "l2a' "$OUT/gsm8k_tuned.jsonl" > "$R"
+l2a eval --model smollm2-135m --dtype float32 --task gsm8k-loglik --data "$DATA/gsm8k/test.jsonl" --limit 200 \
+    --budgets 0.85,0.7,0.55 --axes layers --seeds 1 --methods l2a --gates "$GATES" --bridges "$T" --results "$R" "$@"
+l2a report "$R" --out-dir "$OUT/gates_bridged_report" --no-plots
