@@ -239,3 +239,12 @@ def test_gates_trained_with_bridges_run_them_and_eval_requires_them(fitted, cali
             (line,) = [r for r in evaluate(gm, task="mc", data_files=[str(mc)], budgets=[0.5], methods=["l2a"],
                                            out=tmp_path / "r.jsonl", axes=("layers",), progress=False)]
     assert line["method"] == "l2a+bridges"
+    from l2a.loading import load  # the library loads such gates with a warning unless their bridges come too
+
+    with pytest.warns(UserWarning, match="load with bridges=DIR"):
+        load(copy.deepcopy(gm).detach(), gates=tmp_path / "g")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load(copy.deepcopy(gm).detach(), gates=tmp_path / "g", bridges=tmp_path / "br").bridges is not None

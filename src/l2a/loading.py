@@ -136,6 +136,15 @@ def load(spec, *, dtype=None, gates=None, device="cpu", tokenizer=None, bridges=
         from .bridges import load_bridges
 
         gm.bridges = load_bridges(bridges, model)
+    if gm.policy is not None and getattr(gm.policy, "trained_bridges", None) is not None:
+        import warnings
+
+        from .bridges import check_policy
+
+        try:
+            check_policy(gm.policy, gm.bridges, f"gates in {gates}")
+        except ValueError as e:  # the library may attach the bridges later (m.bridges = ...); l2a eval refuses
+            warnings.warn(str(e).replace("pass --bridges DIR", "load with bridges=DIR"), stacklevel=2)
     return gm
 
 
