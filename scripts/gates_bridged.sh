@@ -5,6 +5,9 @@
 # instead of the shipped 300 (fp32 on 2 cores). Then the gates on the first 200 GSM8K test items with those bridges,
 # beside the static lines of scripts/bridges_tuned.sh (copied in). Run scripts/bridges_tuned.sh first. Resumable.
 #   bash scripts/gates_bridged.sh [extra l2a eval flags]      (L2A_BRIDGES_OUT as in scripts/bridges.sh)
+# Side-by-side timing: the dense, greedy-kl+bridges and l2a+bridges lines of the results copied to a file of their
+# own, then the eval line below with --methods dense,greedy-kl,l2a --results THAT_FILE --timing-repeats 3
+# --timing-items 50 (docs/results/bridges/gsm8k_gates_bridged_timed.jsonl).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/venv.sh"
 DATA="${L2A_DATA_ROOT:-$L2A_ROOT/../shared/data}"

@@ -153,3 +153,18 @@ def test_train_flags_reach_the_train_config(monkeypatch, tmp_path):
     for flags, calib_mix in (([], True), (["--no-calib-mix"], False)):
         assert cli.main(["train", "--gates-out", str(tmp_path / "g"), *mc, *flags]) == 0
         assert (seen[-1].mix_mc, seen[-1].train_text, seen[-1].calib_mix) == (["a.jsonl"], 0.5, calib_mix)
+
+
+def test_commands_load_their_bridges_with_the_gates(monkeypatch):
+    """`l2a eval --bridges` / `tune-bridges --bridges` load the bridges with the gates, in one call: gates
+    trained with bridges are then checked against them (no warning for bridges attached afterwards)."""
+    import argparse
+
+    from l2a import commands, loading
+
+    seen = {}
+    monkeypatch.setattr(loading, "load", lambda spec, **kw: seen.update(kw) or "model")
+    args = argparse.Namespace(threads=0, model="m", dtype="float32", gates="G", bridges="B")
+    assert commands._load(args) == "model" and seen == {"dtype": "float32", "gates": "G", "bridges": "B"}
+    commands._load(argparse.Namespace(threads=0, model="m", dtype="float32", no_gates=True))
+    assert seen == {"dtype": "float32", "gates": False, "bridges": None}

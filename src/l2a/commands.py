@@ -54,7 +54,7 @@ def _load(args):
     if args.threads:
         torch.set_num_threads(args.threads)
     gates = False if getattr(args, "no_gates", False) else getattr(args, "gates", None)
-    return load(args.model, dtype=args.dtype, gates=gates)
+    return load(args.model, dtype=args.dtype, gates=gates, bridges=getattr(args, "bridges", None))
 
 
 # -- generate and demo (demo.py) -------------------------------------------------------------------------
@@ -135,11 +135,7 @@ def cmd_eval(args) -> int:
     if not args.results:
         raise ValueError("l2a eval needs --results FILE (one JSON line per point; rerun to resume)")
     calibration = _calibration(args)
-    gm = _load(args)
-    if args.bridges:
-        from .bridges import load_bridges
-
-        gm.bridges = load_bridges(args.bridges, gm.hf)  # evaluate() names the lines METHOD+bridges
+    gm = _load(args)  # with --bridges, evaluate() names the lines METHOD+bridges
     lines = evaluate(gm, args.task, args.data or [None], args.budgets, args.methods.split(","), limit=args.limit,
                      batch_size=args.batch_size, seeds=args.seeds, out=args.results,
                      max_new_tokens=args.max_new_tokens, model_name=args.model, axes=args.axes,
@@ -224,7 +220,7 @@ def cmd_fit_bridges(args) -> int:
 
 def cmd_tune_bridges(args) -> int:
     from .bridge_tune import TuneConfig, tune_bridges, val_gain
-    from .bridges import load_bridges, save_bridges
+    from .bridges import save_bridges
     from .record import run_record
     from .static import Calibration
 
@@ -242,7 +238,7 @@ def cmd_tune_bridges(args) -> int:
                         mc_pairs=args.calib_mc_n, val=args.val, val_every=args.val_every, seed=args.seed,
                         gates=None if args.no_gates else (args.gates or "shipped"))
     gm = _load(args)
-    start = load_bridges(args.bridges, gm.hf)
+    start = gm.bridges  # --bridges
     tuned = tune_bridges(gm, start, config, out=args.bridges_out)
     save_bridges(tuned, args.bridges_out)
     t = tuned.fit["tune"]
