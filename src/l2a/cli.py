@@ -240,15 +240,19 @@ def _parser() -> argparse.ArgumentParser:
                         "dense is named METHOD+bridges and its FLOPs include them")
     e.set_defaults(func=cmd_eval)
 
+    def bridge_text(s, n: int):
+        """The text bridges are fit or tuned on (static.calibration_sequences)."""
+        s.add_argument("--calib-n", type=_positive, default=n,
+                       help="the first N GSM8K train chains and N pairs of each --calib-mc source (default: %(default)s)")
+        s.add_argument("--calib-mc", nargs="+", metavar="FILE", help="multiple-choice files whose (question, correct "
+                       "choice) pairs join the text (as `l2a eval --calib-mc`)")
+        s.add_argument("--calib-mc-n", type=_positive, metavar="N", help="N pairs of the --calib-mc sources in all "
+                       "(default: --calib-n)")
+
     w = sub.add_parser("fit-bridges", help="fit each layer's bridge: the linear map a row that skips it runs (bridges.py)")
     common(w)
     w.add_argument("--bridges-out", required=True, metavar="DIR", help="where to write the bridges")
-    w.add_argument("--calib-n", type=_positive, default=64,
-                   help="fit on the first N GSM8K train chains and N pairs of each --calib-mc source (default: %(default)s)")
-    w.add_argument("--calib-mc", nargs="+", metavar="FILE", help="multiple-choice files whose (question, correct choice) "
-                   "pairs join the text (as `l2a eval --calib-mc`)")
-    w.add_argument("--calib-mc-n", type=_positive, metavar="N", help="fit on N pairs of the --calib-mc sources in all "
-                   "(default: --calib-n)")
+    bridge_text(w, 64)
     w.add_argument("--ridge", type=float, default=1e-3, help="ridge weight, relative to the mean diagonal (default: %(default)s)")
     w.add_argument("--rank", type=_positive, help="keep each map's best rank-R approximation (default: full rank)")
     w.set_defaults(func=cmd_fit_bridges)
@@ -266,12 +270,7 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--batch", type=_positive, default=4, help="sequences per step (default: %(default)s)")
     u.add_argument("--positions", type=_positive, default=64, help="positions per step the KL reads (default: %(default)s)")
     u.add_argument("--lr", type=float, default=1e-4)
-    u.add_argument("--calib-n", type=_positive, default=256,
-                   help="the first N GSM8K train chains and N pairs of each --calib-mc source (default: %(default)s)")
-    u.add_argument("--calib-mc", nargs="+", metavar="FILE", help="multiple-choice files whose (question, correct "
-                   "choice) pairs join the text")
-    u.add_argument("--calib-mc-n", type=_positive, metavar="N", help="N pairs of the --calib-mc sources in all "
-                   "(default: --calib-n)")
+    bridge_text(u, 256)
     u.add_argument("--val", type=_positive, default=16, help="N sequences of the text held out, drawn at random (default: %(default)s)")
     u.add_argument("--val-every", type=_positive, default=20, help="steps between held-out checks (default: %(default)s)")
     u.add_argument("--seed", type=int, default=0)
