@@ -108,12 +108,12 @@ class _Sets:
 
     def __init__(self, model, config: TuneConfig):
         from .baselines import _StaticPolicy, make_method
-        from .evaluate import decider
+        from .evaluate import axis_budget, decider
 
         self.deciders, self.fixed = {}, {}
         for m in config.methods:
             for b in config.budgets:
-                policy, budget = make_method(m, calibration=config.calibration), _layer_budget(b)
+                policy, budget = make_method(m, calibration=config.calibration), axis_budget(b, "layers")
                 self.deciders[(m, b)] = decider(model, policy, budget)
                 if isinstance(policy, _StaticPolicy):
                     self.fixed[(m, b)] = policy.decision(model, budget)
@@ -122,12 +122,6 @@ class _Sets:
         """One decision per row of ids/mask (B, T); row i's from pairs[i] = (method, budget)."""
         return [self.fixed[p] if p in self.fixed else self.deciders[p](ids[i:i + 1], mask[i:i + 1])[0]
                 for i, p in enumerate(pairs)]
-
-
-def _layer_budget(b: float):
-    from .budget import Budget
-
-    return Budget(layers=b)
 
 
 def _val_kl(model, val, pad, sets, config) -> dict:
