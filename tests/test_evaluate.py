@@ -308,6 +308,45 @@ def test_interleaved_timing_rewrites_only_the_timing(gm, files, tmp_path, monkey
     assert [r["seconds_per_item_single"] for r in again] == [r["seconds_per_item_single"] for r in timed]
 
 
+def test_interleaved_timing_runs_each_batch_under_every_point_before_the_next(gm, files, monkeypatch):
+    """The timing unit is a batch: each batch runs under every point (rotated order) before the next batch, a
+    round's seconds are the sum of its batches, and a real pass counts the tokens task.run processes."""
+    import l2a.retime as R
+    from l2a.baselines import make_method
+    from l2a.budget import Budget
+    from l2a.tasks import get_task
+
+    mc, _ = files
+    task = get_task("mc")
+    rows, _ = task.load(str(mc))
+    points = [(make_method("dense"), Budget.parse(1.0)), (make_method("even-spaced"), Budget.parse(0.5)),
+              (make_method("drop-last"), Budget.parse(0.5))]
+    real = R.retime(gm, task, rows, points, repeats=1, items=5, batch_size=2, progress=False)
+    assert all(f["timing"]["unit"] == "batch" and f["timing"]["items"] == 5 and len(f["timing"]["seconds"]) == 1
+               for f in real)
+    calls = []
+
+    def fake(model, task_, chunk, decide, batch_size, max_new_tokens):
+        calls.append((decide, tuple(r["question"] for r in chunk)))
+        return 0.1 * len(calls), 10 * len(chunk)
+
+    monkeypatch.setattr(R, "_time_once", fake)
+    timed = R.retime(gm, task, rows, points, repeats=2, items=5, batch_size=2, progress=False)
+    chunks = [tuple(r["question"] for r in rows[:5][i:i + 2]) for i in range(0, 5, 2)]  # 2 + 2 + 1 items
+    assert [c for _, c in calls] == [c for _ in range(2) for c in chunks for _ in range(3)]  # batch by batch
+    deciders = [d for d, _ in calls]
+    for k in range(0, len(calls), 3):
+        assert len(set(map(id, deciders[k:k + 3]))) == 3  # every point once per batch
+    assert deciders[0] is not deciders[3]  # the order rotates from batch to batch
+    point = {id(d): j for j, d in enumerate(deciders[:3])}  # the first batch of the first round: points in order
+    per = [[0.0, 0.0] for _ in points]  # seconds per (point, round)
+    for n_call, d in enumerate(deciders, 1):
+        per[point[id(d)]][(n_call - 1) // 9] += 0.1 * n_call
+    assert [f["timing"]["seconds"] for f in timed] == [[round(x, 4) for x in p] for p in per]  # a round: its batches
+    assert all(f["seconds_per_item"] == pytest.approx(sum(f["timing"]["seconds"]) / 2 / 5) for f in timed)
+    assert all(f["tokens_per_s"] == pytest.approx(50 / (sum(f["timing"]["seconds"]) / 2)) for f in timed)
+
+
 def test_calibration_with_mc_pairs_and_resume_under_another_calibration(gm, files, tmp_path, monkeypatch):
     """Calibration.mc adds the MC files' (question, correct choice) pairs to the calibrated baselines' text;
     a file's calibrated lines resume only under the calibration that wrote them (a missing file fails first)."""

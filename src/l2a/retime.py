@@ -3,11 +3,12 @@
 `evaluate` times each point once, while it scores it; points run minutes apart, and on a shared machine
 the speed drifts by as much as the methods differ (measured: the same point 56 and 72 ms per item in two
 back-to-back runs). `retime` measures all points of one data file again on their first `items` items,
-round-robin over `repeats` rounds (the order rotated each round, every point warmed up once first), so
-slow periods hit every point alike, and takes the median per point. The line then carries
-`seconds_per_item` and `tokens_per_s` from those medians, the scoring pass's own timing as
-`seconds_per_item_single`, and `timing` = {"method": "interleaved", "repeats", "items", "seconds"
-(per round)}. Accuracy and every other field are left as they were. Seeded methods are timed with their
+interleaved batch by batch: each batch of items runs under every point in turn (the order rotated from
+batch to batch and round to round) before the next batch starts, so a slow period of a few seconds hits
+every point alike, not only the one whose whole pass it fell in. A round is one pass over the items this
+way; `repeats` rounds, the median round per point. The line then carries `seconds_per_item` and
+`tokens_per_s` from those medians, the scoring pass's own timing as `seconds_per_item_single`, and
+`timing` = {"method": "interleaved", "unit": "batch", "repeats", "items", "seconds" (per round)}. Accuracy and every other field are left as they were. Seeded methods are timed with their
 first seed. `retime_results` does the same for the lines of one data file spread over several results
 files (other calibrations, other gates), each line run with its own policy. This module does not score
 (`evaluate.py`) and does not plot (`pareto.py`).
@@ -42,20 +43,23 @@ def retime(model, task, rows, points, repeats: int = 5, items: int = 100, batch_
 
     rows = rows[:items]
     deciders = [decider(model, policy, b, task, rows, max_new_tokens) for policy, b in points]
+    chunks = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]  # the batches task.run makes
     n = len(points)
-    seconds, tokens = [[] for _ in range(n)], [0] * n
-    bar = tqdm(total=repeats * n, desc="interleaved timing", disable=not progress, leave=False)
+    seconds, tokens = [[0.0] * repeats for _ in range(n)], [0] * n
+    bar = tqdm(total=repeats * len(chunks) * n, desc="interleaved timing", disable=not progress, leave=False)
     for r in range(repeats):
-        for j in [(i + r) % n for i in range(n)]:  # rotated: no point always runs first or after the same one
-            s, tokens[j] = _time_once(model, task, rows, deciders[j], batch_size, max_new_tokens)
-            seconds[j].append(s)
-            bar.update(1)
+        for k, chunk in enumerate(chunks):
+            for j in [(i + r + k) % n for i in range(n)]:  # rotated: no point always runs first or after the same one
+                s, tok = _time_once(model, task, chunk, deciders[j], batch_size, max_new_tokens)
+                seconds[j][r] += s
+                tokens[j] += tok if r == 0 else 0
+                bar.update(1)
     bar.close()
     out = []
     for s, tok in zip(seconds, tokens):
         med = statistics.median(s)
         out.append({"seconds_per_item": med / len(rows), "tokens_per_s": tok / med if med > 0 else 0.0,
-                    "timing": {"method": "interleaved", "repeats": repeats, "items": len(rows),
+                    "timing": {"method": "interleaved", "unit": "batch", "repeats": repeats, "items": len(rows),
                                "seconds": [round(x, 4) for x in s]}})
     return out
 
@@ -66,7 +70,7 @@ def retime_file(model, task, rows, results, points, data_label, cfg, out, repeat
     Lines copied from another (`reused_from`, e.g. a static method at budget 1.0 = dense) take their
     source's timing. `results` is updated in place and `out` rewritten (other lines unchanged). Skipped when
     every line was already timed with these settings, unless `force`."""
-    want = {"method": "interleaved", "repeats": repeats, "items": min(items, len(rows))}
+    want = {"method": "interleaved", "unit": "batch", "repeats": repeats, "items": min(items, len(rows))}
     if not force and all({k: results[i].get("timing", {}).get(k) for k in want} == want for i, _, _ in points):
         return  # already timed together with these settings
     fields = retime(model, task, rows, [(p, b) for _, p, b in points], repeats, items, cfg.batch_size,
