@@ -168,3 +168,20 @@ def test_commands_load_their_bridges_with_the_gates(monkeypatch):
     assert commands._load(args) == "model" and seen == {"dtype": "float32", "gates": "G", "bridges": "B"}
     commands._load(argparse.Namespace(threads=0, model="m", dtype="float32", no_gates=True))
     assert seen == {"dtype": "float32", "gates": False, "bridges": None}
+
+
+def test_generate_loads_and_records_its_bridges(monkeypatch, tmp_path, capsys):
+    """`l2a generate --bridges DIR` loads the bridges with the gates and names them in its record."""
+    from l2a import loading
+
+    seen = {}
+    fake = type("M", (), {"tokenizer": object()})()
+    monkeypatch.setattr(loading, "load", lambda spec, **kw: seen.update(kw) or fake)
+    monkeypatch.setattr(demo, "_chat_ids", lambda tok, prompt, chat: [1, 2])
+    monkeypatch.setattr(demo, "_answer", lambda *a, **k: {"layers_kept": 3, "n_layers": 4, "decided_by": "learned gates",
+                                                          "new_tokens": 2, "think_allowance": None, "think_tokens": 0,
+                                                          "answer_forced": False, "decode_tok_s": 1.0})
+    out = tmp_path / "r.jsonl"
+    assert cli.main(["generate", "--prompt", "hi", "--budget", "0.5", "--bridges", "B", "--out", str(out)]) == 0
+    assert seen["bridges"] == "B"
+    assert json.loads(out.read_text())["config"]["bridges"] == "B"

@@ -230,7 +230,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="budget axes swept, comma-separated: all (the scalar schedule; all:NAME for a named one), "
                         "layers, heads, think (that axis alone) (default: all)")
     e.add_argument("--timing-repeats", type=_non_negative, default=0,
-                   help="then time each data file's points again together, round-robin, this many rounds (median), "
+                   help="then time each data file's points again together, batch by batch (each batch under every point in turn), this many rounds (median), "
                         "on their first --timing-items items; the lines are rewritten with those timings (default 0: off)")
     e.add_argument("--timing-items", type=_positive, default=100)
     e.add_argument("--retime", action="store_true",
@@ -321,6 +321,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--thinking-token-budget", type=int, help="explicit think allowance (tokens): wins over the learned one")
     g.add_argument("--max-new-tokens", type=_positive, default=64)
     g.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True, help="apply the chat template")
+    g.add_argument("--bridges", metavar="DIR", help="skipped layers run these bridges (`l2a fit-bridges`) instead of "
+                   "nothing (gates trained with bridges need theirs)")
     g.set_defaults(func=cmd_generate)
     return p
 

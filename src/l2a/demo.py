@@ -107,7 +107,7 @@ def generate(args) -> int:
     print(f"[budget {args.budget:g}: {ans['layers_kept']}/{ans['n_layers']} layers ({ans['decided_by']}), "
           f"{ans['new_tokens']} tokens, {_think_note(ans)}, {_f(ans['decode_tok_s'])} tok/s decode]", file=sys.stderr)
     config = {k: getattr(args, k) for k in ("model", "budget", "max_new_tokens", "dtype", "threads", "chat",
-                                            "thinking_token_budget")}
+                                            "thinking_token_budget", "bridges")}
     _emit(run_record("generate", config, {"prompt": args.prompt, **ans}), args.out)
     return 0
 
