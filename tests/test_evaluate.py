@@ -291,8 +291,10 @@ def test_interleaved_timing_rewrites_only_the_timing(gm, files, tmp_path, monkey
         assert {k: v for k, v in r0.items() if "second" not in k and k not in ("tokens_per_s", "timing")} == \
             {k: v for k, v in r1.items() if "second" not in k and k not in ("tokens_per_s", "timing")}
         assert r1["timing"]["method"] == "interleaved" and r1["timing"]["repeats"] == 3 and r1["timing"]["items"] == 2
-        assert r1["seconds_per_item"] == pytest.approx(sorted(r1["timing"]["seconds"])[1] / 2)  # the median, per item
         assert r1["seconds_per_item_single"] == r0["seconds_per_item"] or "reused_from" in r1
+    measured_timed = [r for r in timed if "reused_from" not in r]
+    adjusted = R.round_adjusted([r["timing"]["seconds"] for r in measured_timed])
+    assert [r["seconds_per_item"] for r in measured_timed] == pytest.approx([t / 2 for t in adjusted])  # per item
     by = {(r["method"], r["budget"]): r for r in timed}
     assert by[("even-spaced", 1.0)]["timing"] == by[("dense", 1.0)]["timing"]  # a copy of dense takes its timing
     assert read_results(out) == timed  # the file holds the rewritten lines, nothing else
@@ -343,8 +345,25 @@ def test_interleaved_timing_runs_each_batch_under_every_point_before_the_next(gm
     for n_call, d in enumerate(deciders, 1):
         per[point[id(d)]][(n_call - 1) // 9] += 0.1 * n_call
     assert [f["timing"]["seconds"] for f in timed] == [[round(x, 4) for x in p] for p in per]  # a round: its batches
-    assert all(f["seconds_per_item"] == pytest.approx(sum(f["timing"]["seconds"]) / 2 / 5) for f in timed)
-    assert all(f["tokens_per_s"] == pytest.approx(50 / (sum(f["timing"]["seconds"]) / 2)) for f in timed)
+    adjusted = R.round_adjusted(per)
+    assert [f["seconds_per_item"] for f in timed] == pytest.approx([t / 5 for t in adjusted])
+    assert [f["tokens_per_s"] for f in timed] == pytest.approx([50 / t for t in adjusted])
+
+
+def test_round_adjusted_times_divide_out_each_rounds_common_speed():
+    """A round slower for every point changes nothing; two points' ratio is the median of their per-round
+    ratios (the plain medians would say 1.83 here, not 2); one point or one round: the plain median."""
+    from l2a.retime import round_adjusted
+
+    a, b = [1.0, 3.0, 1.2], [2.2, 6.0, 2.0]  # per round; b/a = 2.2, 2.0, 1.67
+    ta, tb = round_adjusted([a, b])
+    assert tb / ta == pytest.approx(2.0)
+    slow = round_adjusted([[a[0], 5 * a[1], a[2]], [b[0], 5 * b[1], b[2]]])  # the slowest round 5x slower for both
+    assert slow == pytest.approx([ta, tb])
+    fast = round_adjusted([[a[0] / 3, a[1], a[2]], [b[0] / 3, b[1], b[2]]])  # round 0 3x faster for both: same ratio
+    assert fast[1] / fast[0] == pytest.approx(2.0)
+    assert min(a) < ta < max(a) and min(b) < tb < max(b)  # on the points' own scale
+    assert round_adjusted([a]) == [1.2] and round_adjusted([[1.0], [3.0]]) == [1.0, 3.0]
 
 
 def test_calibration_with_mc_pairs_and_resume_under_another_calibration(gm, files, tmp_path, monkeypatch):

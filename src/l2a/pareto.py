@@ -275,12 +275,13 @@ def report(results_path, out_dir=None, plots: bool = True) -> dict:
         model = rs[0].get("config", {}).get("model")
         md.append(f"## {task} — {data or 'default data'}" + (f" — {model}" if model else "") + "\n")
         md.append(markdown_table(rs) + "\n")
-        timing = {(t["repeats"], t["items"], t.get("unit", "pass")) for t in (r.get("timing") for r in rs)
-                  if t and t.get("method") == "interleaved"}
+        timing = {(t["repeats"], t["items"], t.get("unit", "pass"), t.get("estimate", "median"))
+                  for t in (r.get("timing") for r in rs) if t and t.get("method") == "interleaved"}
         if len(timing) == 1 and all(r.get("timing") for r in rs):
-            (repeats, items, unit), = timing
-            md.append(f"s/item: median of {repeats} interleaved rounds on the first {items} items, every point timed "
-                      f"together (`--timing-repeats`), interleaved {'batch by batch' if unit == 'batch' else 'pass by pass'}; "
+            (repeats, items, unit, estimate), = timing
+            md.append(f"s/item: {estimate} of {repeats} interleaved rounds on the first {items} items, every point "
+                      f"timed together (`--timing-repeats`), interleaved {'batch by batch' if unit == 'batch' else 'pass by pass'}"
+                      f"{' (each round’s common speed divided out)' if estimate.startswith('round') else ''}; "
                       "single-pass timings in the results file (`seconds_per_item_single`).\n")
         else:
             md.append("s/item: each point timed once, during its own scoring pass (not interleaved with the others).\n")

@@ -6,9 +6,14 @@ back-to-back runs). `retime` measures all points of one data file again on their
 interleaved batch by batch: each batch of items runs under every point in turn (the order rotated from
 batch to batch and round to round) before the next batch starts, so a slow period of a few seconds hits
 every point alike, not only the one whose whole pass it fell in. A round is one pass over the items this
-way; `repeats` rounds, the median round per point. The line then carries `seconds_per_item` and
-`tokens_per_s` from those medians, the scoring pass's own timing as `seconds_per_item_single`, and
-`timing` = {"method": "interleaved", "unit": "batch", "repeats", "items", "seconds" (per round)}. Accuracy and every other field are left as they were. Seeded methods are timed with their
+way, and `repeats` rounds are run. The machine's speed still drifts from round to round (measured: dense
+27.6 s in the first round, 23.0 s in the fifth, every point alike), so each point's time is the median over
+rounds after each round's common factor is divided out (`round_adjusted`: a two-way model of log seconds,
+point + round; the rounds are blocks). A point's ratio to another is then the median of their per-round
+ratios, whatever the rounds' speeds. The line then carries `seconds_per_item` and `tokens_per_s` from those
+times, the scoring pass's own timing as `seconds_per_item_single`, and `timing` = {"method":
+"interleaved", "unit": "batch", "estimate": "round-adjusted median", "repeats", "items", "seconds" (per
+round, as measured)}. Accuracy and every other field are left as they were. Seeded methods are timed with their
 first seed. `retime_results` does the same for the lines of one data file spread over several results
 files (other calibrations, other gates), each line run with its own policy. This module does not score
 (`evaluate.py`) and does not plot (`pareto.py`).
@@ -29,6 +34,23 @@ def _time_once(model, task, rows, decide, batch_size: int, max_new_tokens: int) 
     for batch in task.run(model, rows, decide, batch_size=batch_size, max_new_tokens=max_new_tokens):
         tokens += sum(it.tokens for it in batch)
     return time.perf_counter() - t0, tokens
+
+
+def round_adjusted(seconds: list[list[float]]) -> list[float]:
+    """Per point, the median over rounds of its seconds with each round's common factor divided out:
+    seconds[j][r] = point j in round r; a round's factor is the geometric mean over points of its seconds
+    relative to the median round's. A round uniformly slower or faster for every point changes no ratio, nor
+    any level while it stays off the median; with one point (nothing to pair with) or one round this is the
+    plain median."""
+    import math
+
+    n, rounds = len(seconds), len(seconds[0]) if seconds else 0
+    if n < 2 or rounds < 2 or any(x <= 0 for s in seconds for x in s):
+        return [statistics.median(s) for s in seconds]
+    logs = [[math.log(x) for x in s] for s in seconds]  # (points, rounds)
+    mean = [sum(lg[r] for lg in logs) / n for r in range(rounds)]  # (rounds,) mean log seconds of each round
+    factor = [m - statistics.median(mean) for m in mean]  # (rounds,) relative to the median round
+    return [math.exp(statistics.median(lg[r] - factor[r] for r in range(rounds))) for lg in logs]
 
 
 def retime(model, task, rows, points, repeats: int = 5, items: int = 100, batch_size: int = 8,
@@ -56,11 +78,10 @@ def retime(model, task, rows, points, repeats: int = 5, items: int = 100, batch_
                 bar.update(1)
     bar.close()
     out = []
-    for s, tok in zip(seconds, tokens):
-        med = statistics.median(s)
-        out.append({"seconds_per_item": med / len(rows), "tokens_per_s": tok / med if med > 0 else 0.0,
-                    "timing": {"method": "interleaved", "unit": "batch", "repeats": repeats, "items": len(rows),
-                               "seconds": [round(x, 4) for x in s]}})
+    for s, tok, t in zip(seconds, tokens, round_adjusted(seconds)):
+        out.append({"seconds_per_item": t / len(rows), "tokens_per_s": tok / t if t > 0 else 0.0,
+                    "timing": {"method": "interleaved", "unit": "batch", "estimate": "round-adjusted median",
+                               "repeats": repeats, "items": len(rows), "seconds": [round(x, 4) for x in s]}})
     return out
 
 
