@@ -3,11 +3,11 @@
 # estimator, greedy-KL warm start, batch cost hinge, signed dual) with the tuned bridges of scripts/bridges_tuned.sh
 # running in training (`l2a train --bridges`: the warm-start search and every sampled layer set run them), 200 steps
 # instead of the shipped 300 (fp32 on 2 cores). Then the gates on the first 200 GSM8K test items with those bridges,
-# beside the static lines of scripts/bridges_tuned.sh (copied in). Run scripts/bridges_tuned.sh first. Resumable.
+# beside the static lines of scripts/bridges_tuned.sh (copied in). Then side-by-side timing: the dense,
+# greedy-kl+bridges and l2a+bridges lines copied to a file of their own and timed again together, interleaved batch
+# by batch, 5 rounds on the first 40 items (docs/results/bridges/gsm8k_gates_bridged_timed.jsonl). Run
+# scripts/bridges_tuned.sh first. Resumable.
 #   bash scripts/gates_bridged.sh [extra l2a eval flags]      (L2A_BRIDGES_OUT as in scripts/bridges.sh)
-# Side-by-side timing: the dense, greedy-kl+bridges and l2a+bridges lines of the results copied to a file of their
-# own, then the eval line below with --methods dense,greedy-kl,l2a --results THAT_FILE --timing-repeats 3
-# --timing-items 50 (docs/results/bridges/gsm8k_gates_bridged_timed.jsonl).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/venv.sh"
 DATA="${L2A_DATA_ROOT:-$L2A_ROOT/../shared/data}"
@@ -19,6 +19,11 @@ GATES="$OUT/gates-bridged"
     --warm-start greedy-kl --warm-scale 3.0 --lr 1e-3 --max-len 160 --out "$OUT/fit.jsonl"
 R="$OUT/gsm8k_gates_bridged.jsonl"
 [ -f "$R" ] || grep -v '"method": "l2a' "$OUT/gsm8k_tuned.jsonl" > "$R"
-l2a eval --model smollm2-135m --dtype float32 --task gsm8k-loglik --data "$DATA/gsm8k/test.jsonl" --limit 200 \
-    --budgets 0.85,0.7,0.55 --axes layers --seeds 1 --methods l2a --gates "$GATES" --bridges "$T" --results "$R" "$@"
+G=(--model smollm2-135m --dtype float32 --task gsm8k-loglik --data "$DATA/gsm8k/test.jsonl" --limit 200
+   --budgets 0.85,0.7,0.55 --axes layers --seeds 1 --gates "$GATES" --bridges "$T")
+l2a eval "${G[@]}" --methods l2a --results "$R" "$@"
 l2a report "$R" --out-dir "$OUT/gates_bridged_report" --no-plots
+TM="$OUT/gsm8k_gates_bridged_timed.jsonl"
+[ -f "$TM" ] || grep -E '"method": "(dense|greedy-kl\+bridges|l2a\+bridges)"' "$R" > "$TM"
+l2a eval "${G[@]}" --methods dense,greedy-kl,l2a --results "$TM" --timing-repeats 5 --timing-items 40 "$@"
+l2a report "$TM" --out-dir "$OUT/timed_report" --no-plots
