@@ -248,3 +248,26 @@ def test_gates_trained_with_bridges_run_them_and_eval_requires_them(fitted, cali
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert load(copy.deepcopy(gm).detach(), gates=tmp_path / "g", bridges=tmp_path / "br").bridges is not None
+
+
+def test_training_resumes_only_under_the_bridges_it_started_with(fitted, calib, tmp_path):
+    """A training run under bridges refit in place (same path, other maps) refuses to resume; under the same
+    maps it resumes from its saved step."""
+    from conftest import write_math
+
+    from l2a.train import TrainConfig, train
+
+    gm, bridges = fitted
+    save_bridges(bridges, tmp_path / "br")
+    cfg = dict(data=str(write_math(tmp_path / "m.jsonl", 40)), out=str(tmp_path / "g"), examples=2, max_len=40,
+               width=16, calib_prompts=0, dtype="float32", save_every=1, bridges=str(tmp_path / "br"))
+    train(TrainConfig(steps=1, **cfg), model=gm, progress=False)
+    save_bridges(fit_bridges(gm, BridgeConfig(calib, ridge=1.0), progress=False), tmp_path / "br")  # refit in place
+    with pytest.raises(ValueError, match=f"trained under bridges {bridges.digest()}"):
+        train(TrainConfig(steps=2, **cfg), model=gm, progress=False)
+    save_bridges(bridges, tmp_path / "br")
+    log = tmp_path / "g" / "log.jsonl"
+    before = len(log.read_text().splitlines())
+    train(TrainConfig(steps=2, **cfg), model=gm, progress=False)
+    steps = [json.loads(x).get("step") for x in log.read_text().splitlines()[before:]]
+    assert steps == [2] and gm.bridges is None  # only step 2 ran: resumed after step 1

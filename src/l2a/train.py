@@ -191,14 +191,17 @@ def _state_path(out: Path) -> Path:
     return out / "train_state.safetensors"  # and train_state.json
 
 
-def _save_state(out: Path, step, policy, opt, lambdas, gen, cfg):
+def _save_state(out: Path, step, policy, opt, lambdas, gen, cfg, bridges: str | None):
     from .checkpoint import save_state
 
     save_state(_state_path(out), policy, opt, gen, {},
-               {"step": step, "lambdas": lambdas, "config": dataclasses.asdict(cfg)})
+               {"step": step, "lambdas": lambdas, "config": dataclasses.asdict(cfg), "bridges": bridges})
 
 
-def _load_state(out: Path, policy, opt, gen, cfg) -> tuple[int, dict] | None:
+def _load_state(out: Path, policy, opt, gen, cfg, bridges: str | None) -> tuple[int, dict] | None:
+    """(step, lambdas) of the run saved in `out`, restored into policy, opt and gen; None when there is none.
+    Refuses a run with another config, or one trained under other bridges (`bridges`: the running maps'
+    digest; a directory refit in place keeps its path, not its digest)."""
     from .checkpoint import read_state, restore_state
 
     got = read_state(_state_path(out))
@@ -214,6 +217,9 @@ def _load_state(out: Path, policy, opt, gen, cfg) -> tuple[int, dict] | None:
     if saved != now:
         diff = {k: (saved.get(k), now.get(k)) for k in now if saved.get(k) != now.get(k)}
         raise ValueError(f"{out} holds a run with another config {diff}; use a new --out or the same config")
+    if "bridges" in meta and meta["bridges"] != bridges:  # (states saved before bridges were recorded: unchecked)
+        raise ValueError(f"{out} holds a run trained under bridges {meta['bridges']}, not under these ({bridges}); "
+                         "use a new --out or the bridges it started with")
     restore_state(tensors, policy, opt, gen)
     return meta["step"], meta["lambdas"]
 
@@ -281,7 +287,8 @@ def _train(cfg: TrainConfig, m, progress: bool) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     lambdas = {"layers": cfg.lambda_init, "heads": cfg.lambda_init}
     start = 0
-    resumed = _load_state(out, policy, opt, gen, cfg)
+    under = m.bridges.digest() if m.bridges is not None else None  # the maps skipped layers run, if any
+    resumed = _load_state(out, policy, opt, gen, cfg, under)
     if resumed is not None:
         start, lambdas = resumed
     k = gcfg.router_layers
@@ -328,7 +335,7 @@ def _train(cfg: TrainConfig, m, progress: bool) -> dict:
         if selector is not None and ((step + 1) % cfg.val_every == 0 or step + 1 == cfg.steps):
             log.write(json.dumps(selector.check(policy, step + 1)) + "\n")
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
-            _save_state(out, step + 1, policy, opt, lambdas, gen, cfg)
+            _save_state(out, step + 1, policy, opt, lambdas, gen, cfg, under)
     log.close()
     selected = selector.restore(policy) if selector is not None else None
     policy.eval()
