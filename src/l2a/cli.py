@@ -230,7 +230,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="budget axes swept, comma-separated: all (the scalar schedule; all:NAME for a named one), "
                         "layers, heads, think (that axis alone) (default: all)")
     e.add_argument("--timing-repeats", type=_non_negative, default=0,
-                   help="then time each data file's points again together, batch by batch (each batch under every point in turn), this many rounds (median), "
+                   help="then time each data file's points again together, batch by batch (each batch under every "
+                        "point in turn), this many rounds (median after each round's common speed is divided out), "
                         "on their first --timing-items items; the lines are rewritten with those timings (default 0: off)")
     e.add_argument("--timing-items", type=_positive, default=100)
     e.add_argument("--retime", action="store_true",
