@@ -3,8 +3,8 @@
 # docs/results/recipes.md ("domains", lr 3e-4: one greedy-KL order per source, half of each step on SIQA +
 # CommonsenseQA pairs) with the bridges of scripts/bridges_mixtuned.sh running in training (`l2a train --bridges`),
 # 200 steps. Then the gates with those bridges on the items of scripts/bridges_mixtuned.sh (ARC-Easy and PIQA, in
-# neither the bridges' nor the gates' training text, and GSM8K test), beside its angular lines (copied in), and
-# `l2a report` on each. Run scripts/bridges_mixtuned.sh first. Resumable.
+# neither the bridges' nor the gates' training text, and GSM8K test), beside its angular lines (copied in) and, on
+# GSM8K, greedy-KL searched under the same bridges; `l2a report` on each. Run scripts/bridges_mixtuned.sh first. Resumable.
 #   bash scripts/gates_mixbridged.sh [extra l2a eval flags]      (L2A_BRIDGES_OUT as in scripts/bridges.sh)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/venv.sh"
@@ -26,4 +26,6 @@ for f in gsm8k mc; do
 done
 l2a eval "${MC[@]}" --methods l2a --gates "$GATES" --bridges "$M" --results "$OUT/mc_gates_mixbridged.jsonl" "$@"
 l2a eval "${G[@]}" --methods l2a --gates "$GATES" --bridges "$M" --results "$OUT/gsm8k_gates_mixbridged.jsonl" "$@"
+# the strongest in-domain static line under the same bridges: greedy-KL searched under them (~20 min)
+l2a eval "${G[@]}" --methods greedy-kl --bridges "$M" --results "$OUT/gsm8k_gates_mixbridged.jsonl" "$@"
 for f in mc gsm8k; do l2a report "$OUT/${f}_gates_mixbridged.jsonl" --out-dir "$OUT/${f}_gates_mixbridged_report" --no-plots; done
