@@ -9,25 +9,20 @@
 #   bash scripts/bridges.sh [extra l2a eval flags]      (L2A_BRIDGES_OUT overrides the output directory)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/venv.sh"
-DATA="${L2A_DATA_ROOT:-$L2A_ROOT/../shared/data}"
-OUT="${L2A_BRIDGES_OUT:-$L2A_ROOT/runs/bridges}"
+source "$(dirname "${BASH_SOURCE[0]}")/bridge_items.sh"  # DATA, OUT, G (GSM8K items), MC (ARC-Easy, PIQA items)
 PAIRS=("$DATA/mc/siqa.jsonl" "$DATA/mc/commonsenseqa.jsonl")
 mkdir -p "$OUT"
 [ -f "$OUT/smollm2-g64/l2a_bridges.json" ] || l2a fit-bridges --bridges-out "$OUT/smollm2-g64" --out "$OUT/fit.jsonl"
 [ -f "$OUT/smollm2-mix/l2a_bridges.json" ] || l2a fit-bridges --bridges-out "$OUT/smollm2-mix" --calib-mc "${PAIRS[@]}" \
     --calib-mc-n 512 --out "$OUT/fit.jsonl"
-G=(--model smollm2-135m --dtype float32 --task gsm8k-loglik --data "$DATA/gsm8k/test.jsonl" --limit 200
-   --budgets 0.85,0.7,0.55 --axes layers --seeds 1 --methods dense,angular,l2a)
-MC=(--model smollm2-135m --dtype float32 --task mc --data "$DATA/mc/arc_easy.jsonl" --data "$DATA/mc/piqa.jsonl"
-    --limit 500 --budgets 0.85,0.7 --axes layers --seeds 1 --methods dense,angular,l2a)
-l2a eval "${G[@]}" --results "$OUT/gsm8k.jsonl" "$@"
-l2a eval "${MC[@]}" --results "$OUT/mc.jsonl" "$@"
+l2a eval "${G[@]}" --methods dense,angular,l2a --results "$OUT/gsm8k.jsonl" "$@"
+l2a eval "${MC[@]}" --methods dense,angular,l2a --results "$OUT/mc.jsonl" "$@"
 l2a eval "${G[@]}" --methods greedy-kl --results "$OUT/gsm8k.jsonl" "$@"  # plain: ~13 min of search on 2 cores, once
 for b in g64 mix; do
     suffix=$([ $b = g64 ] || echo "_$b")
     for f in gsm8k mc; do [ -f "$OUT/$f$suffix.jsonl" ] || grep -v '+bridges' "$OUT/$f.jsonl" > "$OUT/$f$suffix.jsonl"; done
-    l2a eval "${G[@]}" --results "$OUT/gsm8k$suffix.jsonl" --bridges "$OUT/smollm2-$b" "$@"
+    l2a eval "${G[@]}" --methods dense,angular,l2a --results "$OUT/gsm8k$suffix.jsonl" --bridges "$OUT/smollm2-$b" "$@"
     [ $b = g64 ] && l2a eval "${G[@]}" --methods greedy-kl --results "$OUT/gsm8k.jsonl" --bridges "$OUT/smollm2-g64" "$@"  # searched under them: ~13 min
-    l2a eval "${MC[@]}" --results "$OUT/mc$suffix.jsonl" --bridges "$OUT/smollm2-$b" "$@"
+    l2a eval "${MC[@]}" --methods dense,angular,l2a --results "$OUT/mc$suffix.jsonl" --bridges "$OUT/smollm2-$b" "$@"
     python "$L2A_ROOT/scripts/bridge_gain.py" "$OUT/gsm8k$suffix.jsonl" "$OUT/mc$suffix.jsonl"
 done

@@ -10,16 +10,11 @@
 #   bash scripts/bridges_mixtuned.sh [extra l2a eval flags]      (L2A_BRIDGES_OUT as in scripts/bridges.sh)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/venv.sh"
-DATA="${L2A_DATA_ROOT:-$L2A_ROOT/../shared/data}"
-OUT="${L2A_BRIDGES_OUT:-$L2A_ROOT/runs/bridges}"
+source "$(dirname "${BASH_SOURCE[0]}")/bridge_items.sh"  # DATA, OUT, G (GSM8K items), MC (ARC-Easy, PIQA items)
 M="$OUT/smollm2-mixtuned"
 [ -f "$M/l2a_bridges.json" ] || l2a tune-bridges --bridges "$OUT/smollm2-mix" --bridges-out "$M" \
     --methods angular,l2a --calib-n 128 --calib-mc "$DATA/mc/siqa.jsonl" "$DATA/mc/commonsenseqa.jsonl" \
     --calib-mc-n 256 --steps 150 --val 12 --val-every 30 --out "$OUT/fit.jsonl"
-G=(--model smollm2-135m --dtype float32 --task gsm8k-loglik --data "$DATA/gsm8k/test.jsonl" --limit 200
-   --budgets 0.85,0.7,0.55 --axes layers --seeds 1)
-MC=(--model smollm2-135m --dtype float32 --task mc --data "$DATA/mc/arc_easy.jsonl" --data "$DATA/mc/piqa.jsonl"
-    --limit 500 --budgets 0.85,0.7 --axes layers --seeds 1)
 for f in gsm8k mc; do [ -f "$OUT/${f}_mixtuned.jsonl" ] || grep -v '+bridges' "$OUT/$f.jsonl" > "$OUT/${f}_mixtuned.jsonl"; done
 l2a eval "${MC[@]}" --methods dense,angular,l2a --results "$OUT/mc_mixtuned.jsonl" --bridges "$M" "$@"
 l2a eval "${G[@]}" --methods dense,angular,l2a --results "$OUT/gsm8k_mixtuned.jsonl" --bridges "$M" "$@"

@@ -8,17 +8,12 @@
 #   bash scripts/bridges_tuned.sh [extra l2a eval flags]      (L2A_BRIDGES_OUT as in scripts/bridges.sh)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/venv.sh"
-DATA="${L2A_DATA_ROOT:-$L2A_ROOT/../shared/data}"
-OUT="${L2A_BRIDGES_OUT:-$L2A_ROOT/runs/bridges}"
+source "$(dirname "${BASH_SOURCE[0]}")/bridge_items.sh"  # DATA, OUT, G (GSM8K items), MC (ARC-Easy, PIQA items)
 T="$OUT/smollm2-tuned"
 [ -f "$T/l2a_bridges.json" ] || l2a tune-bridges --bridges "$OUT/smollm2-g64" --bridges-out "$T" \
     --methods angular,greedy-kl,l2a --steps 150 --val 12 --val-every 30 --out "$OUT/fit.jsonl"
-G=(--model smollm2-135m --dtype float32 --task gsm8k-loglik --data "$DATA/gsm8k/test.jsonl" --limit 200
-   --budgets 0.85,0.7,0.55 --axes layers --seeds 1)
-MC=(--model smollm2-135m --dtype float32 --task mc --data "$DATA/mc/arc_easy.jsonl" --data "$DATA/mc/piqa.jsonl"
-    --limit 500 --budgets 0.85,0.7 --axes layers --seeds 1 --methods dense,angular,l2a)
 for f in gsm8k mc; do [ -f "$OUT/${f}_tuned.jsonl" ] || grep -v '+bridges' "$OUT/$f.jsonl" > "$OUT/${f}_tuned.jsonl"; done
 l2a eval "${G[@]}" --methods dense,angular,greedy-kl,l2a --results "$OUT/gsm8k_tuned.jsonl" --bridges "$T" "$@"
-l2a eval "${MC[@]}" --results "$OUT/mc_tuned.jsonl" --bridges "$T" "$@"
+l2a eval "${MC[@]}" --methods dense,angular,l2a --results "$OUT/mc_tuned.jsonl" --bridges "$T" "$@"
 python "$L2A_ROOT/scripts/bridge_gain.py" "$OUT/gsm8k_tuned.jsonl" "$OUT/mc_tuned.jsonl"
 python "$L2A_ROOT/scripts/bridge_gain.py" "$OUT/gsm8k_tuned.jsonl" "$OUT/mc_tuned.jsonl" --against "$OUT/gsm8k.jsonl" "$OUT/mc.jsonl"

@@ -10,8 +10,7 @@
 #   bash scripts/gates_bridged.sh [extra l2a eval flags]      (L2A_BRIDGES_OUT as in scripts/bridges.sh)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/venv.sh"
-DATA="${L2A_DATA_ROOT:-$L2A_ROOT/../shared/data}"
-OUT="${L2A_BRIDGES_OUT:-$L2A_ROOT/runs/bridges}"
+source "$(dirname "${BASH_SOURCE[0]}")/bridge_items.sh"  # DATA, OUT, G (GSM8K items), MC (ARC-Easy, PIQA items)
 T="$OUT/smollm2-tuned"
 GATES="$OUT/gates-bridged"
 [ -f "$GATES/l2a_config.json" ] || l2a train --gates-out "$GATES" --bridges "$T" --dtype float32 --steps 200 \
@@ -19,8 +18,7 @@ GATES="$OUT/gates-bridged"
     --warm-start greedy-kl --warm-scale 3.0 --lr 1e-3 --max-len 160 --out "$OUT/fit.jsonl"
 R="$OUT/gsm8k_gates_bridged.jsonl"
 [ -f "$R" ] || grep -v '"method": "l2a' "$OUT/gsm8k_tuned.jsonl" > "$R"
-G=(--model smollm2-135m --dtype float32 --task gsm8k-loglik --data "$DATA/gsm8k/test.jsonl" --limit 200
-   --budgets 0.85,0.7,0.55 --axes layers --seeds 1 --gates "$GATES" --bridges "$T")
+G+=(--gates "$GATES" --bridges "$T")
 l2a eval "${G[@]}" --methods l2a --results "$R" "$@"
 l2a report "$R" --out-dir "$OUT/gates_bridged_report" --no-plots
 TM="$OUT/gsm8k_gates_bridged_timed.jsonl"

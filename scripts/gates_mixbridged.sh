@@ -8,8 +8,7 @@
 #   bash scripts/gates_mixbridged.sh [extra l2a eval flags]      (L2A_BRIDGES_OUT as in scripts/bridges.sh)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/venv.sh"
-DATA="${L2A_DATA_ROOT:-$L2A_ROOT/../shared/data}"
-OUT="${L2A_BRIDGES_OUT:-$L2A_ROOT/runs/bridges}"
+source "$(dirname "${BASH_SOURCE[0]}")/bridge_items.sh"  # DATA, OUT, G (GSM8K items), MC (ARC-Easy, PIQA items)
 M="$OUT/smollm2-mixtuned"
 GATES="$OUT/gates-mixbridged"
 PAIRS=("$DATA/mc/siqa.jsonl" "$DATA/mc/commonsenseqa.jsonl")
@@ -17,10 +16,6 @@ PAIRS=("$DATA/mc/siqa.jsonl" "$DATA/mc/commonsenseqa.jsonl")
     --seed 0 --max-len 160 --lr 3e-4 --warm-start greedy-kl --warm-scale 3 --estimator score --samples 4 \
     --dense-at-full --dual signed --noise-end 0.1 --warm-text 16 --warm-domains --train-text 0.5 --mix-mc "${PAIRS[@]}" \
     --out "$OUT/fit.jsonl"
-G=(--model smollm2-135m --dtype float32 --task gsm8k-loglik --data "$DATA/gsm8k/test.jsonl" --limit 200
-   --budgets 0.85,0.7,0.55 --axes layers --seeds 1)
-MC=(--model smollm2-135m --dtype float32 --task mc --data "$DATA/mc/arc_easy.jsonl" --data "$DATA/mc/piqa.jsonl"
-    --limit 500 --budgets 0.85,0.7 --axes layers --seeds 1)
 for f in gsm8k mc; do
   [ -f "$OUT/${f}_gates_mixbridged.jsonl" ] || grep -v '"method": "l2a' "$OUT/${f}_mixtuned.jsonl" > "$OUT/${f}_gates_mixbridged.jsonl"
 done
